@@ -1,0 +1,522 @@
+"""Image-folder scanning, validation, splitting and in-memory decoding.
+
+A data folder holds one sub-folder per class (``root/cats/1.jpg``), or ``train/`` and
+``val/`` folders that each hold class sub-folders. :func:`scan_images` accounts for every
+file under the root: each is either used (in ``train`` or ``val``) or listed in
+``skipped`` with a one-line reason, so a bad file never surfaces mid-epoch.
+
+This module never imports streamlit.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import random
+import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "DEFAULT_MAX_IMAGE_PIXELS", "DataError", "Sample",
+    "Skipped", "DatasetSplit", "scan_images", "load_rgb", "DecodedImageCache",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MIN_IMAGE_SIDE = 16
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+_DEFAULT_CACHE_GB = 4.0
+_VALIDATE_DRAFT = 256
+_SPLIT_DIRS = ("train", "val")
+_HIDDEN_DIRS = ("__MACOSX",)  # macOS zip debris; treated like a dot-folder
+_lock_truncated = threading.Lock()
+
+
+class DataError(ValueError):
+    """Bad data folder; str() is one clear line naming the folder/class and the fix."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One usable image and its class index."""
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One file (or folder) under the data root that is not used, and why."""
+    path: Path
+    reason: str
+
+    def to_dict(self) -> dict:
+        """Returns: ``{"path": str, "reason": str}`` (JSON-ready)."""
+        return {"path": str(self.path), "reason": self.reason}
+
+
+@dataclass
+class DatasetSplit:
+    """Result of :func:`scan_images`: classes, the train/val split and skipped files."""
+    root: Path
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    skipped: list[Skipped]
+    presplit: bool
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Returns: ``{class_name: {"train": n, "val": n}}`` for every class, in label order."""
+        out = {name: {"train": 0, "val": 0} for name in self.classes}
+        for split, samples in (("train", self.train), ("val", self.val)):
+            for s in samples:
+                out[self.classes[s.label]][split] += 1
+        return out
+
+    def fingerprint(self) -> str:
+        """Hash of the classes and every used sample's (relative path, size, mtime_ns, split, label).
+
+        Returns:
+            A sha256 hex digest that changes when an image is added, removed, edited or
+            moved between splits, or when the class list changes.
+        """
+        rows = []
+        for split, samples in (("train", self.train), ("val", self.val)):
+            for s in samples:
+                try:
+                    st = os.stat(s.path)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:  # deleted since the scan: still changes the hash
+                    size, mtime = -1, -1
+                rows.append([s.path.relative_to(self.root).as_posix(), size, mtime, split, s.label])
+        rows.sort()
+        blob = json.dumps({"classes": self.classes, "samples": rows}, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class _Rejected(Exception):
+    """Internal: an image that cannot be used; ``args[0]`` is the skip reason."""
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number; set it to a positive number or unset it.") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name}={raw!r} must be a positive number; set it to e.g. {default:g} or unset it.")
+    return value
+
+
+def _resolve_max_pixels(max_pixels: int | None) -> int:
+    if max_pixels is None:
+        return int(_env_number("TL_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS))
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+        raise ValueError(f"max_pixels={max_pixels!r} must be a positive int (or None for the default).")
+    return max_pixels
+
+
+def _short(exc: BaseException, path: Path) -> str:
+    msg = (str(exc) or type(exc).__name__).splitlines()[0].replace(str(path), path.name)
+    return msg if len(msg) <= 160 else msg[:157] + "..."
+
+
+def _to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Scale a 1-channel numeric array to uint8 by the range its values actually use."""
+    if arr.dtype.kind == "f":
+        a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if lo >= 0.0 and hi <= 1.0:
+            a = a * 255.0
+        elif not (lo >= 0.0 and hi <= 255.0):
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    a = arr.astype(np.int64)
+    lo, hi = int(a.min()), int(a.max())
+    if lo >= 0 and hi <= 255:  # 8-bit data in a wider container
+        return a.astype(np.uint8)
+    if lo >= 0 and hi <= 65535:  # genuine 16-bit data
+        return (a >> 8).astype(np.uint8)
+    return ((a - lo) * 255 // max(hi - lo, 1)).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels are composited on white."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode.startswith("I") or mode == "F":
+        return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
+
+
+def _decode(path: Path, limit: int, draft_size: int | None, min_side: int = 0) -> Image.Image:
+    """Open, guard, decode, EXIF-rotate and convert one image. Raises _Rejected(reason)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if w * h > limit:
+                raise _Rejected(
+                    f"too large: {w}x{h} pixels exceeds the limit of {limit} (decompression-bomb guard); "
+                    "raise TL_MAX_IMAGE_PIXELS to allow it")
+            if min(w, h) < min_side:
+                raise _Rejected(f"too small ({w}x{h}; need at least {min_side} px a side)")
+            if draft_size and img.format == "JPEG":
+                img.draft("RGB", (draft_size, draft_size))
+            img.load()  # full decode: raises on truncated data
+            try:
+                img = ImageOps.exif_transpose(img)  # a loaded copy, detached from the file
+            except Exception:  # malformed EXIF: keep the pixels, ignore the orientation
+                img = img.copy()
+            return _to_rgb(img)
+    except _Rejected:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _Rejected(f"too large: {_short(exc, path)} (Pillow's decompression-bomb guard)") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise _Rejected(f"unreadable or truncated image: {_short(exc, path)}") from None
+
+
+def load_rgb(path: str | Path, *, max_pixels: int | None = None,
+             draft_size: int | None = None) -> Image.Image:
+    """Load any supported image as an EXIF-upright RGB :class:`PIL.Image.Image`.
+
+    Args:
+        path: Image file.
+        max_pixels: Refuse images with more pixels than this (checked from the header,
+            before decoding). ``None``: env ``TL_MAX_IMAGE_PIXELS`` or 64 M.
+        draft_size: For JPEGs, let libjpeg decode at a reduced scale whose sides stay
+            >= this size (much faster for big photos).
+
+    Returns:
+        A fully loaded RGB image detached from the file. 16-bit and float images are
+        scaled to 8 bits by their value range; transparency is composited on white;
+        multi-frame files give their first frame.
+
+    Raises:
+        DataError: The file is missing, unreadable, truncated or too large.
+    """
+    p = Path(path)
+    try:
+        return _decode(p, _resolve_max_pixels(max_pixels), draft_size)
+    except _Rejected as exc:
+        raise DataError(f"Cannot use image {p}: {exc.args[0]}. Re-scan the data folder or remove the file.") from None
+
+
+def _check_file(path: Path, root_real: str, limit: int) -> str | None:
+    """Cheap checks first, then a full decode. Returns: the skip reason, or None if usable."""
+    try:
+        if os.path.islink(path) and not _inside(path, root_real):
+            return "symlink leaves the data folder"
+        suffix = path.suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS:
+            return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symlink"
+    except OSError as exc:
+        return f"unreadable file: {_short(exc, path)}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        _decode(path, limit, _VALIDATE_DRAFT, MIN_IMAGE_SIDE)
+    except _Rejected as exc:
+        return exc.args[0]
+    return None
+
+
+def _inside(path: str | Path, root_real: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), root_real]) == root_real
+
+
+def _entries(folder: Path, skipped: list[Skipped]) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(Skipped(folder, f"unreadable folder: {_short(exc, folder)}"))
+        return []
+
+
+def _is_plain_dir(e: os.DirEntry) -> bool:
+    return e.is_dir(follow_symlinks=False) and not (e.name.startswith(".") or e.name in _HIDDEN_DIRS)
+
+
+def _walk(folder: Path, root_real: str, files: list[Path], skipped: list[Skipped]) -> None:
+    """Append every file under ``folder`` to ``files``; hidden/symlinked folders go to ``skipped`` whole."""
+    for e in _entries(folder, skipped):
+        if _is_plain_dir(e):
+            _walk(Path(e.path), root_real, files, skipped)
+        elif e.is_dir():  # hidden folder, or a symlink to a folder: listed once, not followed
+            reason = ("hidden folder (not scanned)" if not e.is_symlink() else
+                      "symlinked folder (not followed)" if _inside(e.path, root_real) else
+                      "symlink leaves the data folder")
+            skipped.append(Skipped(Path(e.path), reason))
+        else:
+            files.append(Path(e.path))
+
+
+def _place(parts: tuple[str, ...], presplit: bool) -> tuple[str, str] | str:
+    """Returns: ``(split, class)`` for a file at relative ``parts``, or the reason it has no class."""
+    if parts[-1].startswith("."):
+        return "hidden file"
+    if not presplit:
+        return ("all", parts[0]) if len(parts) > 1 else "not inside a class folder"
+    if len(parts) == 1 or (parts[0] in _SPLIT_DIRS and len(parts) == 2):
+        return "not inside a class folder"
+    return (parts[0], parts[1]) if parts[0] in _SPLIT_DIRS else "outside train/ and val/ (the folder is pre-split)"
+
+
+def _split_class(paths: list[Path], val_fraction: float, seed: int, name: str) -> tuple[list[Path], list[Path]]:
+    """Seeded split of one class, independent of listing order and of the other classes."""
+    ordered = sorted(paths, key=lambda p: p.as_posix())
+    random.Random(f"{seed}/{name}").shuffle(ordered)
+    n_val = min(max(round(len(ordered) * val_fraction), 1), len(ordered) - 1)
+    return ordered[n_val:], ordered[:n_val]
+
+
+def _skip_hint(skipped: list[Skipped], folder: Path) -> str:
+    inside = [s for s in skipped if folder == s.path or folder in s.path.parents]
+    if not inside:
+        return ""
+    return f" ({len(inside)} file(s) skipped there, e.g. '{inside[0].path.name}': {inside[0].reason})"
+
+
+def _validate(files: list[Path], root_real: str, limit: int) -> list[str | None]:
+    """Check ``files`` on 2 threads with truncation detection on. Returns: skip reason or None, per file."""
+    with _lock_truncated:
+        prev = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = False  # only matters if someone set it; restored below
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                return list(pool.map(lambda f: _check_file(f, root_real, limit), files))
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = prev
+
+
+def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
+                max_pixels: int | None = None) -> DatasetSplit:
+    """Find, validate and split the images of a class-per-folder data set.
+
+    Every image is fully decoded once (JPEGs at reduced scale) so truncated or fake
+    images are caught here, not mid-epoch. Hidden folders, ``__MACOSX`` and symlinked
+    folders are listed once in ``skipped`` and not descended into.
+
+    Args:
+        root: Folder with one sub-folder per class (files nested deeper belong to that class),
+            or with ``train/`` and ``val/`` folders that each hold class sub-folders.
+        val_fraction: Share of each class held out for validation, in (0, 0.9]; per class
+            ``n_val = round(n * val_fraction)`` clamped to [1, n - 1]. Ignored when pre-split.
+        seed: Split seed; the split is stratified and deterministic for a given seed.
+        max_pixels: Images with more pixels are skipped (header check, no decode).
+            ``None``: env ``TL_MAX_IMAGE_PIXELS`` or 64 M.
+
+    Returns:
+        A :class:`DatasetSplit`; every file under ``root`` is in ``train``, ``val`` or ``skipped``.
+
+    Raises:
+        DataError: ``root`` is missing or not a folder; it has no class folders, no usable
+            images or one class; a class has too few usable images; or ``val_fraction`` is
+            out of range. A pre-split folder needs >= 1 usable image per class in each split.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 < val_fraction <= 0.9:
+        raise DataError(f"val_fraction={val_fraction!r} is out of range; pick a value in (0, 0.9], e.g. 0.2.")
+    limit = _resolve_max_pixels(max_pixels)
+    root = Path(root).expanduser().absolute()
+    if not root.exists():
+        raise DataError(f"Data folder not found: {root}. Pick an existing folder with one sub-folder per class.")
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} is a file, not a folder. Pick the folder that holds one "
+                        "sub-folder per class.")
+    try:
+        with os.scandir(root) as it:
+            top = [e for e in it if _is_plain_dir(e)]
+    except OSError as exc:
+        raise DataError(f"Cannot read data folder {root}: {_short(exc, root)}. Check its permissions.") from None
+    root_real = os.path.realpath(root)
+    skipped: list[Skipped] = []
+    presplit = set(_SPLIT_DIRS) <= {e.name for e in top}
+    bases = [root / d for d in _SPLIT_DIRS] if presplit else [root]
+    classes = sorted({e.name for b in bases for e in _entries(b, []) if _is_plain_dir(e)})
+    if not classes:
+        raise DataError(f"No class sub-folders in {root}. Put the images in one sub-folder per class, "
+                        f"e.g. {root / 'cats'}/1.jpg and {root / 'dogs'}/1.jpg.")
+
+    files: list[Path] = []
+    _walk(root, root_real, files, skipped)
+    jobs: list[tuple[str, str, Path]] = []
+    for f in files:
+        where = _place(f.relative_to(root).parts, presplit)
+        if isinstance(where, str):
+            skipped.append(Skipped(f, where))
+        else:
+            jobs.append((*where, f))
+    usable: dict[tuple[str, str], list[Path]] = collections.defaultdict(list)
+    for (split, c, f), reason in zip(jobs, _validate([j[2] for j in jobs], root_real, limit)):
+        if reason is None:
+            usable[split, c].append(f)
+        else:
+            skipped.append(Skipped(f, reason))
+    skipped.sort(key=lambda s: s.path.as_posix())
+
+    if not usable:
+        raise DataError(f"Found 0 images in subfolders of {root}. Supported extensions are "
+                        f"{', '.join(IMAGE_EXTENSIONS)}{_skip_hint(skipped, root)}.")
+    if len(classes) == 1:
+        raise DataError(f"Found only one class ({classes[0]!r}) in {root}: a classifier needs at least two "
+                        "class sub-folders.")
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for label, c in enumerate(classes):
+        if presplit:
+            for split, out in (("train", train), ("val", val)):
+                if not usable[split, c]:
+                    folder = root / split / c
+                    raise DataError(
+                        f"Class {c!r} has 0 usable images in {root / split}; a pre-split folder needs at least 1 "
+                        f"per class in both train/ and val/{_skip_hint(skipped, folder)}. Add images to {folder} "
+                        f"or remove the class from both splits.")
+                out.extend(Sample(f, label) for f in usable[split, c])
+            continue
+        n = len(usable["all", c])
+        if n < 2:
+            raise DataError(
+                f"Class {c!r} has {n} usable image{'' if n == 1 else 's'} in {root}; each class needs at least 2 "
+                f"(one to train, one to validate){_skip_hint(skipped, root / c)}. Add images to {root / c} "
+                "or remove the folder.")
+        tr, va = _split_class(usable["all", c], float(val_fraction), seed, c)
+        train.extend(Sample(f, label) for f in tr)
+        val.extend(Sample(f, label) for f in va)
+    key = lambda s: (s.label, s.path.as_posix())  # noqa: E731
+    return DatasetSplit(root=root, classes=classes, train=sorted(train, key=key), val=sorted(val, key=key),
+                        skipped=skipped, presplit=presplit)
+
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST}
+
+
+class DecodedImageCache:
+    """Decode + resize each image once; keep uint8 CHW tensors in memory so epochs never decode JPEGs again.
+
+    Each image is loaded with :func:`load_rgb` (JPEG draft at ``load_size``), resized so
+    its shorter side is ``load_size`` and center-cropped to ``load_size x load_size``.
+
+    Args:
+        load_size: Side of the cached square images, in pixels.
+        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``; anything else -> bicubic.
+        max_bytes: Memory budget. ``None``: env ``TL_MAX_CACHE_GB`` (GiB) or 4 GiB.
+
+    Raises:
+        ValueError: ``load_size`` or ``max_bytes`` is not positive.
+    """
+
+    def __init__(self, load_size: int, *, interpolation: str = "bicubic", max_bytes: int | None = None):
+        if isinstance(load_size, bool) or not isinstance(load_size, int) or load_size <= 0:
+            raise ValueError(f"load_size={load_size!r} must be a positive int, e.g. 224.")
+        if max_bytes is None:
+            max_bytes = int(_env_number("TL_MAX_CACHE_GB", _DEFAULT_CACHE_GB) * 2**30)
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes={max_bytes!r} must be positive (or None for the default).")
+        self.load_size = load_size
+        self.interpolation = str(interpolation).lower()
+        self.max_bytes = int(max_bytes)
+        self._resample = _RESAMPLE.get(self.interpolation, Image.Resampling.BICUBIC)
+        self._item_bytes = 3 * load_size * load_size
+        self._store: dict[Path, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by cached tensors."""
+        return len(self._store) * self._item_bytes
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def _check_budget(self, n_images: int) -> None:
+        need = n_images * self._item_bytes
+        if need > self.max_bytes:
+            L = self.load_size
+            raise DataError(
+                f"{n_images} images at {L}x{L} need {need / 2**30:.2f} GiB, above the in-memory cache limit of "
+                f"{self.max_bytes / 2**30:.2f} GiB. Lower the image size or use fewer images (TL_MAX_CACHE_GB).")
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        L = self.load_size
+        img = load_rgb(path, draft_size=L)
+        w, h = img.size  # shorter side -> L, as torchvision's Resize(int) does
+        size = (L, max(L, int(L * h / w))) if w <= h else (max(L, int(L * w / h)), L)
+        if size != img.size:
+            img = img.resize(size, self._resample)
+        left, top = (size[0] - L) // 2, (size[1] - L) // 2
+        img = img.crop((left, top, left + L, top + L))
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+    def get(self, path: Path) -> torch.Tensor:
+        """Return the cached tensor for ``path``, decoding it on first use.
+
+        Args:
+            path: Image file.
+
+        Returns:
+            uint8 tensor ``(3, load_size, load_size)``.
+
+        Raises:
+            DataError: The image cannot be loaded, or caching it would exceed ``max_bytes``.
+        """
+        key = Path(path)
+        hit = self._store.get(key)
+        if hit is not None:
+            return hit
+        self._check_budget(len(self._store) + 1)
+        tensor = self._decode(key)
+        with self._lock:
+            if key not in self._store:
+                self._check_budget(len(self._store) + 1)
+                self._store[key] = tensor
+            return self._store[key]
+
+    def stack(self, samples: Sequence[Sample], *, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``samples`` from the cache, decoding only images not cached yet.
+
+        Args:
+            samples: Samples to stack, in order.
+            workers: Decode threads for the missing images (PIL releases the GIL).
+
+        Returns:
+            ``(images, labels)``: uint8 ``(N, 3, L, L)`` and int64 ``(N,)``.
+
+        Raises:
+            DataError: An image cannot be loaded, or the cache would exceed ``max_bytes``
+                (checked before any decoding).
+        """
+        missing = list(dict.fromkeys(Path(s.path) for s in samples if Path(s.path) not in self._store))
+        self._check_budget(len(self._store) + len(missing))
+        if missing:
+            with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+                list(pool.map(self.get, missing))
+        L = self.load_size
+        if not samples:
+            return torch.empty((0, 3, L, L), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64)
+        images = torch.stack([self._store[Path(s.path)] for s in samples])
+        labels = torch.tensor([int(s.label) for s in samples], dtype=torch.int64)
+        return images, labels

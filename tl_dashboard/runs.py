@@ -1,0 +1,354 @@
+"""RunStore: the contract between the trainer and everything that watches it.
+
+One SQLite database in WAL mode (``runs.db``) holds runs, per-step and per-epoch metrics and a
+log; each run also has a folder for its artifacts (``model.safetensors``, ``labels.json``,
+``config.json``, ``summary.json``). Readers never block the writer (WAL), every write is one
+short transaction, and artifact files are written to a temporary name and renamed into place,
+so a kill in the middle of a write leaves the previous state intact.
+
+The location is ``./runs`` unless ``TL_RUNS_DIR`` or an explicit ``root`` says otherwise.
+
+Example:
+    >>> store = RunStore("/tmp/tl-runs")
+    >>> run_id = store.create_run({"model": "resnet18"}, label="demo")
+    >>> store.get_run(run_id)["status"]
+    'queued'
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+__all__ = ["RunStore", "default_runs_dir", "ACTIVE_STATUSES", "FINAL_STATUSES", "atomic_write_bytes", "atomic_write_json"]
+
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("finished", "stopped", "failed", "interrupted", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    label TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    config TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '{}',
+    progress TEXT NOT NULL DEFAULT '{}',
+    error TEXT,
+    pid INTEGER,
+    host TEXT,
+    heartbeat REAL,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    group_id TEXT
+);
+CREATE TABLE IF NOT EXISTS step_metrics (
+    run_id TEXT NOT NULL, step INTEGER NOT NULL, epoch REAL NOT NULL,
+    loss REAL, lr REAL, time REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS epoch_metrics (
+    run_id TEXT NOT NULL, epoch INTEGER NOT NULL,
+    train_loss REAL, train_acc REAL, val_loss REAL, val_acc REAL,
+    lr REAL, images_per_sec REAL, seconds REAL, time REAL,
+    PRIMARY KEY (run_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS run_log (
+    run_id TEXT NOT NULL, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_log_run ON run_log(run_id);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+"""
+
+
+def default_runs_dir() -> Path:
+    """``$TL_RUNS_DIR`` or ``./runs``."""
+    return Path(os.environ.get("TL_RUNS_DIR") or "runs")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def _new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+class RunStore:
+    """Runs, their metrics and artifacts under one folder.
+
+    Args:
+        root: folder for ``runs.db`` and one sub-folder per run; created if missing.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_runs_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "runs.db"
+        with self._connect() as con:
+            con.executescript(_SCHEMA)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    @contextmanager
+    def _tx(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.close()
+
+    def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        con = self._connect()
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    # -- runs -------------------------------------------------------------------------------
+    def create_run(self, config: dict[str, Any], *, label: str = "", group_id: str | None = None,
+                   status: str = "queued") -> str:
+        """Add a run (queued by default) and its folder with ``config.json``; return its id."""
+        run_id = _new_run_id()
+        while self.run_dir(run_id).exists():
+            run_id = _new_run_id()
+        self.run_dir(run_id).mkdir(parents=True)
+        atomic_write_json(self.run_dir(run_id) / "config.json", config)
+        with self._tx() as con:
+            con.execute(
+                "INSERT INTO runs (id, label, status, created, config, group_id) VALUES (?,?,?,?,?,?)",
+                (run_id, label, status, time.time(), json.dumps(config), group_id),
+            )
+        return run_id
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> dict[str, Any]:
+        d = dict(row)
+        for k in ("config", "summary", "progress"):
+            d[k] = json.loads(d[k]) if d.get(k) else {}
+        d["stop_requested"] = bool(d.get("stop_requested"))
+        return d
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM runs WHERE id=?", (run_id,))
+        return self._row(rows[0]) if rows else None
+
+    def list_runs(self, status: str | tuple[str, ...] | None = None, group_id: str | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally filtered by status or group (a sweep)."""
+        sql, args = "SELECT * FROM runs", []
+        where = []
+        if status:
+            statuses = (status,) if isinstance(status, str) else tuple(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += list(statuses)
+        if group_id:
+            where.append("group_id=?")
+            args.append(group_id)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC, rowid DESC"
+        return [self._row(r) for r in self._query(sql, tuple(args))]
+
+    def claim_next(self, pid: int, host: str, max_running: int = 1) -> dict[str, Any] | None:
+        """Atomically move the oldest queued run to running for this worker, if a slot is free."""
+        with self._tx(immediate=True) as con:
+            running = con.execute("SELECT COUNT(*) FROM runs WHERE status='running'").fetchone()[0]
+            if running >= max_running:
+                return None
+            row = con.execute(
+                "SELECT * FROM runs WHERE status='queued' ORDER BY created, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            con.execute(
+                "UPDATE runs SET status='running', started=?, pid=?, host=?, heartbeat=? WHERE id=? AND status='queued'",
+                (now, pid, host, now, row["id"]),
+            )
+        return self.get_run(row["id"])
+
+    def mark_running(self, run_id: str, pid: int, host: str) -> None:
+        now = time.time()
+        with self._tx() as con:
+            con.execute(
+                "UPDATE runs SET status='running', started=COALESCE(started, ?), pid=?, host=?, heartbeat=? WHERE id=?",
+                (now, pid, host, now, run_id),
+            )
+
+    def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> None:
+        with self._tx() as con:
+            if progress is None:
+                con.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
+            else:
+                con.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?",
+                            (time.time(), json.dumps(progress), run_id))
+
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None,
+                   error: str | None = None) -> None:
+        """Record a final status; ``summary`` is merged into the stored one and saved as JSON too."""
+        if status not in FINAL_STATUSES:
+            raise ValueError(f"Unknown final status {status!r}; use one of {FINAL_STATUSES}.")
+        run = self.get_run(run_id)
+        merged = {**(run["summary"] if run else {}), **(summary or {})}
+        with self._tx() as con:
+            con.execute(
+                "UPDATE runs SET status=?, finished=?, summary=?, error=? WHERE id=?",
+                (status, time.time(), json.dumps(merged, default=str), error, run_id),
+            )
+        if self.run_dir(run_id).exists():
+            atomic_write_json(self.run_dir(run_id) / "summary.json",
+                              {"status": status, "error": error, **merged})
+
+    def update_summary(self, run_id: str, summary: dict[str, Any]) -> None:
+        run = self.get_run(run_id)
+        merged = {**(run["summary"] if run else {}), **summary}
+        with self._tx() as con:
+            con.execute("UPDATE runs SET summary=? WHERE id=?", (json.dumps(merged, default=str), run_id))
+
+    def request_stop(self, run_id: str) -> str:
+        """Ask a run to stop: a running run stops after its current batch; a queued one is cancelled.
+
+        Returns the run's status after the request.
+        """
+        with self._tx(immediate=True) as con:
+            row = con.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(run_id)
+            if row["status"] == "queued":
+                con.execute("UPDATE runs SET status='cancelled', finished=? WHERE id=?", (time.time(), run_id))
+                return "cancelled"
+            if row["status"] == "running":
+                con.execute("UPDATE runs SET stop_requested=1 WHERE id=?", (run_id,))
+            return row["status"]
+
+    def stop_requested(self, run_id: str) -> bool:
+        rows = self._query("SELECT stop_requested FROM runs WHERE id=?", (run_id,))
+        return bool(rows and rows[0]["stop_requested"])
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a finished run and its folder. Active runs are refused (stop them first)."""
+        run = self.get_run(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        if run["status"] in ACTIVE_STATUSES:
+            raise ValueError(f"Run {run_id} is {run['status']}; stop it before deleting it.")
+        with self._tx() as con:
+            for table in ("step_metrics", "epoch_metrics", "run_log"):
+                con.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            con.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def mark_dead_runs(self, stale_after: float = 60.0, host: str | None = None) -> list[str]:
+        """Mark running runs whose worker is gone as interrupted; return their ids.
+
+        A worker is gone when its pid no longer exists on this host, or its heartbeat is older
+        than ``stale_after`` seconds (a worker on another host, or one that hangs).
+        """
+        import socket
+
+        host = host or socket.gethostname()
+        dead: list[tuple[str, str]] = []
+        now = time.time()
+        for run in self.list_runs("running"):
+            reason = None
+            if run.get("host") == host and run.get("pid") and not _pid_alive(int(run["pid"])):
+                reason = f"the training process (pid {run['pid']}) died without finishing"
+            elif run.get("heartbeat") and now - float(run["heartbeat"]) > stale_after:
+                reason = f"no heartbeat from the training process for {now - float(run['heartbeat']):.0f} s"
+            if reason:
+                dead.append((run["id"], reason))
+        for run_id, reason in dead:
+            with self._tx(immediate=True) as con:
+                con.execute(
+                    "UPDATE runs SET status='interrupted', finished=?, error=? WHERE id=? AND status='running'",
+                    (now, reason, run_id),
+                )
+            self.log(run_id, "error", f"Run interrupted: {reason}. The last checkpoint (if any) is kept.")
+            run = self.get_run(run_id)
+            if run and self.run_dir(run_id).exists():
+                atomic_write_json(self.run_dir(run_id) / "summary.json",
+                                  {"status": "interrupted", "error": reason, **run["summary"]})
+        return [r for r, _ in dead]
+
+    # -- metrics and log --------------------------------------------------------------------
+    def add_steps(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        with self._tx() as con:
+            con.executemany(
+                "INSERT OR REPLACE INTO step_metrics (run_id, step, epoch, loss, lr, time) VALUES (?,?,?,?,?,?)",
+                [(run_id, r["step"], r["epoch"], r.get("loss"), r.get("lr"), r.get("time", time.time())) for r in rows],
+            )
+
+    def add_epoch(self, run_id: str, row: dict[str, Any]) -> None:
+        cols = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_sec", "seconds")
+        with self._tx() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO epoch_metrics (run_id, epoch, {', '.join(cols)}, time) VALUES (?,?,{','.join('?' * len(cols))},?)",
+                (run_id, row["epoch"], *[row.get(c) for c in cols], time.time()),
+            )
+
+    def steps(self, run_id: str, after: int = -1) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query(
+            "SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND step>? ORDER BY step", (run_id, after))]
+
+    def epochs(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query(
+            "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (run_id,))]
+
+    def log(self, run_id: str, level: str, message: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)",
+                        (run_id, time.time(), level, message))
+
+    def logs(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._query(
+            "SELECT time, level, message FROM run_log WHERE run_id=? ORDER BY rowid", (run_id,))]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) still answers kill(0).
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,198 @@
+"""Background training: queue a run, start a worker process, stop it, notice it died.
+
+A run is queued in the :class:`~tl_dashboard.runs.RunStore`; :func:`submit_run` then starts a
+worker process (``python -m tl_dashboard.worker``) in its own session, so it survives page
+reloads, Streamlit reruns and a restart of the server. A worker claims queued runs one at a
+time (at most ``TL_MAX_RUNNING`` at once, default 1) until the queue is empty, then exits.
+
+Why a subprocess and not ``multiprocessing``: Streamlit's APIs are not thread-safe and a run must
+outlive the script run, the page and even the server; a child of ``multiprocessing`` is joined
+at interpreter exit and dies with its parent's process group, a new session does not.
+
+Example:
+    >>> store = RunStore("runs")
+    >>> run_id = submit_run(store, TrainConfig(data_dir="sample_data/emoji3"))
+    >>> request_stop(store, run_id)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
+from .runs import RunStore
+
+__all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap"]
+
+HEARTBEAT_S = 2.0
+
+
+def max_running() -> int:
+    """How many runs may train at once (``TL_MAX_RUNNING``, default 1)."""
+    try:
+        return max(1, int(os.environ.get("TL_MAX_RUNNING", "1")))
+    except ValueError:
+        return 1
+
+
+class StoreCallback(Callback):
+    """Metrics sink: writes steps (batched), epochs, progress, heartbeat and log lines to the store."""
+
+    def __init__(self, store: RunStore, run_id: str, flush_every: float = 0.5) -> None:
+        self.store, self.run_id, self.flush_every = store, run_id, flush_every
+        self._steps: list[dict[str, Any]] = []
+        self._last_flush = 0.0
+        self._progress: dict[str, Any] = {}
+        self._start = time.time()
+
+    def on_run_start(self, info: dict[str, Any]) -> None:
+        self._progress = {"epoch": 0, "epochs": info["epochs"], "step": 0,
+                          "total_steps": info["steps_per_epoch"] * info["epochs"], "images_per_sec": None}
+        self.store.update_summary(self.run_id, {k: info[k] for k in (
+            "classes", "train_images", "val_images", "trainable_params", "frozen_params", "weights",
+            "feature_cache", "device", "freeze_label", "image_size", "skipped_files", "blocks")})
+        self.store.heartbeat(self.run_id, self._progress)
+
+    def on_log(self, level: str, message: str) -> None:
+        self.store.log(self.run_id, level, message)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._progress["epoch"] = epoch
+
+    def on_step_end(self, step: dict[str, Any]) -> None:
+        self._steps.append({**step, "time": time.time()})
+        self._progress.update(step=step["step"], elapsed=step["elapsed"])
+        if time.time() - self._last_flush >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        self.store.add_steps(self.run_id, self._steps)
+        self._steps = []
+        self._last_flush = time.time()
+        self.store.heartbeat(self.run_id, self._progress)
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.flush()
+        self.store.add_epoch(self.run_id, row)
+        self._progress["images_per_sec"] = row["images_per_sec"]
+
+    def on_run_end(self, result: TrainResult) -> None:
+        self.flush()
+
+
+def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None) -> TrainResult | None:
+    """Train the run ``run_id`` (already marked running) in this process and record the outcome.
+
+    Bad input (no images, unknown model, ...) ends the run as ``failed`` with its one-line message;
+    any other exception too, with the traceback in the run's log. Running out of memory says what to lower.
+    """
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(run_id)
+    config = TrainConfig.from_dict(run["config"])
+    callbacks: list[Callback] = [StoreCallback(store, run_id), StopCheck(lambda: store.stop_requested(run_id))]
+    callbacks += extra_callbacks or []
+    beating = threading.Event()
+
+    def beat() -> None:  # a heartbeat independent of training progress (cache builds can be long)
+        while not beating.wait(HEARTBEAT_S):
+            try:
+                store.heartbeat(run_id)
+            except Exception:  # noqa: BLE001 - a missed beat is harmless
+                pass
+
+    threading.Thread(target=beat, daemon=True).start()
+    try:
+        result = train(config, callbacks, out_dir=store.run_dir(run_id))
+    except MemoryError:
+        msg = (f"Out of memory with batch size {config.batch_size} at {config.image_size or 'default'} px. "
+               "Lower the batch size or the image size and start again.")
+        store.finish_run(run_id, "failed", error=msg)
+        return None
+    except (ValueError, OSError) as exc:  # DataError, BackboneError, LayersError, bad device
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "out of memory" in msg.lower():
+            msg += " Lower the batch size or the image size and start again."
+        store.log(run_id, "error", msg)
+        store.finish_run(run_id, "failed", error=msg)
+        return None
+    except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
+        store.log(run_id, "error", traceback.format_exc())
+        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+        return None
+    finally:
+        beating.set()
+    summary = result.to_dict()
+    summary.pop("history", None)
+    store.finish_run(run_id, result.status, summary=summary)
+    return result
+
+
+def submit_run(store: RunStore, config: TrainConfig, *, label: str = "", group_id: str | None = None,
+               start: bool = True) -> str:
+    """Queue a run and make sure a worker will pick it up; return the run id."""
+    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id)
+    if start:
+        start_worker(store)
+    return run_id
+
+
+def start_worker(store: RunStore) -> subprocess.Popen | None:
+    """Start a worker process in its own session, unless every running slot is taken."""
+    store.mark_dead_runs()
+    if len(store.list_runs("running")) >= max_running() or not store.list_runs("queued"):
+        return None
+    log = open(store.root / "worker.log", "ab")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=env, cwd=os.getcwd(),
+    )
+    log.close()
+    return proc
+
+
+def request_stop(store: RunStore, run_id: str) -> str:
+    """Stop a run: running -> stops after the current batch with a final checkpoint; queued -> cancelled."""
+    return store.request_stop(run_id)
+
+
+def reap(store: RunStore) -> list[str]:
+    """Mark runs whose worker died as interrupted, and restart the queue if it stalled."""
+    dead = store.mark_dead_runs()
+    if store.list_runs("queued") and not store.list_runs("running"):
+        start_worker(store)
+    return dead
+
+
+def worker_loop(store: RunStore) -> int:
+    """Claim and train queued runs until none is left; return how many ran."""
+    host, pid, n = socket.gethostname(), os.getpid(), 0
+    while True:
+        run = store.claim_next(pid, host, max_running())
+        if run is None:
+            return n
+        store.log(run["id"], "info", f"Started by worker pid {pid} on {host}.")
+        run_training(store, run["id"])
+        n += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tl_dashboard.worker", description="Train queued runs, then exit.")
+    ap.add_argument("--runs-dir", type=Path, default=None)
+    args = ap.parse_args(argv)
+    worker_loop(RunStore(args.runs_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
