@@ -49,6 +49,7 @@ __all__ = [
     "Prepared",
     "prepare",
     "save_checkpoint",
+    "load_checkpoint",
 ]
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_run_end", "on_log")
@@ -277,6 +278,33 @@ def _run_prefix(split: _Split, images: torch.Tensor, norm: _Normalizer, size: in
     return torch.cat(outs)
 
 
+def _bn_eps(model: nn.Module) -> float | None:
+    """The BatchNorm eps in use (the bundled weights need 1e-3); stored so a checkpoint reloads exactly."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return float(m.eps)
+    return None
+
+
+def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """Rebuild a run's model from its folder: ``(model in eval mode, class names, preprocessing meta)``."""
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "preprocessing.json").read_text())
+    classes = json.loads((run_dir / "labels.json").read_text())
+    model = timm.create_model(meta["model"], pretrained=False, num_classes=len(classes), drop_rate=0.0)
+    if meta.get("bn_eps"):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eps = meta["bn_eps"]
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    return model.to(device).eval(), classes, meta
+
+
 def save_checkpoint(model: nn.Module, out_dir: Path, classes: Sequence[str], meta: dict[str, Any],
                     name: str = "model.safetensors") -> Path:
     """Model as safetensors + labels.json + preprocessing.json, each written atomically."""
@@ -363,6 +391,8 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         "mean": list(prep.weights.mean), "std": list(prep.weights.std),
         "interpolation": prep.weights.interpolation, "crop_pct": prep.weights.crop_pct,
         "num_classes": len(split_data.classes),
+        "bn_eps": _bn_eps(model), "weights_source": prep.weights.source,
+        "freeze": plan.spec, "frozen_blocks": plan.frozen, "bn_mode": plan.bn_mode,
     }
     _emit(cbs, "on_run_start", {
         "classes": split_data.classes, "train_images": len(x_train), "val_images": len(x_val),

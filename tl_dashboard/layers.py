@@ -34,6 +34,7 @@ __all__ = [
     "set_bn_mode",
     "trainable_parameters",
     "count_params",
+    "describe_blocks",
 ]
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -263,6 +264,26 @@ def parse_freeze(spec: str | int, blocks: Sequence[Block], bn_mode: str = "froze
         )
     ordered = [n for n in body if n in names]
     return FreezePlan(ordered, ",".join(ordered), bn_mode)
+
+
+def describe_blocks(model_name: str, image_size: int | None = None, num_classes: int = 2) -> list[Block]:
+    """Blocks of a timm model by name, without loading weights (for the UI and ``tl-dashboard layers``).
+
+    The returned blocks carry no stage callables, so they can be cached and pickled.
+
+    Raises:
+        LayersError: unknown model name.
+    """
+    import timm
+
+    if not timm.is_model(model_name):
+        raise LayersError(f"Unknown model {model_name!r}. `tl-dashboard layers --list` shows the curated ones.")
+    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    size = image_size or int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    blocks = list_blocks(model, size)
+    for b in blocks:
+        b.stage = None
+    return blocks
 
 
 def _bn_layers(module: nn.Module) -> list[nn.Module]:
