@@ -1,0 +1,276 @@
+"""Data: choose the images (sample, server folder, upload, or build your own) and check them."""
+from pathlib import Path
+
+import streamlit as st
+
+from tl_dashboard import charts
+from tl_dashboard import ui_state as ui
+from tl_dashboard.data import IMAGE_EXTENSIONS, DataError, load_rgb, scan_images
+
+ss = st.session_state
+IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
+ss.setdefault("upload_nonce", 0)
+
+
+@st.cache_data(show_spinner="Scanning and checking every image…", max_entries=32)
+def scan(data_dir: str, val_fraction: float, seed: int, signature: tuple) -> dict:
+    split = scan_images(data_dir, val_fraction=val_fraction, seed=seed)
+    examples = {c: [] for c in split.classes}
+    for s in split.train + split.val:
+        if len(examples[split.classes[s.label]]) < 8:
+            examples[split.classes[s.label]].append(str(s.path))
+    root = split.root
+    return {
+        "classes": split.classes, "counts": split.counts(), "presplit": split.presplit,
+        "train": len(split.train), "val": len(split.val), "examples": examples,
+        "skipped": [{"file": str(s.path.relative_to(root)) if root in s.path.parents else str(s.path),
+                     "reason": s.reason} for s in split.skipped],
+    }
+
+
+@st.cache_data(max_entries=256)
+def thumbnail(path: str, signature: tuple):
+    img = load_rgb(path, draft_size=128)
+    img.thumbnail((96, 96))
+    return img
+
+
+def importer():
+    """The upload helpers; imported here so the rest of the page works without them."""
+    from tl_dashboard import importer as imp
+
+    return imp
+
+
+def flash(kind: str, text: str) -> None:
+    ss["data_flash"] = (kind, text)
+
+
+def use_folder(path: Path | str, note: str) -> None:
+    ss.data_dir = str(path)
+    flash("success", note)
+
+
+def on_source() -> None:
+    if ss.data_source == "sample":
+        ss.data_dir = str(ui.sample_data_dir())
+
+
+def on_zip() -> None:
+    f = ss.get(f"zip_{ss.upload_nonce}")
+    if f is None:
+        return
+    try:
+        imp = importer()
+        report = imp.import_zip(f.getvalue(), imp.new_upload_dir(ui.safe_name(Path(f.name).stem, "upload")))
+    except (ValueError, OSError, ImportError) as exc:
+        flash("error", f"Could not import {f.name}: {exc}")
+    else:
+        use_folder(report.root, f"Imported {len(report.written)} images from {f.name} into `{report.root}`"
+                   + (f" ({len(report.skipped)} files skipped)." if report.skipped else "."))
+    ss.upload_nonce += 1  # a fresh, empty uploader
+
+
+def on_folder_upload() -> None:
+    files = ss.get(f"dir_{ss.upload_nonce}") or []
+    if not files:
+        return
+    by_class: dict[str, list[tuple[str, bytes]]] = {}
+    loose = 0
+    for f in files:
+        parts = Path(f.name).parts
+        if len(parts) < 3:  # "folder/image.jpg": not inside a class folder
+            loose += 1
+            continue
+        by_class.setdefault(ui.safe_name(parts[-2], "class"), []).append((parts[-1], f.getvalue()))
+    if not by_class:
+        flash("error", "The uploaded folder has no class sub-folders: pick the folder that holds one "
+                       "sub-folder of images per class.")
+    else:
+        try:
+            imp = importer()
+            root = imp.new_upload_dir(ui.safe_name(Path(files[0].name).parts[0], "upload"))
+            written = skipped = 0
+            for cls, items in by_class.items():
+                report = imp.save_images(items, root / cls)
+                written, skipped = written + len(report.written), skipped + len(report.skipped)
+        except (ValueError, OSError, ImportError) as exc:
+            flash("error", f"Could not save the uploaded folder: {exc}")
+        else:
+            use_folder(root, f"Saved {written} images in {len(by_class)} classes into `{root}`"
+                       + (f"; {skipped + loose} files skipped." if skipped + loose else "."))
+    ss.upload_nonce += 1
+
+
+def on_reuse() -> None:
+    name = ss.get("reuse_dataset")
+    if name:
+        use_folder(importer().datasets_dir() / name, f"Using the data set `{name}`.")
+
+
+# -- build your own ----------------------------------------------------------------------------
+def builder_classes() -> list[str]:
+    root = Path(ss.builder_dir) if ss.builder_dir else None
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root and root.is_dir() else []
+
+
+def on_create_dataset() -> None:
+    names = [ui.safe_name(c, "") for c in ss.get("build_classes", "").split(",")]
+    names = list(dict.fromkeys(n for n in names if n))
+    if len(names) < 2:
+        flash("error", "Name at least two classes, separated by commas (e.g. `thumbs_up, thumbs_down`).")
+        return
+    try:
+        root = importer().new_upload_dir(ui.safe_name(ss.get("build_name", ""), "my_dataset"))
+        for n in names:
+            (root / n).mkdir(parents=True, exist_ok=True)
+    except (OSError, ImportError) as exc:
+        flash("error", f"Could not create the data set folder: {exc}")
+        return
+    ss.builder_dir = str(root)
+    flash("success", f"Created `{root}` with classes {', '.join(names)}. Now add images to each class.")
+
+
+def on_add_class() -> None:
+    name = ui.safe_name(ss.get("build_new_class", ""), "")
+    if name and ss.builder_dir:
+        (Path(ss.builder_dir) / name).mkdir(parents=True, exist_ok=True)
+    ss["build_new_class"] = ""
+
+
+def save_to_class(key: str) -> None:
+    got = ss.get(key)
+    files = got if isinstance(got, list) else [got] if got is not None else []
+    cls = ss.get("build_target")
+    if not files or not cls or not ss.builder_dir:
+        return
+    try:
+        report = importer().save_images([(f.name, f.getvalue()) for f in files], Path(ss.builder_dir) / cls)
+    except (ValueError, OSError, ImportError) as exc:
+        flash("error", f"Could not save the images: {exc}")
+    else:
+        why = f" Skipped: {report.skipped[0].reason}." if report.skipped else ""
+        flash("success" if report.written else "warning", f"Added {len(report.written)} image(s) to '{cls}'.{why}")
+    ss.upload_nonce += 1
+
+
+def builder() -> None:
+    if not ss.builder_dir:
+        st.markdown("Name your classes, then add images to each, by upload or straight from the webcam. "
+                    "The images are saved as files in a new data set folder that trains like any other.")
+        c1, c2 = st.columns([1, 2])
+        c1.text_input("Data set name", placeholder="my_gestures", key="build_name")
+        c2.text_input("Classes, separated by commas", placeholder="thumbs_up, thumbs_down, no_hand",
+                      key="build_classes")
+        st.button("Create data set", on_click=on_create_dataset, icon=":material/create_new_folder:",
+                  key="build_create")
+        return
+    root = Path(ss.builder_dir)
+    classes = builder_classes()
+    counts = {c: sum(1 for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) for c in classes}
+    st.markdown(f"Building **{root.name}** in `{root}`: " +
+                " · ".join(f"{c}: **{n}**" for c, n in counts.items()))
+    c1, c2 = st.columns([2, 1], vertical_alignment="bottom")
+    if classes:
+        if ss.get("build_target") not in classes:
+            ss["build_target"] = classes[0]
+        c1.segmented_control("Add images to", classes, key="build_target", required=True)
+    c2.text_input("Add a class", key="build_new_class", on_change=on_add_class, placeholder="new class name")
+    if classes:
+        up, cam = st.columns(2)
+        up.file_uploader(f"Upload images for '{ss.build_target}'", type=IMAGE_TYPES, accept_multiple_files=True,
+                         key=f"build_up_{ss.upload_nonce}", on_change=save_to_class,
+                         args=(f"build_up_{ss.upload_nonce}",))
+        with cam:
+            if st.toggle("Use the webcam", key="build_cam_on"):
+                st.camera_input(f"Take a photo for '{ss.build_target}'", key=f"build_cam_{ss.upload_nonce}",
+                                on_change=save_to_class, args=(f"build_cam_{ss.upload_nonce}",))
+    ready = len(classes) >= 2 and all(n >= 2 for n in counts.values())
+    b1, b2 = st.columns([1, 3], vertical_alignment="center")
+    b1.button("Train with this data set", type="primary", disabled=not ready, key="build_use",
+              on_click=use_folder, args=(root, f"Using your data set `{root.name}`."))
+    b2.caption("Needs at least 2 classes with 2 images each; 20+ per class works much better."
+               if not ready else "Each class gets a fifth of its images held out for validation.")
+    st.button("Start another data set", key="build_reset", type="tertiary",
+              on_click=lambda: ss.update(builder_dir=None))
+
+
+# -- the page ----------------------------------------------------------------------------------
+st.title("Data")
+st.caption("A data set is a folder with one sub-folder of images per class (or `train/` and `val/` "
+           "folders that each hold the class folders).")
+
+st.segmented_control("Where are your images?", list(ui.SOURCES), format_func=ui.SOURCES.get, required=True,
+                     **ui.bind(ss, "data_source", after=on_source))
+source = ss.data_source
+if source == "sample":
+    st.markdown("**emoji3**: 3 classes (animals, food, vehicles), 60 small pictures each. "
+                "Made for a first run: a linear probe learns it in seconds.")
+elif source == "folder":
+    st.text_input("Folder on this server", help="An absolute path, or relative to where the app was started.",
+                  **ui.bind(ss, "data_dir"))
+    try:
+        earlier = sorted(p.name for p in importer().datasets_dir().iterdir() if p.is_dir())
+    except (ImportError, OSError):
+        earlier = []
+    if earlier:
+        st.selectbox("Or reuse a data set uploaded or built earlier", earlier, index=None, key="reuse_dataset",
+                     placeholder="pick one", on_change=on_reuse)
+elif source == "upload":
+    z, d = st.columns(2)
+    z.file_uploader("A zip of class folders", type=["zip"], key=f"zip_{ss.upload_nonce}", on_change=on_zip,
+                    help="cats/1.jpg, dogs/1.jpg, ... at the top of the zip or inside one folder.")
+    d.file_uploader("Or a folder of class folders", type=IMAGE_TYPES, accept_multiple_files="directory",
+                    key=f"dir_{ss.upload_nonce}", on_change=on_folder_upload,
+                    help="Pick the folder that holds one sub-folder per class.")
+else:
+    builder()
+
+if "data_flash" in ss:
+    kind, text = ss.pop("data_flash")
+    getattr(st, kind)(text)
+
+st.divider()
+st.subheader(f"Current data: {Path(ss.data_dir).name}")
+st.caption(f"`{ss.data_dir}`")
+sig = ui.folder_signature(ss.data_dir)
+try:
+    info = scan(ss.data_dir, float(ss.val_fraction), int(ss.seed), sig)
+except DataError as exc:
+    st.error(str(exc), icon=":material/folder_off:")
+    st.stop()
+
+m = st.columns(5)
+m[0].metric("Classes", len(info["classes"]))
+m[1].metric("Train images", info["train"])
+m[2].metric("Validation images", info["val"])
+m[3].metric("Skipped files", len(info["skipped"]))
+with m[4]:
+    if info["presplit"]:
+        st.caption("The folder is pre-split into `train/` and `val/`; that split is used as is.")
+    else:
+        st.slider("Held out for validation", 0.05, 0.5, step=0.05, format="%.2f",
+                  help="Share of each class kept aside to measure accuracy on images the model never trains on.",
+                  **ui.bind(ss, "val_fraction"))
+
+for warning in ui.data_warnings(info["counts"]):
+    st.warning(warning, icon=":material/warning:")
+
+left, right = st.columns([2, 3])
+with left:
+    st.plotly_chart(charts.class_counts_figure(info["counts"]), key="class_counts")
+with right:
+    st.markdown("**A few images per class**")
+    for cls in info["classes"]:
+        n = info["counts"][cls]
+        st.caption(f"**{cls}** · {n['train']} train · {n['val']} val")
+        st.image([thumbnail(p, sig) for p in info["examples"][cls]], width=64)
+
+st.markdown(f"**Skipped files** ({len(info['skipped'])})")
+if info["skipped"]:
+    st.dataframe(info["skipped"], hide_index=True, key="skipped_table",
+                 column_config={"file": st.column_config.TextColumn("file", width="medium"),
+                                "reason": st.column_config.TextColumn("reason", width="large")})
+else:
+    st.caption("None: every file under the folder is a usable image.")
+st.page_link("pages/model.py", label="Next: choose the model", icon=":material/arrow_forward:")

@@ -1,0 +1,105 @@
+import os
+import signal
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from tl_dashboard.engine import TrainConfig
+from tl_dashboard.runs import RunStore
+from tl_dashboard.worker import reap, request_stop, submit_run
+
+
+def _wait(store, run_id, statuses, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        run = store.get_run(run_id)
+        if run["status"] in statuses:
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} still {store.get_run(run_id)['status']}; log: {store.logs(run_id)}")
+
+
+def test_store_roundtrip_wal_and_claim_order(tmp_path):
+    store = RunStore(tmp_path)
+    mode = sqlite3.connect(store.db_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    a = store.create_run({"model": "a"}, label="first")
+    b = store.create_run({"model": "b"})
+    assert (store.run_dir(a) / "config.json").exists()
+    assert store.claim_next(1, "h", max_running=1)["id"] == a
+    assert store.claim_next(2, "h", max_running=1) is None  # one slot
+    store.add_steps(a, [{"step": 1, "epoch": 0.5, "loss": 1.0, "lr": 0.1}])
+    store.add_epoch(a, {"epoch": 1, "val_acc": 0.5})
+    # a reader during an open write transaction is not blocked (WAL)
+    writer = sqlite3.connect(store.db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE runs SET label='x' WHERE id=?", (a,))
+    assert store.get_run(a)["label"] == "first"
+    writer.execute("COMMIT")
+    store.finish_run(a, "finished", {"val_accuracy": 0.5})
+    assert store.get_run(a)["summary"]["val_accuracy"] == 0.5
+    assert store.request_stop(b) == "cancelled"
+    with pytest.raises(ValueError):
+        store.finish_run(a, "weird")
+
+
+def test_delete_only_on_purpose_and_never_active(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.create_run({})
+    with pytest.raises(ValueError, match="stop it"):
+        store.delete_run(a)
+    store.request_stop(a)
+    store.delete_run(a)
+    assert store.get_run(a) is None and not store.run_dir(a).exists()
+
+
+def test_dead_worker_is_marked_interrupted(tmp_path):
+    store = RunStore(tmp_path)
+    a = store.create_run({})
+    store.claim_next(2**22 + 12345, socket.gethostname())  # a pid that does not exist
+    assert reap(store) == [a]
+    run = store.get_run(a)
+    assert run["status"] == "interrupted" and "died" in run["error"]
+
+
+@pytest.mark.slow
+def test_background_run_finishes_and_a_second_queues_behind_it(shapes_dir, tmp_path):
+    store = RunStore(tmp_path)
+    cfg = TrainConfig(data_dir=str(shapes_dir), epochs=2, batch_size=8, image_size=32)
+    a = submit_run(store, cfg, label="a")
+    b = submit_run(store, cfg, label="b")  # one training process at a time: b waits
+    ra = _wait(store, a, ("finished", "failed"))
+    rb = _wait(store, b, ("finished", "failed"))
+    assert ra["status"] == rb["status"] == "finished", (ra["error"], rb["error"])
+    assert rb["started"] >= ra["finished"] - 0.5
+    assert len(store.epochs(a)) == 2 and store.steps(a)
+    assert (store.run_dir(a) / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_stop_and_sigkill(shapes_dir, tmp_path):
+    store = RunStore(tmp_path)
+    cfg = TrainConfig(data_dir=str(shapes_dir), epochs=400, batch_size=2, image_size=32, freeze="none")
+    a = submit_run(store, cfg)
+    run = _wait(store, a, ("running",))
+    end = time.monotonic() + 60
+    while not store.steps(a) and time.monotonic() < end:
+        time.sleep(0.2)
+    request_stop(store, a)
+    run = _wait(store, a, ("stopped",))
+    assert (store.run_dir(a) / "model.safetensors").exists()
+    assert (store.run_dir(a) / "summary.json").exists()
+
+    b = submit_run(store, cfg)
+    run = _wait(store, b, ("running",))
+    while not store.steps(b) and time.monotonic() < end + 60:
+        time.sleep(0.2)
+    os.kill(store.get_run(b)["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while store.get_run(b)["status"] == "running" and time.monotonic() < deadline:
+        reap(store)
+        time.sleep(0.2)
+    run = store.get_run(b)
+    assert run["status"] == "interrupted" and "died" in run["error"]

@@ -1,0 +1,412 @@
+"""The ``tl-dashboard`` command: everything the UI does, scriptable.
+
+Subcommands: ``app``, ``train``, ``sweep``, ``layers``, ``runs``, ``predict``, ``export``, ``import``.
+Errors exit with status 2 and one line naming the problem and the fix, never a traceback.
+Also runs as ``python -m tl_dashboard.cli``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def _add_runs_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="run store folder (default: $TL_RUNS_DIR or ./runs)")
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .engine import TrainConfig
+
+    d = TrainConfig(data_dir="")
+    p.add_argument("data_dir", help="folder with one sub-folder of images per class (or train/ and val/)")
+    p.add_argument("--model", default=d.model, help=f"timm model name (default {d.model})")
+    p.add_argument("--weights", default=d.weights, help="auto | none | PATH to .safetensors/.pth (default auto)")
+    p.add_argument("--bn-mode", default=d.bn_mode, choices=["frozen", "train"],
+                   help="BatchNorm in frozen blocks: frozen = running statistics (default), train = update them")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--image-size", type=int, default=d.image_size, help="0 = the weights' own size")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="random resized crop, flip and colour jitter (default off)")
+    p.add_argument("--feature-cache", default=d.feature_cache, choices=["auto", "off"],
+                   help="cache the frozen prefix's output when valid (default auto)")
+    p.add_argument("--cache-max-mb", type=int, default=d.cache_max_mb)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--label", default="", help="a name for the run")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with the result")
+    _add_runs_dir(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tl-dashboard", description="Transfer learning on image folders with timm backbones.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("app", help="start the dashboard (streamlit run app.py)")
+    p.add_argument("--port", type=int, default=8501)
+    _add_runs_dir(p)
+
+    p = sub.add_parser("train", help="train one run in this process")
+    _add_train_options(p)
+    p.add_argument("--freeze", default="head", help="head | none | N (first N blocks) | BLOCK,BLOCK (default head)")
+
+    p = sub.add_parser("sweep", help="one run per freeze depth, one after another")
+    _add_train_options(p)
+    p.add_argument("--depths", default="0,2,4,all",
+                   help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
+    p.add_argument("--background", action="store_true", help="queue the runs for the background worker and return")
+
+    p = sub.add_parser("layers", help="a model's blocks in forward order with parameter counts")
+    p.add_argument("model", nargs="?", default="efficientnet_lite0")
+    p.add_argument("--image-size", type=int, default=0)
+    p.add_argument("--list", action="store_true", help="list the curated backbones and where their weights come from")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("runs", help="the runs in the store")
+    p.add_argument("--json", action="store_true")
+    _add_runs_dir(p)
+
+    p = sub.add_parser("predict", help="top-k classes for images with a trained run")
+    p.add_argument("run_id")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    _add_runs_dir(p)
+
+    p = sub.add_parser("export", help="export a run's model (safetensors, torchscript, onnx)")
+    p.add_argument("run_id")
+    p.add_argument("--format", default="safetensors,torchscript,onnx")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--json", action="store_true")
+    _add_runs_dir(p)
+
+    p = sub.add_parser("import", help="import a zip of class folders safely")
+    p.add_argument("archive", type=Path)
+    p.add_argument("--into", type=Path, default=None, help="a new folder (default: a fresh folder under ./datasets)")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def _store(args: argparse.Namespace):
+    from .runs import RunStore
+
+    return RunStore(args.runs_dir)
+
+
+def _config_from_args(args: argparse.Namespace, freeze: str):
+    from .engine import TrainConfig
+
+    return TrainConfig(
+        data_dir=str(args.data_dir), model=args.model, weights=args.weights, freeze=freeze,
+        bn_mode=args.bn_mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, image_size=args.image_size, val_fraction=args.val_fraction,
+        seed=args.seed, augment=args.augment, feature_cache=args.feature_cache,
+        cache_max_mb=args.cache_max_mb, device=args.device,
+    )
+
+
+def _validate_config(config) -> None:
+    """Fail fast, before a run is recorded, on input the engine would refuse."""
+    from .backbones import BackboneError
+    from .data import scan_images
+    from .engine import resolve_device
+
+    if config.epochs < 1 or config.batch_size < 1:
+        raise CliError("--epochs and --batch-size must be at least 1.")
+    if config.lr <= 0:
+        raise CliError(f"--lr must be positive, got {config.lr}.")
+    import timm
+
+    if not timm.is_model(config.model):
+        raise BackboneError(f"Unknown model {config.model!r}. `tl-dashboard layers --list` shows the curated ones; any timm name works.")
+    if config.weights not in ("auto", "none") and not Path(config.weights).is_file():
+        raise BackboneError(f"Weights file not found: {config.weights}. Give a .safetensors or .pth file, or --weights auto/none.")
+    scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    resolve_device(config.device)
+
+
+class _Progress:
+    """A one-line progress bar on stderr when it is a terminal, epoch lines otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        from .engine import Callback
+
+        self.quiet, self.tty = quiet, sys.stderr.isatty()
+        outer = self
+
+        class _CB(Callback):
+            def on_run_start(self, info: dict[str, Any]) -> None:
+                outer.total = info["steps_per_epoch"] * info["epochs"]
+                outer.say(f"{info['train_images']} train / {info['val_images']} val images, "
+                          f"{len(info['classes'])} classes; weights: {info['weights']['detail']}; "
+                          f"{info['freeze_label']}: {info['trainable_params']:,} trainable / {info['frozen_params']:,} frozen params")
+
+            def on_log(self, level: str, message: str) -> None:
+                outer.say(message)
+
+            def on_step_end(self, step: dict[str, Any]) -> None:
+                if outer.tty and not outer.quiet:
+                    frac = step["step"] / max(1, outer.total)
+                    bar = "#" * int(30 * frac)
+                    sys.stderr.write(f"\r[{bar:<30}] {step['step']}/{outer.total} epoch {step['epoch']:.2f} loss {step['loss']:.4f}")
+                    sys.stderr.flush()
+
+            def on_epoch_end(self, row: dict[str, Any]) -> None:
+                if outer.tty and not outer.quiet:
+                    sys.stderr.write("\n")
+                outer.say(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                          f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_sec']:.0f} img/s")
+
+        self.callback = _CB()
+        self.total = 1
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=sys.stderr)
+
+
+def _train_one(store, config, label: str, quiet: bool, group_id: str | None = None) -> dict[str, Any]:
+    from .worker import run_training
+
+    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id, status="queued")
+    store.mark_running(run_id, os.getpid(), socket.gethostname())
+    progress = _Progress(quiet)
+    try:
+        run_training(store, run_id, [progress.callback])
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted", error="interrupted from the terminal (Ctrl-C)")
+        raise
+    run = store.get_run(run_id)
+    s = run["summary"]
+    out = {
+        "run_id": run_id, "status": run["status"], "error": run["error"],
+        "val_accuracy": s.get("val_accuracy"), "best_val_accuracy": s.get("best_val_accuracy"),
+        "train_seconds": s.get("train_seconds"), "epochs": s.get("epochs"),
+        "trainable_params": s.get("trainable_params"), "frozen_params": s.get("frozen_params"),
+        "weights": (s.get("weights") or {}).get("source"), "weights_detail": (s.get("weights") or {}).get("detail"),
+        "feature_cache": s.get("feature_cache"), "freeze": config.freeze, "model": config.model,
+        "skipped_files": s.get("skipped_files", []), "classes": s.get("classes"),
+        "run_dir": str(store.run_dir(run_id)),
+    }
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _config_from_args(args, args.freeze)
+    _validate_config(config)
+    from .layers import LayersError, describe_blocks, parse_freeze
+
+    parse_freeze(config.freeze, describe_blocks(config.model, None), config.bn_mode)  # fail before recording a run
+    out = _train_one(_store(args), config, args.label, quiet=False)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"run {out['run_id']}: {out['status']}, val accuracy {out['val_accuracy']}, "
+              f"{out['train_seconds']} s, weights: {out['weights']}")
+        for s in out["skipped_files"]:
+            print(f"  skipped {s['path']}: {s['reason']}")
+    if out["status"] == "failed":
+        print(f"error: {out['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_depths(spec: str, n_body: int) -> list[str]:
+    out = []
+    for tok in [t.strip() for t in spec.split(",") if t.strip()]:
+        if tok in ("all", "head"):
+            out.append("head")
+        elif tok.isdigit() and int(tok) <= n_body:
+            out.append("head" if int(tok) == n_body else ("none" if tok == "0" else tok))
+        else:
+            raise CliError(f"--depths: {tok!r} is not a block count in 0..{n_body} or 'all'.")
+    return list(dict.fromkeys(out))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .layers import describe_blocks
+    from .worker import start_worker
+
+    base = _config_from_args(args, "head")
+    _validate_config(base)
+    blocks = describe_blocks(base.model, None)
+    n_body = sum(b.kind != "head" for b in blocks)
+    freezes = _parse_depths(args.depths, n_body)
+    store = _store(args)
+    group = time.strftime("sweep-%Y%m%d-%H%M%S")
+    results = []
+    if args.background:
+        ids = []
+        for f in freezes:
+            cfg = _config_from_args(args, f)
+            ids.append(store.create_run(cfg.to_dict(), label=f"{args.label or 'sweep'} freeze={f}", group_id=group))
+        start_worker(store)
+        out = {"group_id": group, "run_ids": ids, "status": "queued"}
+        print(json.dumps(out) if args.json else f"queued {len(ids)} runs as {group}")
+        return 0
+    for f in freezes:
+        cfg = _config_from_args(args, f)
+        print(f"--- freeze {f}", file=sys.stderr)
+        results.append(_train_one(store, cfg, f"{args.label or 'sweep'} freeze={f}", quiet=False, group_id=group))
+    if args.json:
+        print(json.dumps({"group_id": group, "runs": results}))
+    else:
+        for r in results:
+            print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {r['val_accuracy']:.3f}  {r['train_seconds']:.1f} s  ({r['run_id']})")
+    return 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from .backbones import CURATED_BACKBONES, describe_backbone
+    from .layers import describe_blocks
+
+    if args.list:
+        rows = [describe_backbone(n) for n in CURATED_BACKBONES]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                print(f"{r['name']:<24} {r['weights_source']:<9} {r['description']}")
+        return 0
+    blocks = describe_blocks(args.model, args.image_size or None)
+    rows = [{"index": b.index, "name": b.name, "kind": b.kind, "params": b.params,
+             "output_shape": list(b.output_shape) if b.output_shape else None} for b in blocks]
+    if args.json:
+        print(json.dumps({"model": args.model, "blocks": rows, "total_params": sum(r["params"] for r in rows)}))
+    else:
+        print(f"{args.model}: {len(rows)} blocks, {sum(r['params'] for r in rows):,} parameters")
+        for r in rows:
+            shape = "x".join(map(str, r["output_shape"])) if r["output_shape"] else "?"
+            print(f"  {r['index']:>2} {r['name']:<12} {r['kind']:<5} {r['params']:>12,}  -> {shape}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .worker import reap
+
+    store = _store(args)
+    reap(store)
+    rows = []
+    for r in store.list_runs():
+        s = r["summary"]
+        rows.append({
+            "run_id": r["id"], "label": r["label"], "status": r["status"], "model": r["config"].get("model"),
+            "freeze": r["config"].get("freeze"), "trainable_params": s.get("trainable_params"),
+            "val_accuracy": s.get("val_accuracy"), "best_val_accuracy": s.get("best_val_accuracy"),
+            "epochs": s.get("epochs"), "train_seconds": s.get("train_seconds"), "error": r["error"],
+            "created": r["created"],
+        })
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        if not rows:
+            print(f"no runs in {store.root}")
+        for r in rows:
+            acc = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "-"
+            print(f"{r['run_id']}  {r['status']:<11} {r['model'] or '-':<22} freeze={r['freeze']:<6} val acc {acc}  {r['label']}")
+    return 0
+
+
+def _finished_run(store, run_id: str) -> dict[str, Any]:
+    run = store.get_run(run_id)
+    if run is None:
+        raise CliError(f"No run {run_id!r} in {store.root}. `tl-dashboard runs` lists them.")
+    if not (store.run_dir(run_id) / "model.safetensors").exists():
+        raise CliError(f"Run {run_id} has no checkpoint yet ({run['status']}). Wait for its first epoch or pick another run.")
+    return run
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict_images
+
+    store = _store(args)
+    _finished_run(store, args.run_id)
+    missing = [p for p in args.images if not p.is_file()]
+    if missing:
+        raise CliError(f"Image not found: {missing[0]}.")
+    preds = predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k)
+    rows = [{"image": str(p), "top_k": pr} for p, pr in zip(args.images, preds)]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(r["image"] + ": " + ", ".join(f"{c['label']} {c['prob']:.3f}" for c in r["top_k"]))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .evaluate import export_run
+
+    store = _store(args)
+    _finished_run(store, args.run_id)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    paths = export_run(store, args.run_id, formats=formats, out_dir=args.out)
+    out = {k: str(v) for k, v in paths.items()}
+    print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_zip
+
+    if not args.archive.is_file():
+        raise CliError(f"Archive not found: {args.archive}.")
+    rep = import_zip(args.archive, args.into)
+    out = {"root": str(rep.root), "written": len(rep.written), "skipped": [s.to_dict() for s in rep.skipped]}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"imported {out['written']} images into {out['root']}")
+        for s in out["skipped"]:
+            print(f"  skipped {s['path']}: {s['reason']}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parent.parent / "app.py"
+    if not app.exists():
+        raise CliError(f"app.py not found next to the package ({app}); run from a source checkout.")
+    env = dict(os.environ)
+    if args.runs_dir:
+        env["TL_RUNS_DIR"] = str(args.runs_dir)
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)], env=env)
+
+
+_COMMANDS = {"app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "layers": cmd_layers, "runs": cmd_runs,
+             "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (CliError, ValueError, FileNotFoundError, PermissionError) as exc:
+        # DataError, BackboneError, LayersError, ArchiveError are ValueErrors with one clear line.
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,478 @@
+"""Bring images in safely: zip archives, browser uploads and webcam captures.
+
+:func:`import_zip` reads the whole central directory before writing a byte: path escapes,
+absolute paths, symlinks, encrypted members, too many members, too many bytes and zip bombs
+refuse the whole archive. It then extracts with a running byte budget into a fresh folder,
+validates every image with :func:`tl_dashboard.data.load_rgb` and removes the bad ones.
+:func:`save_images` does the same for single uploads. :func:`resolve_allowed_path` is the
+shared-server guard for folders typed into the UI.
+
+This module never imports streamlit.
+
+Example:
+    >>> report = import_zip("pets.zip")                      # doctest: +SKIP
+    >>> split = scan_images(report.root)                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import secrets
+import stat
+import time
+import zipfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Sequence
+
+from PIL import Image
+
+from .data import IMAGE_EXTENSIONS, DataError, Skipped, _env_number, load_rgb
+
+__all__ = [
+    "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
+    "datasets_dir", "new_upload_dir", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
+]
+
+DEFAULT_MAX_TOTAL_BYTES = 2 * 2**30  # uncompressed bytes an import may write; env TL_MAX_UPLOAD_GB overrides
+DEFAULT_MAX_FILES = 20_000  # members an archive may hold; env TL_MAX_UPLOAD_FILES overrides
+_MAX_RATIO = 100  # uncompressed/compressed above this (on >= _RATIO_FLOOR bytes) looks like a zip bomb
+_RATIO_FLOOR = 64 * 2**20
+_CHUNK = 2**20
+_NAME_MAX = 255  # bytes per path component on common file systems
+_HIDDEN_DIRS = ("__MACOSX",)
+_VALIDATE_DRAFT = 256
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+_FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
+_MEMBER_FIX = "re-create the zip from inside the data folder so every member has a plain relative path"
+
+
+class ArchiveError(ValueError):
+    """An archive refused for safety or format; str() is one line naming the archive, the member and the fix."""
+
+
+class PathNotAllowed(PermissionError):
+    """A path outside every allowed root (env ``TL_ALLOWED_ROOTS``); str() names the path and the roots."""
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote and what it left out."""
+    root: Path  # the data folder the images landed in: pass it to scan_images
+    written: list[Path] = field(default_factory=list)  # every image kept, absolute paths
+    skipped: list[Skipped] = field(default_factory=list)  # not kept, with a one-line reason (archive names)
+
+
+def datasets_dir() -> Path:
+    """Returns: the folder uploads go to (env ``TL_DATASETS_DIR`` or ``./datasets``), created if missing."""
+    d = Path(os.environ.get("TL_DATASETS_DIR") or "datasets").expanduser().absolute()
+    if d.exists() and not d.is_dir():
+        raise NotADirectoryError(f"Datasets folder {d} is a file; point TL_DATASETS_DIR at a folder.")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def new_upload_dir(prefix: str = "upload") -> Path:
+    """Create a fresh, empty folder ``datasets_dir()/f"{prefix}-YYYYmmdd-HHMMSS-xxxx"``.
+
+    Args:
+        prefix: Letters, digits, ``_``, ``-`` or ``.``; must not start with a dot.
+
+    Returns:
+        The new folder; never one that existed before (``mkdir`` without ``exist_ok``).
+
+    Raises:
+        ValueError: ``prefix`` is empty or holds other characters.
+    """
+    if not re.fullmatch(r"[\w.-]+", prefix or "") or prefix.startswith("."):
+        raise ValueError(f"prefix={prefix!r} must be letters, digits, '_', '-' or '.', not starting with a dot.")
+    base = datasets_dir()
+    while True:
+        d = base / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
+
+
+def _member_parts(name: str) -> tuple[str, ...]:
+    """Split an archive name into plain path parts ('' and '.' dropped). Raises ArchiveError when unsafe."""
+    if "\x00" in name:
+        raise ArchiveError(f"member {name!r} contains a NUL byte; {_MEMBER_FIX}.")
+    posix = name.replace("\\", "/")
+    if posix.startswith("/"):
+        raise ArchiveError(f"member {name!r} is an absolute path; {_MEMBER_FIX}.")
+    parts = tuple(p for p in posix.split("/") if p not in ("", "."))
+    if parts and re.match(r"[A-Za-z]:", parts[0]):
+        raise ArchiveError(f"member {name!r} starts with a drive letter; {_MEMBER_FIX}.")
+    if ".." in parts:
+        raise ArchiveError(f"member {name!r} leaves the target folder ('..' in its path); {_MEMBER_FIX}.")
+    for p in parts:
+        try:
+            too_long = len(os.fsencode(p)) > _NAME_MAX
+        except UnicodeError:
+            raise ArchiveError(f"member {name!r} has a name this file system cannot store; rename it.") from None
+        if too_long:
+            raise ArchiveError(f"member {name!r} has a name part over {_NAME_MAX} bytes; shorten it.")
+    return parts
+
+
+def safe_member_path(name: str, dest: Path) -> Path:
+    """Map an archive member name to a path inside ``dest`` (backslashes count as separators).
+
+    Args:
+        name: Member name as stored in the archive.
+        dest: Folder the archive is extracted into (need not exist).
+
+    Returns:
+        ``dest`` joined with the member's parts; always inside ``dest``.
+
+    Raises:
+        ArchiveError: ``name`` is empty, absolute (``/x``, ``\\\\server\\x``), has a drive letter
+            (``C:\\x``), a ``..`` part, a NUL byte or a part too long for the file system.
+    """
+    try:
+        parts = _member_parts(name)
+    except ArchiveError as exc:
+        raise ArchiveError(f"Refused archive {exc}") from None
+    if not parts:
+        raise ArchiveError(f"Refused archive member {name!r}: its path is empty; {_MEMBER_FIX}.")
+    base = os.path.abspath(dest)
+    out = os.path.join(base, *parts)
+    if os.path.commonpath([base, out]) != base:  # unreachable after the checks above; kept as a last guard
+        raise ArchiveError(f"Refused archive member {name!r}: it leaves {base}; {_MEMBER_FIX}.")
+    return Path(out)
+
+
+def resolve_allowed_path(path: str | Path, roots: Sequence[Path] | None = None) -> Path:
+    """Resolve ``path`` (``~``, symlinks, ``..``) and check it lies under an allowed root.
+
+    Args:
+        path: A folder or file a user typed or picked.
+        roots: Allowed folders. ``None``: env ``TL_ALLOWED_ROOTS`` (``os.pathsep``-separated).
+            No roots at all means every path is allowed (single-user laptop).
+
+    Returns:
+        The resolved absolute path.
+
+    Raises:
+        PathNotAllowed: The resolved path is outside every root.
+    """
+    resolved = Path(path).expanduser().resolve(strict=False)
+    if roots is None:
+        roots = [Path(r) for r in os.environ.get("TL_ALLOWED_ROOTS", "").split(os.pathsep) if r.strip()]
+    allowed = [Path(r).expanduser().resolve(strict=False) for r in roots]
+    if not allowed or any(resolved == r or resolved.is_relative_to(r) for r in allowed):
+        return resolved
+    raise PathNotAllowed(
+        f"Path {str(path)!r} resolves to {resolved}, outside the allowed folders "
+        f"({', '.join(map(str, allowed))}); pick a path under one of them or add it to TL_ALLOWED_ROOTS.")
+
+
+def _limits(max_total_bytes: int | None, max_files: int | None) -> tuple[int, int]:
+    if max_total_bytes is None:
+        max_total_bytes = int(_env_number("TL_MAX_UPLOAD_GB", DEFAULT_MAX_TOTAL_BYTES / 2**30) * 2**30)
+    if max_files is None:
+        max_files = int(_env_number("TL_MAX_UPLOAD_FILES", DEFAULT_MAX_FILES))
+    for key, v in (("max_total_bytes", max_total_bytes), ("max_files", max_files)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{key}={v!r} must be a positive int (or None for the default).")
+    return max_total_bytes, max_files
+
+
+def _member_name(info: zipfile.ZipInfo) -> str:
+    """The member's name; UTF-8 names stored without the UTF-8 flag are decoded as UTF-8, not cp437."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return info.filename
+
+
+def _declared_size(info: zipfile.ZipInfo) -> int:
+    return info.file_size
+
+
+def _skip_reason(parts: tuple[str, ...]) -> str | None:
+    if any(p.startswith(".") or p in _HIDDEN_DIRS for p in parts):
+        return "hidden file"
+    suffix = PurePosixPath(parts[-1]).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
+    return None
+
+
+def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> list[tuple]:
+    """Check every member before anything is written. Returns: ``(info, name, parts, skip_reason|"dir"|None)``."""
+    infos = zf.infolist()
+    refuse = f"Refused zip {label!r}:"
+    if len(infos) > max_files:
+        raise ArchiveError(f"{refuse} it holds {len(infos)} members, above the limit of {max_files} (first one over: "
+                           f"{_member_name(infos[max_files])!r}); split it into smaller zips or raise TL_MAX_UPLOAD_FILES.")
+    plan, total, packed = [], 0, 0
+    for info in infos:
+        name = _member_name(info)
+        try:
+            parts = _member_parts(name)
+        except ArchiveError as exc:
+            raise ArchiveError(f"{refuse} {exc}") from None
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if kind == stat.S_IFLNK:
+            raise ArchiveError(f"{refuse} member {name!r} is a symbolic link; links are never extracted. "
+                               "Zip the real files instead (zip without --symlinks).")
+        if info.is_dir() or kind == stat.S_IFDIR:
+            plan.append((info, name, parts, "dir"))
+            continue
+        if kind not in (0, stat.S_IFREG):
+            raise ArchiveError(f"{refuse} member {name!r} is a device, pipe or socket, not a regular file; remove it.")
+        if not parts:
+            raise ArchiveError(f"{refuse} member {name!r} has an empty path; {_MEMBER_FIX}.")
+        reason = _skip_reason(parts)
+        plan.append((info, name, parts, reason))
+        if reason:
+            continue
+        if info.flag_bits & 0x1:
+            raise ArchiveError(f"{refuse} member {name!r} is encrypted; password-protected zips are not supported. "
+                               "Zip the images again without a password.")
+        if info.compress_type not in _METHODS:
+            raise ArchiveError(f"{refuse} member {name!r} uses compression method {info.compress_type}, which is not "
+                               "supported; zip it again with standard Deflate.")
+        size = _declared_size(info)
+        if size >= _RATIO_FLOOR and size > _MAX_RATIO * max(info.compress_size, 1):
+            raise ArchiveError(f"{refuse} member {name!r} expands {info.compress_size} bytes to {size / 2**20:.0f} MiB "
+                               f"(over {_MAX_RATIO}:1), which looks like a zip bomb; if it is a real image, save it "
+                               "as PNG or JPEG and zip again.")
+        total, packed = total + size, packed + info.compress_size
+        if total > max_total:
+            raise ArchiveError(f"{refuse} its images add up to over {max_total / 2**30:.2f} GiB uncompressed at member "
+                               f"{name!r}; split it into smaller zips or raise TL_MAX_UPLOAD_GB.")
+    if total >= _RATIO_FLOOR and total > _MAX_RATIO * max(packed, 1):
+        worst = max((p for p in plan if p[3] is None), key=lambda p: _declared_size(p[0]))
+        raise ArchiveError(f"{refuse} {packed} compressed bytes expand to {total / 2**20:.0f} MiB (over {_MAX_RATIO}:1, "
+                           f"largest member {worst[1]!r}), which looks like a zip bomb; zip the original images again.")
+    return plan
+
+
+def _make_dirs(dest: Path, parts: Sequence[str], created: list[Path]) -> Path:
+    """Create ``dest/parts`` one level at a time, never through a symlink. Returns: the folder."""
+    d = dest
+    for p in parts:
+        d = d / p
+        try:
+            os.mkdir(d)
+            created.append(d)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(d).st_mode):
+                raise NotADirectoryError(d) from None
+    return d
+
+
+def _remove(files: Sequence[Path], dirs: Sequence[Path]) -> None:
+    """Delete what this import wrote: files, then folders deepest first (only if empty)."""
+    for f in files:
+        Path(f).unlink(missing_ok=True)
+    for d in reversed(dirs):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+def _check_image(path: Path, shown: str | None = None) -> str | None:
+    """Validate with data.load_rgb. Returns: the one-line skip reason, or None if usable."""
+    try:
+        load_rgb(path, draft_size=_VALIDATE_DRAFT)
+        return None
+    except DataError as exc:
+        msg = str(exc).removeprefix(f"Cannot use image {path}: ").split(". Re-scan the data folder")[0]
+        return msg.replace(path.name, shown) if shown else msg
+
+
+def _data_root(dest: Path) -> Path:
+    """Descend through single wrapping folders (``pets/cats``, ``pets/dogs`` -> ``pets``)."""
+    root = dest
+    while True:
+        with os.scandir(root) as it:
+            entries = list(it)
+        if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
+            return root
+        with os.scandir(entries[0].path) as it:
+            if not any(e.is_dir(follow_symlinks=False) for e in it):
+                return root
+        root = Path(entries[0].path)
+
+
+def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, *,
+               max_total_bytes: int | None = None, max_files: int | None = None) -> ImportReport:
+    """Safely extract the images of a zip archive into a new data folder.
+
+    Every member is checked from the central directory before anything is written; one unsafe
+    member refuses the whole archive. Images are then streamed out under a running byte budget
+    and decoded once; hidden files, non-images and bad images are left out and reported.
+
+    Args:
+        source: Path of a zip, its bytes, or a seekable binary file (e.g. a Streamlit upload).
+        into: Target folder, new or empty. ``None``: a fresh :func:`new_upload_dir`.
+        max_total_bytes: Most uncompressed bytes the images may add up to (declared and
+            actual). ``None``: env ``TL_MAX_UPLOAD_GB`` (GiB) or 2 GiB.
+        max_files: Most members the archive may hold. ``None``: env ``TL_MAX_UPLOAD_FILES`` or 20 000.
+
+    Returns:
+        An :class:`ImportReport`; ``root`` skips a single wrapping folder, so
+        ``scan_images(report.root)`` works directly.
+
+    Raises:
+        ArchiveError: Not a zip; ``into`` is a file or not empty; a member escapes the folder,
+            is absolute, a symlink or encrypted; too many members or bytes; a likely zip bomb;
+            or a member is corrupt. Nothing this call wrote is left on disk.
+        FileNotFoundError: ``source`` is a path that does not exist.
+    """
+    max_total, max_n = _limits(max_total_bytes, max_files)
+    label = str(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", "uploaded zip"))
+    dest = None if into is None else Path(into).expanduser().absolute()
+    if dest is not None and (dest.is_symlink() or dest.exists()):
+        if not dest.is_dir():
+            raise ArchiveError(f"Refused to extract {label!r} into {dest}: it is not a folder; pick a new or empty "
+                               "folder, or leave `into` unset for a fresh one.")
+        if any(dest.iterdir()):
+            raise ArchiveError(f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
+                               "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one.")
+    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        zf = zipfile.ZipFile(fp)
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{label!r} is not a zip archive ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                           "upload a .zip of a folder with one sub-folder per class.") from None
+    with zf:
+        plan = _plan(zf, label, max_total, max_n)
+        made: list[Path] = []  # folders this call created, parents first; removed again on failure
+        if dest is None:
+            dest = new_upload_dir("upload")
+            made.append(dest)
+        else:
+            made.extend(reversed([p for p in (dest, *dest.parents) if not p.exists()]))
+            for d in made:
+                d.mkdir(exist_ok=True)
+        report = ImportReport(root=dest)
+        files: list[Path] = []
+        budget, name = max_total, ""
+        try:
+            for info, name, parts, reason in plan:
+                if reason == "dir":
+                    if parts and not _skip_reason(parts + ("x.png",)):
+                        _make_dirs(dest, parts, made)
+                    continue
+                if reason:
+                    report.skipped.append(Skipped(Path(name), reason))
+                    continue
+                target = dest.joinpath(*parts)
+                try:
+                    _make_dirs(dest, parts[:-1], made)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+                except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                    report.skipped.append(Skipped(Path(name), "name clashes with another member (a duplicate, "
+                                                              "or names that differ only in case)"))
+                    continue
+                files.append(target)
+                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                    while chunk := src.read(_CHUNK):
+                        budget -= len(chunk)
+                        if budget < 0:
+                            raise ArchiveError(f"Refused zip {label!r}: member {name!r} holds more data than declared "
+                                               f"and the import passed {max_total / 2**30:.2f} GiB; the archive lies "
+                                               "about its sizes. Zip the images again.")
+                        out.write(chunk)
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                reasons = list(pool.map(_check_image, files))
+        except BaseException as exc:
+            _remove(files, made)
+            if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
+                raise ArchiveError(f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
+                                   "corrupt or lies about its sizes. Zip the images again.") from None
+            raise
+    rel = {f: p[1] for f, p in zip(files, [p for p in plan if p[3] is None and dest.joinpath(*p[2]) in files])}
+    for f, why in zip(files, reasons):
+        if why is None:
+            report.written.append(f)
+        else:
+            f.unlink(missing_ok=True)
+            report.skipped.append(Skipped(Path(rel.get(f, f.name)), why))
+    _remove([], made[1:] if into is None else [d for d in made if d != dest and dest in d.parents])
+    report.root = _data_root(dest)
+    report.skipped.sort(key=lambda s: s.path.as_posix())
+    return report
+
+
+def _safe_basename(name: str) -> str:
+    """Last path part of ``name``, without control/reserved characters or leading dots; <= 200 bytes."""
+    base = re.split(r"[\\/]", name)[-1]
+    base = "".join("_" if ord(c) < 32 or c in '<>:"|?*\x7f' else c for c in base).strip().lstrip(".").rstrip(". ")
+    stem, suffix = os.path.splitext(base or "image")
+    while len(os.fsencode(stem + suffix)) > 200 and stem:
+        stem = stem[:-1]
+    return (stem or "image") + suffix
+
+
+def _publish(tmp: Path, folder: Path, base: str) -> Path:
+    """Give ``tmp`` its final name in ``folder`` atomically, adding -1, -2, ... rather than overwrite."""
+    stem, suffix = os.path.splitext(base)
+    i = 0
+    while True:
+        target = folder / (base if i == 0 else f"{stem}-{i}{suffix}")
+        i += 1
+        try:
+            os.link(tmp, target)  # atomic and fails if target exists: never overwrites
+            return target
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links here (FAT, some shares): reserve the name, then replace it
+            try:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            except FileExistsError:
+                continue
+            os.replace(tmp, target)
+            return target
+
+
+def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> ImportReport:
+    """Validate uploaded images (browser upload, webcam capture) and write them into a class folder.
+
+    Args:
+        files: ``(name, payload)`` pairs. Only the base name of ``name`` is used; a name without
+            an extension gets one from the decoded format.
+        into_class_dir: Class folder to write into; created if missing.
+
+    Returns:
+        An :class:`ImportReport` with ``root=into_class_dir``. Existing files are never
+        overwritten (``x.png`` becomes ``x-1.png``); each write is a temp file renamed atomically.
+    """
+    folder = Path(into_class_dir).expanduser().absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    report = ImportReport(root=folder)
+    for name, payload in files:
+        base = _safe_basename(str(name))
+        suffix = os.path.splitext(base)[1].lower()
+        if suffix and suffix not in IMAGE_EXTENSIONS:
+            report.skipped.append(Skipped(Path(str(name)), f"not an image (extension {suffix})"))
+            continue
+        tmp = folder / f".tl-upload-{secrets.token_hex(8)}{suffix or '.img'}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(payload)
+            reason = "empty file (0 bytes)" if not len(payload) else _check_image(tmp, shown=base)
+            if reason is None and not suffix:
+                with Image.open(tmp) as img:
+                    ext = _FORMAT_EXT.get(img.format or "")
+                base, reason = base + (ext or ""), None if ext else f"not an image (unsupported format {img.format})"
+            if reason:
+                report.skipped.append(Skipped(Path(str(name)), reason))
+            else:
+                report.written.append(_publish(tmp, folder, base))
+        finally:
+            tmp.unlink(missing_ok=True)
+    return report
