@@ -2,7 +2,8 @@
 
 :func:`import_zip` reads the whole central directory before writing a byte: path escapes,
 absolute paths, symlinks, encrypted members, too many members, too many bytes and zip bombs
-refuse the whole archive. It then extracts with a running byte budget into a fresh folder,
+refuse the whole archive (a zip bomb: >= 64 MiB expanding over 100:1, per member or in all).
+It then extracts with a running byte budget into a fresh folder,
 validates every image with :func:`tl_dashboard.data.load_rgb` and removes the bad ones.
 :func:`save_images` does the same for single uploads. :func:`resolve_allowed_path` is the
 shared-server guard for folders typed into the UI.
@@ -47,6 +48,7 @@ _HIDDEN_DIRS = ("__MACOSX",)
 _VALIDATE_DRAFT = 256
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
+_CLASH = "name clashes with another member (a duplicate, a file where a folder is, or a case-only difference)"
 _MEMBER_FIX = "re-create the zip from inside the data folder so every member has a plain relative path"
 
 
@@ -175,9 +177,9 @@ def resolve_allowed_path(path: str | Path, roots: Sequence[Path] | None = None) 
 
 def _limits(max_total_bytes: int | None, max_files: int | None) -> tuple[int, int]:
     if max_total_bytes is None:
-        max_total_bytes = int(_env_number("TL_MAX_UPLOAD_GB", DEFAULT_MAX_TOTAL_BYTES / 2**30) * 2**30)
+        max_total_bytes = max(1, int(_env_number("TL_MAX_UPLOAD_GB", DEFAULT_MAX_TOTAL_BYTES / 2**30) * 2**30))
     if max_files is None:
-        max_files = int(_env_number("TL_MAX_UPLOAD_FILES", DEFAULT_MAX_FILES))
+        max_files = max(1, int(_env_number("TL_MAX_UPLOAD_FILES", DEFAULT_MAX_FILES)))
     for key, v in (("max_total_bytes", max_total_bytes), ("max_files", max_files)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{key}={v!r} must be a positive int (or None for the default).")
@@ -195,11 +197,16 @@ def _member_name(info: zipfile.ZipInfo) -> str:
 
 
 def _declared_size(info: zipfile.ZipInfo) -> int:
+    """The one place that reads a member's declared size (tests patch it to simulate lying headers)."""
     return info.file_size
 
 
+def _hidden(parts: Sequence[str]) -> bool:
+    return any(p.startswith(".") or p in _HIDDEN_DIRS for p in parts)
+
+
 def _skip_reason(parts: tuple[str, ...]) -> str | None:
-    if any(p.startswith(".") or p in _HIDDEN_DIRS for p in parts):
+    if _hidden(parts):
         return "hidden file"
     suffix = PurePosixPath(parts[-1]).suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
@@ -212,8 +219,9 @@ def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> li
     infos = zf.infolist()
     refuse = f"Refused zip {label!r}:"
     if len(infos) > max_files:
-        raise ArchiveError(f"{refuse} it holds {len(infos)} members, above the limit of {max_files} (first one over: "
-                           f"{_member_name(infos[max_files])!r}); split it into smaller zips or raise TL_MAX_UPLOAD_FILES.")
+        raise ArchiveError(f"{refuse} it holds {len(infos)} members, above the limit of {max_files} (first one "
+                           f"over: {_member_name(infos[max_files])!r}); split it into smaller zips or raise "
+                           "TL_MAX_UPLOAD_FILES.")
     plan, total, packed = [], 0, 0
     for info in infos:
         name = _member_name(info)
@@ -244,17 +252,18 @@ def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> li
                                "supported; zip it again with standard Deflate.")
         size = _declared_size(info)
         if size >= _RATIO_FLOOR and size > _MAX_RATIO * max(info.compress_size, 1):
-            raise ArchiveError(f"{refuse} member {name!r} expands {info.compress_size} bytes to {size / 2**20:.0f} MiB "
-                               f"(over {_MAX_RATIO}:1), which looks like a zip bomb; if it is a real image, save it "
-                               "as PNG or JPEG and zip again.")
+            raise ArchiveError(f"{refuse} member {name!r} expands {info.compress_size} bytes to "
+                               f"{size / 2**20:.0f} MiB (over {_MAX_RATIO}:1), which looks like a zip bomb; if it "
+                               "is a real image, save it as PNG or JPEG and zip again.")
         total, packed = total + size, packed + info.compress_size
         if total > max_total:
-            raise ArchiveError(f"{refuse} its images add up to over {max_total / 2**30:.2f} GiB uncompressed at member "
-                               f"{name!r}; split it into smaller zips or raise TL_MAX_UPLOAD_GB.")
+            raise ArchiveError(f"{refuse} its images add up to over {max_total / 2**30:.2f} GiB uncompressed at "
+                               f"member {name!r}; split it into smaller zips or raise TL_MAX_UPLOAD_GB.")
     if total >= _RATIO_FLOOR and total > _MAX_RATIO * max(packed, 1):
         worst = max((p for p in plan if p[3] is None), key=lambda p: _declared_size(p[0]))
-        raise ArchiveError(f"{refuse} {packed} compressed bytes expand to {total / 2**20:.0f} MiB (over {_MAX_RATIO}:1, "
-                           f"largest member {worst[1]!r}), which looks like a zip bomb; zip the original images again.")
+        raise ArchiveError(f"{refuse} {packed} compressed bytes expand to {total / 2**20:.0f} MiB (over "
+                           f"{_MAX_RATIO}:1, largest member {worst[1]!r}), which looks like a zip bomb; zip the "
+                           "original images again.")
     return plan
 
 
@@ -316,15 +325,17 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
     and decoded once; hidden files, non-images and bad images are left out and reported.
 
     Args:
-        source: Path of a zip, its bytes, or a seekable binary file (e.g. a Streamlit upload).
+        source: Path of a zip, its bytes, or a binary file (e.g. a Streamlit upload; a
+            non-seekable stream is read into memory first).
         into: Target folder, new or empty. ``None``: a fresh :func:`new_upload_dir`.
         max_total_bytes: Most uncompressed bytes the images may add up to (declared and
             actual). ``None``: env ``TL_MAX_UPLOAD_GB`` (GiB) or 2 GiB.
         max_files: Most members the archive may hold. ``None``: env ``TL_MAX_UPLOAD_FILES`` or 20 000.
 
     Returns:
-        An :class:`ImportReport`; ``root`` skips a single wrapping folder, so
-        ``scan_images(report.root)`` works directly.
+        An :class:`ImportReport`. ``root`` skips single wrapping folders, so
+        ``scan_images(report.root)`` works directly; ``written`` may be empty; ``skipped``
+        names members as the archive does. Folders left empty by removed images are pruned.
 
     Raises:
         ArchiveError: Not a zip; ``into`` is a file or not empty; a member escapes the folder,
@@ -343,6 +354,8 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
             raise ArchiveError(f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
                                "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one.")
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    if not isinstance(fp, (str, os.PathLike)) and not fp.seekable():  # zipfile needs to seek to the directory
+        fp = io.BytesIO(fp.read())
     try:
         zf = zipfile.ZipFile(fp)
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
@@ -350,7 +363,7 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
                            "upload a .zip of a folder with one sub-folder per class.") from None
     with zf:
         plan = _plan(zf, label, max_total, max_n)
-        made: list[Path] = []  # folders this call created, parents first; removed again on failure
+        made: list[Path] = []  # dest and any missing parents, created here; removed again on failure
         if dest is None:
             dest = new_upload_dir("upload")
             made.append(dest)
@@ -359,50 +372,49 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
             for d in made:
                 d.mkdir(exist_ok=True)
         report = ImportReport(root=dest)
-        files: list[Path] = []
+        created: list[Path] = []  # folders created inside dest, parents first
+        files: list[tuple[Path, str]] = []  # (written file, member name)
         budget, name = max_total, ""
         try:
             for info, name, parts, reason in plan:
-                if reason == "dir":
-                    if parts and not _skip_reason(parts + ("x.png",)):
-                        _make_dirs(dest, parts, made)
-                    continue
-                if reason:
+                if reason and reason != "dir":
                     report.skipped.append(Skipped(Path(name), reason))
                     continue
-                target = dest.joinpath(*parts)
                 try:
-                    _make_dirs(dest, parts[:-1], made)
+                    if reason == "dir":
+                        if parts and not _hidden(parts):
+                            _make_dirs(dest, parts, created)
+                        continue
+                    _make_dirs(dest, parts[:-1], created)
+                    target = dest.joinpath(*parts)
                     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
                 except (FileExistsError, NotADirectoryError, IsADirectoryError):
-                    report.skipped.append(Skipped(Path(name), "name clashes with another member (a duplicate, "
-                                                              "or names that differ only in case)"))
+                    report.skipped.append(Skipped(Path(name), _CLASH))
                     continue
-                files.append(target)
+                files.append((target, name))
                 with os.fdopen(fd, "wb") as out, zf.open(info) as src:
                     while chunk := src.read(_CHUNK):
                         budget -= len(chunk)
                         if budget < 0:
-                            raise ArchiveError(f"Refused zip {label!r}: member {name!r} holds more data than declared "
-                                               f"and the import passed {max_total / 2**30:.2f} GiB; the archive lies "
-                                               "about its sizes. Zip the images again.")
+                            raise ArchiveError(f"Refused zip {label!r}: member {name!r} pushes the import past "
+                                               f"{max_total / 2**30:.2f} GiB although the archive declared less; it "
+                                               "lies about its sizes. Zip the images again.")
                         out.write(chunk)
             with ThreadPoolExecutor(max_workers=2) as pool:
-                reasons = list(pool.map(_check_image, files))
+                reasons = list(pool.map(_check_image, [f for f, _ in files]))
         except BaseException as exc:
-            _remove(files, made)
+            _remove([f for f, _ in files], made + created)
             if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
                 raise ArchiveError(f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
                                    "corrupt or lies about its sizes. Zip the images again.") from None
             raise
-    rel = {f: p[1] for f, p in zip(files, [p for p in plan if p[3] is None and dest.joinpath(*p[2]) in files])}
-    for f, why in zip(files, reasons):
+    for (f, member), why in zip(files, reasons):
         if why is None:
             report.written.append(f)
         else:
             f.unlink(missing_ok=True)
-            report.skipped.append(Skipped(Path(rel.get(f, f.name)), why))
-    _remove([], made[1:] if into is None else [d for d in made if d != dest and dest in d.parents])
+            report.skipped.append(Skipped(Path(member), why))
+    _remove([], created)  # prune folders left empty (a class of only bad images would break scan_images)
     report.root = _data_root(dest)
     report.skipped.sort(key=lambda s: s.path.as_posix())
     return report
@@ -449,7 +461,11 @@ def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> Imp
 
     Returns:
         An :class:`ImportReport` with ``root=into_class_dir``. Existing files are never
-        overwritten (``x.png`` becomes ``x-1.png``); each write is a temp file renamed atomically.
+        overwritten (``x.png`` becomes ``x-1.png``); each image is written to a hidden temp file,
+        validated there, then linked (or ``os.replace``-d) into its final name atomically.
+
+    Raises:
+        OSError: The class folder cannot be created or written.
     """
     folder = Path(into_class_dir).expanduser().absolute()
     folder.mkdir(parents=True, exist_ok=True)
@@ -465,10 +481,12 @@ def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> Imp
             with open(tmp, "xb") as f:
                 f.write(payload)
             reason = "empty file (0 bytes)" if not len(payload) else _check_image(tmp, shown=base)
-            if reason is None and not suffix:
+            if reason is None and not suffix:  # e.g. a webcam capture named "image": name it by its format
                 with Image.open(tmp) as img:
-                    ext = _FORMAT_EXT.get(img.format or "")
-                base, reason = base + (ext or ""), None if ext else f"not an image (unsupported format {img.format})"
+                    fmt = img.format or "unknown"
+                suffix = _FORMAT_EXT.get(fmt, "")
+                base += suffix
+                reason = None if suffix else f"not an image (unsupported format {fmt})"
             if reason:
                 report.skipped.append(Skipped(Path(str(name)), reason))
             else:
