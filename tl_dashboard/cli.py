@@ -49,6 +49,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="cache the frozen prefix's output when valid (default auto)")
     p.add_argument("--cache-max-mb", type=int, default=d.cache_max_mb)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--nproc", type=int, default=d.nproc,
+                   help="processes for DistributedDataParallel via torchrun (one per GPU; gloo on CPU)")
     p.add_argument("--label", default="", help="a name for the run")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with the result")
     _add_runs_dir(p)
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="start the dashboard (streamlit run app.py)")
     p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--allowed-roots", default=None,
+                   help=f"shared server: the Data page may open only folders under these roots ({os.pathsep}-separated; "
+                        "sets TL_ALLOWED_ROOTS)")
     _add_runs_dir(p)
 
     p = sub.add_parser("train", help="train one run in this process")
@@ -117,7 +122,7 @@ def _config_from_args(args: argparse.Namespace, freeze: str):
         bn_mode=args.bn_mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, image_size=args.image_size, val_fraction=args.val_fraction,
         seed=args.seed, augment=args.augment, feature_cache=args.feature_cache,
-        cache_max_mb=args.cache_max_mb, device=args.device,
+        cache_max_mb=args.cache_max_mb, device=args.device, nproc=args.nproc,
     )
 
 
@@ -127,6 +132,8 @@ def _validate_config(config) -> None:
     from .data import scan_images
     from .engine import resolve_device
 
+    if config.nproc < 1:
+        raise CliError("--nproc must be at least 1.")
     if config.epochs < 1 or config.batch_size < 1:
         raise CliError("--epochs and --batch-size must be at least 1.")
     if config.lr <= 0:
@@ -213,6 +220,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .layers import LayersError, describe_blocks, parse_freeze
 
     parse_freeze(config.freeze, describe_blocks(config.model, None), config.bn_mode)  # fail before recording a run
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: other ranks train their shards, rank 0 records
+        from .engine import train
+
+        train(config)
+        return 0
     out = _train_one(_store(args), config, args.label, quiet=False)
     if args.json:
         print(json.dumps(out))
@@ -387,6 +399,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.runs_dir:
         env["TL_RUNS_DIR"] = str(args.runs_dir)
+    if args.allowed_roots:
+        env["TL_ALLOWED_ROOTS"] = args.allowed_roots
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)], env=env)
 
 

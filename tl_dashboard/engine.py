@@ -50,6 +50,7 @@ __all__ = [
     "prepare",
     "save_checkpoint",
     "load_checkpoint",
+    "shard_indices",
 ]
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_run_end", "on_log")
@@ -76,6 +77,7 @@ class TrainConfig:
     cache_max_mb: int = 2048  # bound on the feature cache's memory; above it, the full path runs
     device: str = "auto"  # "auto" (cuda > mps > cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
     label_smoothing: float = 0.0
+    nproc: int = 1  # >1: DistributedDataParallel over N processes launched with torchrun (one per GPU)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -325,8 +327,103 @@ def _emit(callbacks: Sequence[Callback], event: str, *args: Any) -> None:
         getattr(cb, event)(*args)
 
 
+class _Dist:
+    """torchrun's environment: world size, rank, local rank; a process group when world > 1."""
+
+    def __init__(self) -> None:
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.created = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def setup(self, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        if self.active and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.created = True
+
+    def sum(self, *values: float) -> list[float]:
+        """Sum numbers across ranks (identity in one process)."""
+        if not self.active:
+            return list(values)
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        return self.sum(float(flag))[0] > 0 if self.active else flag
+
+    def close(self) -> None:
+        if self.created:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def shard_indices(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """This rank's training indices for an epoch: a seeded shuffle, split like ``DistributedSampler``.
+
+    With ``world == 1`` this is the whole shuffled epoch. Shards are disjoint except for the few
+    indices repeated to make every shard the same length (as DistributedSampler pads).
+    """
+    if world == 1:
+        return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    from torch.utils.data import DistributedSampler
+
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long)
+
+
+class _Step(nn.Module):
+    """What trains, as one module (so DistributedDataParallel can wrap it): cached features or
+    images in, logits out."""
+
+    def __init__(self, model: nn.Module, split: _Split, use_cache: bool) -> None:
+        super().__init__()
+        self.model, self.split, self.use_cache = model, split, use_cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_cache:
+            return self.split.suffix(x)
+        if self.split.supported and self.split.k > 0:
+            with torch.no_grad():  # the fast frozen path: no autograd through frozen blocks
+                x = self.split.prefix(x)
+            return self.split.suffix(x)
+        return self.model(x)
+
+
+def _amp(device: torch.device) -> tuple[Any, torch.dtype | None, Any]:
+    """Autocast context factory, dtype and grad scaler: bf16 where supported, else fp16 + scaler (CUDA only)."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext, None, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), dtype, scaler
+
+
 def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None) -> TrainResult:
     """Train one run; see the module docstring.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: the model is wrapped in
+    DistributedDataParallel, each rank trains on its shard of every epoch (DistributedSampler)
+    with ``batch_size / world`` images per step, metrics are summed across ranks, and only rank 0
+    emits events and writes checkpoints.
 
     Args:
         config: the run's settings.
@@ -341,18 +438,37 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         data.DataError, backbones.BackboneError, layers.LayersError: bad input, one clear line.
     """
     t_start = time.perf_counter()
-    cbs = list(callbacks)
+    dist_ = _Dist()
+    cbs = list(callbacks) if dist_.main else []
     log = lambda level, msg: _emit(cbs, "on_log", level, msg)  # noqa: E731
     device = resolve_device(config.device)
+    if dist_.active and device.type == "cuda":
+        device = torch.device("cuda", dist_.local_rank)
+        torch.cuda.set_device(device)
+    dist_.setup(device)
+    try:
+        return _train(config, cbs, out_dir, device, dist_, log, t_start)
+    finally:
+        dist_.close()
+
+
+def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None, device: torch.device,
+           dist_: _Dist, log: Callable[[str, str], None], t_start: float) -> TrainResult:
     prep = prepare(config)
     model, blocks, plan, split_data = prep.model, prep.blocks, prep.plan, prep.split
     size = prep.image_size
+    cuda = device.type == "cuda"
     model.to(device)
+    if cuda:
+        model.to(memory_format=torch.channels_last)
     norm = _Normalizer(prep.weights, device)
+    autocast, amp_dtype, scaler = _amp(device)
 
     cache = DecodedImageCache(prep.load_size, interpolation=prep.weights.interpolation)
     x_train, y_train = cache.stack(split_data.train)
     x_val, y_val = cache.stack(split_data.val)
+    if cuda:  # pinned host memory: non-blocking copies overlap with compute
+        x_train, x_val = x_train.pin_memory(), x_val.pin_memory()
 
     k = plan.frozen_prefix(blocks)
     split = _Split(model, blocks, k)
@@ -370,21 +486,35 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         t0 = time.perf_counter()
         f_train = _run_prefix(split, x_train, norm, size, device)
         f_val = _run_prefix(split, x_val, norm, size, device)
-        cache_info.update(used=True, reason="", build_seconds=round(time.perf_counter() - t0, 3))
+        where = "CPU memory"
+        if cuda:
+            free, _ = torch.cuda.mem_get_info(device)
+            if n_bytes > free // 2:  # keep the GPU for training; cached tensors wait in pinned host memory
+                f_train, f_val = f_train.cpu().pin_memory(), f_val.cpu().pin_memory()
+            else:
+                where = "GPU memory"
+        cache_info.update(used=True, reason="", build_seconds=round(time.perf_counter() - t0, 3), location=where)
         log("info", f"Feature cache: {k} frozen blocks computed once for {len(f_train) + len(f_val)} images "
-                    f"({cache_info['estimated_mb']} MB, {cache_info['build_seconds']} s); training the rest on cached tensors.")
+                    f"({cache_info['estimated_mb']} MB in {where}, {cache_info['build_seconds']} s); "
+                    "training the rest on cached tensors.")
     else:
         log("info", f"Full path: {cache_info['reason']}.")
     y_train_d, y_val_d = y_train.to(device), y_val.to(device)
 
+    step_module: nn.Module = _Step(model, split, use_cache)
+    if dist_.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        step_module = DDP(step_module, device_ids=[device.index] if cuda else None)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(x_train) / config.batch_size))
+    per_rank_batch = max(1, config.batch_size // dist_.world)
+    shard_len = len(shard_indices(len(x_train), 0, config.seed, dist_.rank, dist_.world))
+    steps_per_epoch = max(1, math.ceil(shard_len / per_rank_batch))
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps)))
     )
-    gen = torch.Generator().manual_seed(config.seed)
     trainable, frozen = count_params(model, True), count_params(model, False)
     meta = {
         "model": config.model, "image_size": size, "load_size": prep.load_size,
@@ -394,77 +524,82 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         "bn_eps": _bn_eps(model), "weights_source": prep.weights.source,
         "freeze": plan.spec, "frozen_blocks": plan.frozen, "bn_mode": plan.bn_mode,
     }
+    device_text = str(device) + (f" × {dist_.world} processes" if dist_.active else "") + (
+        f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
     _emit(cbs, "on_run_start", {
         "classes": split_data.classes, "train_images": len(x_train), "val_images": len(x_val),
         "steps_per_epoch": steps_per_epoch, "epochs": config.epochs, "trainable_params": trainable,
         "frozen_params": frozen, "weights": prep.weights.to_dict(), "feature_cache": cache_info,
-        "device": str(device), "freeze_label": plan.label, "image_size": size,
+        "device": device_text, "world_size": dist_.world, "freeze_label": plan.label, "image_size": size,
         "skipped_files": [s.to_dict() for s in split_data.skipped],
         "blocks": [{"name": b.name, "params": b.params, "frozen": b.name in plan.frozen} for b in blocks],
     })
 
-    def forward_train(idx: torch.Tensor) -> torch.Tensor:
+    def inputs(idx: torch.Tensor) -> torch.Tensor:
         if use_cache:
-            return split.suffix(f_train[idx])
+            return f_train[idx].to(device, non_blocking=True)
         xb = x_train[idx]
         xb = _augment(xb, size) if config.augment else _center_crop(xb, size)
         xb = norm(xb.to(device, non_blocking=True))
-        if split.supported and k > 0:
-            with torch.no_grad():
-                h = split.prefix(xb)
-            return split.suffix(h)
-        return model(xb)
+        return xb.contiguous(memory_format=torch.channels_last) if cuda else xb
+
+    val_idx = torch.arange(dist_.rank, len(x_val), dist_.world)  # each rank scores a slice; sums are reduced
 
     @torch.inference_mode()
     def evaluate() -> tuple[float, float]:
         model.eval()
         loss_sum, correct = 0.0, 0
-        for i in range(0, len(x_val), 64):
-            if use_cache:
-                logits = split.suffix(f_val[i:i + 64])
-            else:
-                logits = model(norm(_center_crop(x_val[i:i + 64], size).to(device)))
-            yb = y_val_d[i:i + 64]
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
+        for i in range(0, len(val_idx), 64):
+            idx = val_idx[i:i + 64]
+            with autocast():
+                if use_cache:
+                    logits = split.suffix(f_val[idx].to(device))
+                else:
+                    logits = model(norm(_center_crop(x_val[idx], size).to(device)))
+            yb = y_val_d[idx.to(device)]
+            loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()
-        n = max(1, len(x_val))
-        return loss_sum / n, correct / n
+        loss_sum, correct, n = dist_.sum(loss_sum, correct, len(val_idx))
+        return loss_sum / max(1, n), correct / max(1, n)
 
     history: list[dict[str, Any]] = []
     status, step, best = "finished", 0, 0.0
-    train_seconds = 0.0
     try:
         for epoch in range(1, config.epochs + 1):
             _emit(cbs, "on_epoch_start", epoch)
             model.train()
             set_bn_mode(model, blocks, plan)
             t_epoch = time.perf_counter()
-            perm = torch.randperm(len(x_train), generator=gen)
+            order = shard_indices(len(x_train), epoch, config.seed, dist_.rank, dist_.world)
             loss_sum, correct, seen = 0.0, 0, 0
             for bi in range(steps_per_epoch):
-                if any(cb.should_stop() for cb in cbs):
+                if dist_.any(any(cb.should_stop() for cb in cbs)):
                     raise TrainingStopped()
-                idx = perm[bi * config.batch_size:(bi + 1) * config.batch_size]
-                yb = y_train_d[idx]
-                logits = forward_train(idx)
-                loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                idx = order[bi * per_rank_batch:(bi + 1) * per_rank_batch]
+                yb = y_train_d[idx.to(device)]
+                with autocast():
+                    logits = step_module(inputs(idx))
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
                 scheduler.step()
                 step += 1
-                loss_sum += loss.item() * len(idx)
-                correct += (logits.argmax(1) == yb).sum().item()
-                seen += len(idx)
+                b_loss, b_correct, b_n = dist_.sum(loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx))
+                loss_sum, correct, seen = loss_sum + b_loss, correct + b_correct, seen + b_n
                 _emit(cbs, "on_step_end", {
-                    "step": step, "epoch": epoch - 1 + (bi + 1) / steps_per_epoch, "loss": loss.item(),
+                    "step": step, "epoch": epoch - 1 + (bi + 1) / steps_per_epoch, "loss": b_loss / max(1, b_n),
                     "lr": optimizer.param_groups[0]["lr"], "images": seen, "total_steps": total_steps,
                     "elapsed": time.perf_counter() - t_start,
                 })
             t_train = time.perf_counter() - t_epoch
             val_loss, val_acc = evaluate()
             seconds = time.perf_counter() - t_epoch
-            train_seconds += seconds
             best = max(best, val_acc)
             row = {
                 "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
@@ -472,13 +607,13 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
                 "images_per_sec": seen / max(t_train, 1e-9), "seconds": seconds,
             }
             history.append(row)
-            if out_dir is not None:
+            if out_dir is not None and dist_.main:
                 save_checkpoint(model, Path(out_dir), split_data.classes, {**meta, "epoch": epoch})
             _emit(cbs, "on_epoch_end", row)
     except TrainingStopped:
         status = "stopped"
         log("info", f"Stopped on request after {len(history)} of {config.epochs} epochs.")
-        if out_dir is not None:
+        if out_dir is not None and dist_.main:
             save_checkpoint(model, Path(out_dir), split_data.classes, {**meta, "epoch": len(history)})
 
     result = TrainResult(
@@ -494,7 +629,7 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         classes=split_data.classes,
         feature_cache=cache_info,
         freeze_label=plan.label,
-        device=str(device),
+        device=device_text,
         history=history,
     )
     _emit(cbs, "on_run_end", result)

@@ -98,6 +98,8 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     if run is None:
         raise KeyError(run_id)
     config = TrainConfig.from_dict(run["config"])
+    if config.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return _run_distributed(store, run_id, config.nproc)
     callbacks: list[Callback] = [StoreCallback(store, run_id), StopCheck(lambda: store.stop_requested(run_id))]
     callbacks += extra_callbacks or []
     beating = threading.Event()
@@ -134,6 +136,20 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     summary.pop("history", None)
     store.finish_run(run_id, result.status, summary=summary)
     return result
+
+
+def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
+    """Train ``run_id`` with torchrun over ``nproc`` processes; rank 0 writes the store."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "tl_dashboard.worker", "--attach", run_id, "--runs-dir", str(store.root.resolve())]
+    store.log(run_id, "info", f"Launching {nproc} processes with torchrun (DistributedDataParallel).")
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    run = store.get_run(run_id)
+    if run and run["status"] == "running":  # a rank died before rank 0 recorded the end
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+        store.log(run_id, "error", "\n".join(tail))
+        store.finish_run(run_id, "failed", error=f"torchrun exited with status {proc.returncode}: {' '.join(tail)[-300:]}")
+    return None
 
 
 def submit_run(store: RunStore, config: TrainConfig, *, label: str = "", group_id: str | None = None,
@@ -189,8 +205,16 @@ def worker_loop(store: RunStore) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tl_dashboard.worker", description="Train queued runs, then exit.")
     ap.add_argument("--runs-dir", type=Path, default=None)
+    ap.add_argument("--attach", default=None, help="(under torchrun) train this already-running run")
     args = ap.parse_args(argv)
-    worker_loop(RunStore(args.runs_dir))
+    store = RunStore(args.runs_dir)
+    if args.attach:
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_training(store, args.attach)
+        else:  # other ranks train their shards; only rank 0 writes the store
+            train(TrainConfig.from_dict(store.get_run(args.attach)["config"]))
+        return 0
+    worker_loop(store)
     return 0
 
 
