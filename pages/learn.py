@@ -1,0 +1,192 @@
+"""Learn: a guided class experiment on what frozen layers do, with the words explained."""
+from pathlib import Path
+
+import streamlit as st
+
+from tl_dashboard import compare
+from tl_dashboard import ui_state as ui
+from tl_dashboard.layers import LayersError, describe_blocks
+from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
+from tl_dashboard.worker import request_stop
+
+ss = st.session_state
+ui.require_router(ss, "pages/learn.py", st.switch_page)
+store = RunStore()
+ui.reap_gently(store)
+
+
+@st.cache_data(show_spinner="Listing the model's blocks…", max_entries=16)
+def blocks_of(model: str, num_classes: int) -> list[dict]:
+    return [{"name": b.name, "kind": b.kind, "params": b.params}
+            for b in describe_blocks(model, None, max(2, num_classes))]
+
+
+def data_folder() -> Path:
+    """The data chosen on the Data page, else the bundled sample set."""
+    chosen = Path(str(ss.get("data_dir") or ""))
+    return chosen if chosen.is_dir() and ui.class_folder_count(chosen) >= 2 else ui.sample_data_dir()
+
+
+def queue(freezes: list[str]) -> None:
+    cfg = ui.config_from_state(ss)
+    cfg.data_dir = str(data_folder())
+    try:
+        group, ids = compare.queue_sweep(store, cfg, freezes, from_scratch=True)
+    except (ValueError, OSError) as exc:
+        ss["learn_flash"] = ("error", f"Not queued: {exc}")
+        return
+    ss.learn_group = group
+    ss["learn_flash"] = ("success", f"Queued {len(ids)} runs. They train one after another in the background; "
+                                    "you can leave this page or reload it.")
+
+
+def current_group() -> str | None:
+    sweeps = compare.list_sweeps(store)
+    ids = {g["group_id"] for g in sweeps}
+    if ss.get("learn_group") in ids:
+        return ss.learn_group
+    return sweeps[0]["group_id"] if sweeps else None
+
+
+st.title("Learn: what frozen layers do")
+st.markdown(
+    "A pretrained network already knows how to see: its early blocks detect edges and colours, the later ones "
+    "textures and object parts. **Transfer learning** keeps that knowledge and teaches only what is new, your "
+    "classes. How much of the network should you let change? This page runs the experiment that answers it on "
+    "your own data, and says what to look for in the charts.")
+
+with st.expander("The words, in plain language", expanded=True):
+    left, right = st.columns(2, gap="large")
+    left.markdown(
+        "**Freezing** a block means its weights are not updated: they stay as loaded. Frozen blocks need no "
+        "gradients, so epochs are faster, and their output can be computed once and reused (the feature cache). "
+        "On the Model page frozen blocks are the grey bars; on the Compare page's drift chart they stay at exactly 0.\n\n"
+        "**Linear probe**: freeze everything except the new *head*, the last layer that maps the network's "
+        "features to your classes. Only a few thousand numbers learn: fast and hard to overfit, but limited to "
+        "the features the network learned on ImageNet.\n\n"
+        "**Fine-tuning**: also let some (*partial*) or all (*full*) of the pretrained blocks learn, so the "
+        "features adapt to your images. More capacity, slower epochs, and with few images more risk of "
+        "overfitting.\n\n"
+        "**From scratch**: the same network starting from random weights, with nothing transferred. The gap "
+        "between it and the others is what the pretrained weights are worth.")
+    right.markdown(
+        "**BatchNorm statistics**: BatchNorm layers rescale activations with a running mean and variance. With "
+        "BN mode *frozen* (Model page) frozen blocks keep the statistics from pretraining; with *train* they "
+        "re-estimate them from your batches even though their weights stay frozen. The Compare page shows "
+        "that as green diamonds on the drift chart.\n\n"
+        "**Learning rate**: the size of each update step (Train page slider). Too high and the loss jumps or "
+        "explodes; too low and the curves barely move. Pretrained blocks usually want a smaller one than a "
+        "fresh head.\n\n"
+        "**Overfitting**: the model memorises the training images instead of learning the classes. You see "
+        "it on the loss chart: the train loss (dotted) keeps falling while the validation loss (solid) stops "
+        "falling and starts to rise. More frozen blocks, augmentation or more images push it back.")
+
+# -- the experiment ------------------------------------------------------------------------------
+st.header("The experiment")
+folder = data_folder()
+n_classes = ui.class_folder_count(folder)
+st.markdown(
+    "Train the same network on the same images, split and seed several times, changing only **how much of it "
+    "learns**: a linear probe, two partial fine-tunes, a full fine-tune, and the full network from scratch. The "
+    "runs queue and train one after another in the background.")
+if str(folder) != str(ss.get("data_dir")):
+    st.caption(f"No usable data folder chosen on the Data page, so the experiment uses the sample set `{folder}`.")
+
+try:
+    blocks = blocks_of(ss.model, n_classes)
+except (LayersError, ValueError) as exc:
+    st.error(f"Cannot plan the experiment for model {ss.model!r}: {exc} Pick another model on the Model page.")
+    st.stop()
+n_body = sum(b["kind"] != "head" for b in blocks)
+freezes = compare.classroom_freezes(n_body)
+
+s1, s2 = st.columns([3, 1])
+with s1:
+    st.markdown(
+        f"Data: **{folder.name}** ({n_classes} classes) · model **{ss.model}** ({n_body} blocks + head) · "
+        f"learning rate **{ss.lr:g}** · batch size **{ss.batch_size}** · image size "
+        f"**{ss.image_size or 'default'}** · seed **{ss.seed}** · BN mode **{ss.bn_mode}**")
+    st.caption("These are your Data, Model and Train page settings; change them there. On a CPU the full "
+               "fine-tune and from-scratch runs take longest: fewer epochs or a smaller image size make the "
+               "sweep quicker.")
+with s2:
+    st.number_input("Epochs per run", 1, 200, step=1, help="Shared with the Train page. 5 to 10 epochs show "
+                    "the differences; each extra epoch adds time to every run.", **ui.bind(ss, "epochs"))
+
+st.dataframe(compare.experiment_plan(blocks, freezes, from_scratch=True), hide_index=True, key="learn_plan",
+             column_config={"trainable params": st.column_config.NumberColumn(format="localized")})
+mine_active = bool(ss.get("learn_group")) and any(
+    r["status"] in ACTIVE_STATUSES for r in store.list_runs(group_id=ss.get("learn_group")))
+others = [r for r in store.list_runs(ACTIVE_STATUSES) if not mine_active or r.get("group_id") != ss.get("learn_group")]
+st.button("Queue the sweep", type="primary", icon=":material/playlist_add:", key="learn_queue",
+          on_click=queue, args=(freezes,), disabled=mine_active,
+          help=f"Queues the {len(freezes) + 1} runs above for the background worker.")
+if mine_active:
+    st.caption("Your sweep is queued or training (below). Cancel its runs there to queue a new one.")
+elif others:
+    st.caption(f"{len(others)} other run(s) are queued or training; the new runs wait behind them.")
+if "learn_flash" in ss:
+    kind, text = ss.pop("learn_flash")
+    getattr(st, kind)(text)
+
+# -- live status ---------------------------------------------------------------------------------
+st.subheader("Your sweep")
+group = current_group()
+group_active = bool(group and any(r["status"] in ACTIVE_STATUSES for r in store.list_runs(group_id=group)))
+
+
+@st.fragment(run_every=2.0 if group_active else None)
+def sweep_status(group_id: str | None, was_active: bool) -> None:
+    if group_id is None:
+        st.info("No sweep yet. Press **Queue the sweep** above; its runs appear here with their status.")
+        return
+    points = compare.sweep_points(store, group_id)
+    active = any(p["status"] in ACTIVE_STATUSES for p in points)
+    if was_active and not active:
+        st.rerun()  # all done: redraw the page once, and stop polling
+    for p in points:
+        c1, c2, c3 = st.columns([3, 4, 1.2], vertical_alignment="center")
+        c1.markdown(f"**{p['label']}**  \n{p['freeze_label']}" + (" · random weights" if p["from_scratch"] else ""))
+        if p["status"] == "running":
+            run = store.get_run(p["run_id"])
+            prog = ui.progress_info(run, store.steps(p["run_id"])[-60:], run["config"].get("batch_size"))
+            c2.progress(prog["fraction"], text=f"running · {prog['text']}")
+            c3.button("Stop", key=f"learn_stop_{p['run_id']}", icon=":material/stop:",
+                      on_click=request_stop, args=(store, p["run_id"]))
+        elif p["status"] == "queued":
+            c2.markdown(":gray-badge[queued] waiting for the runs before it")
+            c3.button("Cancel", key=f"learn_cancel_{p['run_id']}", icon=":material/close:",
+                      on_click=request_stop, args=(store, p["run_id"]))
+        else:
+            acc = "" if p["best_val_accuracy"] is None else f" · best val accuracy **{p['best_val_accuracy']:.1%}**"
+            secs = "" if p["train_seconds"] is None else f" · {ui.format_seconds(p['train_seconds'])}"
+            colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
+            c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
+    if any(p["best_val_accuracy"] is not None and p["trainable_params"] for p in points):
+        st.plotly_chart(compare.sweep_figure(points), key="learn_sweep_chart")
+    if active:
+        st.caption("Updates every 2 seconds while a run is queued or training.")
+    else:
+        st.success("The sweep is done. Open the Compare page to overlay its curves and see what each layer learned.")
+        st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+
+
+sweep_status(group, group_active)
+
+# -- questions -----------------------------------------------------------------------------------
+st.header("Questions to answer from the charts")
+st.markdown(
+    "1. **Speed.** Which depth trains fastest per epoch, and by how much? (Compare page: *time per epoch* in the "
+    "table; the right-hand sweep chart.) Why does freezing the *early* blocks save more time than their few "
+    "parameters suggest?\n"
+    "2. **Accuracy.** Which run generalises best, with the highest validation accuracy? Is it the one with the "
+    "most trainable parameters? (Left-hand sweep chart.)\n"
+    "3. **Overfitting.** Overlay the runs on the Compare page. Where does the validation loss (solid) start rising "
+    "while the train loss (dotted) keeps falling? Which depth does it first?\n"
+    "4. **Transfer.** The full fine-tune and the from-scratch run have exactly the same trainable parameters. How "
+    "far apart do they end, and what does that say about the pretrained weights?\n"
+    "5. **What changed.** In *What each layer learned*, pick the full fine-tune: do the early or the late blocks "
+    "move most? Pick the linear probe: what stays at zero?\n"
+    "6. **Try next.** Change one thing and queue the sweep again: BN mode *train* (Model page), or the learning "
+    "rate ×10 (Train page). Which runs react most?")
+st.page_link("pages/compare.py", label="Go to Compare", icon=":material/compare_arrows:")

@@ -1,0 +1,618 @@
+"""Compare runs: configs side by side, overlaid curves, freeze-depth sweeps, and weight drift.
+
+Everything here reads the :class:`~tl_dashboard.runs.RunStore` (and, for the weight drift, the
+run's checkpoint) and returns plain rows; the figures at the bottom turn rows into plotly
+figures. No Streamlit.
+
+* :func:`compare_table` - one row per setting or result, one column per run, ``differs`` per row;
+* :func:`overlay_rows` - epoch metrics of several runs in long format, for overlaid curves;
+* :func:`weight_drift` - how far each block moved from its pretrained start (relative L2);
+* :func:`sweep_freezes`, :func:`queue_sweep`, :func:`list_sweeps`, :func:`sweep_points` - a
+  freeze-depth sweep: one queued run per depth on the same data, split and seed, one group id.
+
+Example:
+    >>> store = RunStore("runs")
+    >>> group, ids = queue_sweep(store, TrainConfig(data_dir="sample_data/emoji3", epochs=3),
+    ...                          sweep_freezes("0,3,6,all", n_body=9))
+    >>> [p["freeze"] for p in sweep_points(store, group)]
+    ['none', '3', '6', 'head']
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
+
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+from . import worker
+from .charts import FROZEN, TRAINABLE
+from .engine import TrainConfig
+from .layers import FreezePlan
+from .runs import ACTIVE_STATUSES, RunStore
+
+__all__ = [
+    "COMPARE_FIELDS",
+    "run_labels",
+    "compare_table",
+    "overlay_rows",
+    "weight_drift",
+    "sweep_freezes",
+    "classroom_freezes",
+    "experiment_plan",
+    "queue_sweep",
+    "list_sweeps",
+    "sweep_points",
+    "overlay_figure",
+    "sweep_figure",
+    "drift_figure",
+]
+
+# The rows of the comparison table, in display order.
+COMPARE_FIELDS = (
+    "data", "model", "weights source", "freeze plan", "trainable params", "BN mode", "learning rate",
+    "batch size", "augmentation", "image size", "seed", "epochs", "best val accuracy", "time per epoch",
+    "total time",
+)
+
+
+# -- labels and formatting ----------------------------------------------------------------------
+def _freeze_label(spec: Any) -> str:
+    return FreezePlan([], str(spec)).label
+
+
+def run_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A unique display name per run: its label (or id); repeated names get the id's suffix.
+
+    Example:
+        >>> run_labels([{"id": "a-1f2e", "label": "x"}, {"id": "b-77aa", "label": "x"}])
+        ['x (1f2e)', 'x (77aa)']
+    """
+    names = [str(r.get("label") or r.get("id")) for r in runs]
+    out = []
+    for name, r in zip(names, runs):
+        if names.count(name) > 1:
+            name = f"{name} ({str(r.get('id', '')).rsplit('-', 1)[-1]})"
+        out.append(name)
+    for i, name in enumerate(out):  # still equal (same label and suffix): number them
+        if out.count(name) > 1:
+            out[i] = f"{name} #{i + 1}"
+    return out
+
+
+def _secs(s: float | None) -> str:
+    if s is None or not math.isfinite(float(s)):
+        return "-"
+    s = float(s)
+    if s < 10:
+        return f"{s:.2f} s"
+    if s < 60:
+        return f"{s:.1f} s"
+    s = int(round(s))
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def _time_per_epoch(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None) -> float | None:
+    secs = [float(e["seconds"]) for e in epochs or () if e.get("seconds") is not None]
+    if secs:
+        return sum(secs) / len(secs)
+    s = run.get("summary") or {}
+    if s.get("train_seconds") and s.get("epochs"):
+        return float(s["train_seconds"]) / int(s["epochs"])
+    return None
+
+
+def _total_time(run: Mapping[str, Any]) -> float | None:
+    s = run.get("summary") or {}
+    if s.get("train_seconds") is not None:
+        return float(s["train_seconds"])
+    if run.get("started") and run.get("finished"):
+        return float(run["finished"]) - float(run["started"])
+    return None
+
+
+def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
+    c, s = run.get("config") or {}, run.get("summary") or {}
+    best = s.get("best_val_accuracy")
+    done, planned = s.get("epochs"), c.get("epochs")
+    if done is None:
+        epochs_txt = f"- of {planned}" if planned else "-"
+    else:
+        epochs_txt = str(done) if planned in (None, done) else f"{done} of {planned}"
+    size = s.get("image_size") or c.get("image_size")
+    weights = (s.get("weights") or {}).get("source") or c.get("weights", "")
+    trainable = s.get("trainable_params")
+    return {
+        "data": str(c.get("data_dir", "")),
+        "model": str(c.get("model", "")),
+        "weights source": str(weights) + (" (random init)" if weights == "none" else ""),
+        "freeze plan": s.get("freeze_label") or _freeze_label(c.get("freeze", "head")),
+        "trainable params": "-" if trainable is None else f"{int(trainable):,}",
+        "BN mode": str(c.get("bn_mode", "")),
+        "learning rate": "-" if c.get("lr") is None else f"{float(c['lr']):g}",
+        "batch size": str(c.get("batch_size", "")),
+        "augmentation": "on" if c.get("augment") else "off",
+        "image size": f"{size} px" if size else "default",
+        "seed": str(c.get("seed", "")),
+        "epochs": epochs_txt,
+        "best val accuracy": "-" if best is None else f"{float(best):.1%}",
+        "time per epoch": _secs(_time_per_epoch(run, epochs)),
+        "total time": _secs(_total_time(run)),
+    }
+
+
+def compare_table(runs: Sequence[Mapping[str, Any]],
+                  epochs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The settings and results of runs side by side.
+
+    Values are display strings, and a row ``differs`` when the runs show different strings, so
+    what is flagged is exactly what the reader sees differ (a 0.4 % accuracy gap that rounds to
+    the same text is not flagged; measured times nearly always differ).
+
+    Args:
+        runs: ``RunStore.get_run`` dicts, in the column order wanted.
+        epochs: optional ``{run_id: RunStore.epochs(run_id)}``; time per epoch is then the mean of
+            the measured epochs, else ``train_seconds / epochs`` (which includes data loading).
+
+    Returns:
+        One dict per field of :data:`COMPARE_FIELDS`: ``{"field": name, <run label>: value, ...,
+        "differs": bool}``, run labels as :func:`run_labels` makes them.
+
+    Example:
+        >>> rows = compare_table([{"id": "a", "config": {"lr": 1e-3}}, {"id": "b", "config": {"lr": 1e-2}}])
+        >>> next(r for r in rows if r["field"] == "learning rate")
+        {'field': 'learning rate', 'a': '0.001', 'b': '0.01', 'differs': True}
+    """
+    labels = run_labels(runs)
+    values = [_field_values(r, (epochs or {}).get(str(r.get("id")))) for r in runs]
+    rows = []
+    for f in COMPARE_FIELDS:
+        row: dict[str, Any] = {"field": f}
+        for label, v in zip(labels, values):
+            row[label] = v[f]
+        row["differs"] = len({v[f] for v in values}) > 1
+        rows.append(row)
+    return rows
+
+
+def overlay_rows(store: RunStore, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Epoch metrics of several runs in long format, for curves overlaid on the same axes.
+
+    Returns:
+        One row per run, epoch and split: ``{"run_id", "run" (unique label), "epoch",
+        "split" ("train" | "val"), "loss", "accuracy" (0..1)}``; runs in the order given,
+        unknown ids skipped.
+    """
+    runs = [r for r in (store.get_run(i) for i in run_ids) if r is not None]
+    rows: list[dict[str, Any]] = []
+    for run, label in zip(runs, run_labels(runs)):
+        for e in store.epochs(run["id"]):
+            for split in ("train", "val"):
+                rows.append({"run_id": run["id"], "run": label, "epoch": e["epoch"], "split": split,
+                             "loss": e.get(f"{split}_loss"), "accuracy": e.get(f"{split}_acc")})
+    return rows
+
+
+# -- weight drift -------------------------------------------------------------------------------
+def _owned(name: str, modules: Sequence[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
+    """How far each block's weights moved from their pretrained start during training.
+
+    The start is rebuilt with ``engine.prepare`` from the run's config (same weights source and
+    seed give the same start) and compared with the trained checkpoint. Frozen blocks come out
+    exactly 0.0. The new head starts at zero, so a relative change means nothing there: for it
+    (and any block whose start is all zeros) the absolute L2 norm of the change is reported,
+    with ``measure="absolute"``.
+
+    Args:
+        store: the run store.
+        run_id: a run with a checkpoint (finished or stopped).
+
+    Returns:
+        One dict per block in forward order: ``{"block", "kind", "frozen", "params",
+        "drift", "measure" ("relative" | "absolute"), "bn_drift"}``. ``drift`` is
+        ``||w_after - w_before|| / ||w_before||`` over the block's parameters (or the absolute
+        ``||w_after - w_before||``); ``bn_drift`` is the same relative change of the BatchNorm
+        running mean and variance when the run used ``bn_mode="train"``, else None (and None
+        for blocks without BatchNorm).
+
+    Raises:
+        KeyError: unknown run.
+        ValueError: no checkpoint yet, or the starting weights cannot be rebuilt here (data
+            folder gone, or the weights now come from another source).
+
+    Example:
+        >>> [(r["block"], round(r["drift"], 3)) for r in weight_drift(store, run_id)][:2]
+        [('stem', 0.0), ('blocks.0', 0.0)]
+    """
+    import torch
+
+    from .engine import load_checkpoint, prepare
+
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"No run {run_id!r} in {store.root}.")
+    run_dir = store.run_dir(run_id)
+    if not (run_dir / "model.safetensors").exists():
+        raise ValueError(f"Run {run_id} has no checkpoint yet ({run['status']}); weight drift needs a trained model.")
+    config = TrainConfig.from_dict(run["config"])
+    try:
+        prep = prepare(config)
+    except ValueError as exc:
+        raise ValueError(f"Cannot rebuild the starting weights of run {run_id}: {str(exc).splitlines()[0]} "
+                         "(the drift compares against the same start, built from the run's data folder).") from exc
+    recorded = ((run.get("summary") or {}).get("weights") or {}).get("source")
+    if recorded and recorded != prep.weights.source:
+        raise ValueError(f"Run {run_id} started from '{recorded}' weights, but here they would come from "
+                         f"'{prep.weights.source}', so its start cannot be rebuilt on this machine.")
+    trained, _classes, _meta = load_checkpoint(run_dir)
+    before_p = dict(prep.model.named_parameters())
+    after_p = dict(trained.named_parameters())
+    before_b = dict(prep.model.named_buffers())
+    after_b = dict(trained.named_buffers())
+    bn_train = config.bn_mode == "train"
+
+    def l2(names: Sequence[str], before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[float, float]:
+        change = start = 0.0
+        for n in names:
+            b, a = before[n].detach().double(), after[n].detach().double()
+            if b.shape != a.shape:  # e.g. a head for another number of classes: it started at zero
+                b = torch.zeros_like(a)
+            change += float(((a - b) ** 2).sum())
+            start += float((b ** 2).sum())
+        return math.sqrt(change), math.sqrt(start)
+
+    rows = []
+    for blk in prep.blocks:
+        names = blk.param_names(prep.model)
+        change, start = l2(names, before_p, after_p)
+        absolute = blk.kind == "head" or start == 0.0
+        bn_drift = None
+        if bn_train:
+            stats = [n for n in before_b if _owned(n, blk.modules)
+                     and n.rsplit(".", 1)[-1] in ("running_mean", "running_var") and n in after_b]
+            if stats:
+                s_change, s_start = l2(stats, before_b, after_b)
+                bn_drift = s_change / s_start if s_start else s_change
+        rows.append({
+            "block": blk.name, "kind": blk.kind, "frozen": blk.name in prep.plan.frozen,
+            "params": int(sum(before_p[n].numel() for n in names)),
+            "drift": change if absolute else change / start,
+            "measure": "absolute" if absolute else "relative",
+            "bn_drift": bn_drift,
+        })
+    return rows
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+def _norm_freeze(token: str) -> str:
+    token = str(token).strip()
+    if token in ("all", "head", "linear"):
+        return "head"
+    if token in ("0", "none"):
+        return "none"
+    return token
+
+
+def sweep_freezes(spec: str, n_body: int) -> list[str]:
+    """Freeze specs for a sweep from a comma list of frozen-block counts.
+
+    ``"0"`` (or ``"none"``) is a full fine-tune, ``n_body`` or ``"all"`` (or ``"head"``) is head
+    only; repeats are dropped, the order is kept.
+
+    Args:
+        spec: e.g. ``"0,2,4,all"``.
+        n_body: number of freezable blocks below the head (``len(blocks) - 1``).
+
+    Raises:
+        ValueError: a token that is not a count in ``0..n_body``, ``all``, ``head`` or ``none``.
+
+    Example:
+        >>> sweep_freezes("0,2,4,all", 9)
+        ['none', '2', '4', 'head']
+    """
+    out = []
+    for tok in [t.strip() for t in str(spec).split(",") if t.strip()]:
+        norm = _norm_freeze(tok)
+        if norm not in ("head", "none"):
+            if not tok.isdigit() or int(tok) > n_body:
+                raise ValueError(f"Sweep depth {tok!r} is not a block count in 0..{n_body}, 'all' or 'none'.")
+            norm = "head" if int(tok) == n_body else str(int(tok))
+        out.append(norm)
+    if not out:
+        raise ValueError(f"No sweep depths in {spec!r}; give a comma list like '0,2,4,all'.")
+    return list(dict.fromkeys(out))
+
+
+def classroom_freezes(n_body: int) -> list[str]:
+    """The class experiment's depths, quickest first: head only, the top two blocks trained,
+    the first half frozen, full fine-tune (fewer for very shallow models).
+
+    Example:
+        >>> classroom_freezes(9)
+        ['head', '7', '4', 'none']
+    """
+    partial = [str(n) for n in (n_body - 2, n_body // 2) if 0 < n < n_body]
+    return list(dict.fromkeys(["head", *partial, "none"]))
+
+
+def experiment_plan(blocks: Sequence[Any], freezes: Sequence[str], *, from_scratch: bool = False) -> list[dict[str, Any]]:
+    """What each run of a sweep will train, before it is queued (for the Learn page's table).
+
+    Args:
+        blocks: ``layers.Block`` objects or dicts with ``name``, ``kind`` and ``params``, in
+            forward order (``layers.describe_blocks`` for the right number of classes).
+        freezes: freeze specs, as for :func:`queue_sweep`.
+        from_scratch: add the from-scratch run at the end, as :func:`queue_sweep` does.
+
+    Returns:
+        ``{"run", "weights", "freeze plan", "trains", "trainable params"}`` per run, in queue order.
+    """
+    from .ui_state import frozen_from_spec
+
+    def get(b: Any, k: str) -> Any:
+        return b.get(k) if isinstance(b, Mapping) else getattr(b, k)
+
+    body = [get(b, "name") for b in blocks if get(b, "kind") != "head"]
+    params = {get(b, "name"): int(get(b, "params") or 0) for b in blocks}
+    specs = [(_norm_freeze(f), f"freeze={_norm_freeze(f)}", "pretrained")
+             for f in dict.fromkeys(_norm_freeze(f) for f in freezes)]
+    if from_scratch:
+        specs.append(("none", "from scratch", "random"))
+    rows = []
+    for spec, label, weights in specs:
+        frozen = set(frozen_from_spec(spec, blocks))
+        training = [n for n in body if n not in frozen]
+        if not training:
+            trains = "only the new head"
+        elif len(training) == len(body):
+            trains = "every block" + (", starting from random weights" if weights == "random" else "")
+        else:
+            trains = f"the last {len(training)} blocks ({training[0]} … {training[-1]}) and the head"
+        rows.append({"run": label, "weights": weights,
+                     "freeze plan": _freeze_label("head" if len(frozen) == len(body) else spec),
+                     "trains": trains, "trainable params": sum(p for n, p in params.items() if n not in frozen)})
+    return rows
+
+
+def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, from_scratch: bool = False,
+                label_prefix: str = "", start: bool = True) -> tuple[str, list[str]]:
+    """Queue one run per freeze spec, sharing a new group id, for the background worker.
+
+    Every run copies ``base`` (same data, split, seed and hyperparameters) and changes only
+    ``freeze``; they train one after another in queue order, and the queue lives in the store,
+    so it survives a page reload or a restart of the app.
+
+    Args:
+        store: the run store.
+        base: the settings shared by all runs (its ``freeze`` is ignored).
+        depths: freeze specs (``"head"``, ``"none"``, ``"3"``, ...; ``"0"``/``"all"`` are accepted),
+            e.g. from :func:`sweep_freezes`.
+        from_scratch: also queue, last, a full fine-tune from random weights (``weights="none"``),
+            the baseline that shows what the pretrained weights are worth.
+        label_prefix: put before each run's label (``"freeze=<spec>"`` / ``"from scratch"``).
+        start: start the worker process (False only queues; tests use it).
+
+    Returns:
+        ``(group_id, run_ids)`` with the ids in queue order.
+
+    Raises:
+        ValueError: nothing to queue.
+    """
+    freezes = list(dict.fromkeys(_norm_freeze(d) for d in depths if str(d).strip()))
+    if not freezes and not from_scratch:
+        raise ValueError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
+    group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    ids = [worker.submit_run(store, replace(base, freeze=f), label=f"{label_prefix}freeze={f}",
+                             group_id=group, start=False) for f in freezes]
+    if from_scratch:
+        ids.append(worker.submit_run(store, replace(base, freeze="none", weights="none"),
+                                     label=f"{label_prefix}from scratch", group_id=group, start=False))
+    if start:
+        worker.start_worker(store)
+    return group, ids
+
+
+def list_sweeps(store: RunStore) -> list[dict[str, Any]]:
+    """The sweeps (run groups) in the store, newest first.
+
+    Returns:
+        ``{"group_id", "created", "runs" (count), "counts" ({status: n}), "active" (bool),
+        "model", "data_dir"}`` per group.
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    for r in store.list_runs():
+        gid = r.get("group_id")
+        if not gid:
+            continue
+        g = groups.setdefault(gid, {"group_id": gid, "created": r["created"], "runs": 0, "counts": {},
+                                    "active": False, "model": (r.get("config") or {}).get("model"),
+                                    "data_dir": (r.get("config") or {}).get("data_dir")})
+        g["created"] = min(g["created"], r["created"])
+        g["runs"] += 1
+        g["counts"][r["status"]] = g["counts"].get(r["status"], 0) + 1
+        g["active"] = g["active"] or r["status"] in ACTIVE_STATUSES
+    return sorted(groups.values(), key=lambda g: g["created"], reverse=True)
+
+
+def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
+    """One point per run of a sweep, in queue order.
+
+    Returns:
+        ``{"run_id", "label", "status", "freeze", "freeze_label", "from_scratch",
+        "trainable_params", "best_val_accuracy", "train_seconds", "epochs"}``; the measured
+        values are None until the run has them.
+    """
+    out = []
+    for r in reversed(store.list_runs(group_id=group_id)):
+        c, s = r.get("config") or {}, r.get("summary") or {}
+        out.append({
+            "run_id": r["id"], "label": r.get("label") or r["id"], "status": r["status"],
+            "freeze": c.get("freeze"), "freeze_label": s.get("freeze_label") or _freeze_label(c.get("freeze", "head")),
+            "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
+            "trainable_params": s.get("trainable_params"), "best_val_accuracy": s.get("best_val_accuracy"),
+            "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,
+            "epochs": s.get("epochs"),
+        })
+    return out
+
+
+# -- figures (pure: rows in, plotly Figure out) ---------------------------------------------------
+RUN_COLOURS = qualitative.T10
+BN_STATS = "#59a14f"  # green diamonds: BatchNorm running statistics
+_LAYOUT = dict(margin=dict(l=10, r=10, t=56, b=10),
+               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
+
+
+def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> go.Figure:
+    """Curves of several runs on the same axes: one colour per run, validation solid, train dashed.
+
+    Args:
+        rows: :func:`overlay_rows` output.
+        metric: ``"loss"`` or ``"accuracy"``.
+    """
+    if metric not in ("loss", "accuracy"):
+        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}.")
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    scale = 100.0 if metric == "accuracy" else 1.0
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        for split, dash in (("val", "solid"), ("train", "dot")):
+            pts = [r for r in rows if r["run"] == run and r["split"] == split]
+            fig.add_scatter(
+                x=[p["epoch"] for p in pts],
+                y=[None if p.get(metric) is None else scale * float(p[metric]) for p in pts],
+                mode="lines+markers", name=run, legendgroup=run, showlegend=split == "val",
+                line=dict(color=colour, dash=dash, width=2.5 if split == "val" else 1.5),
+                marker=dict(size=6 if split == "val" else 4),
+                hovertemplate=f"{run} · {split}<br>epoch %{{x}}: %{{y:.3g}}"
+                              + (" %" if metric == "accuracy" else "") + "<extra></extra>",
+            )
+    title = "Loss" if metric == "loss" else "Accuracy"
+    fig.update_layout(
+        title=dict(text=f"{title} <sup>solid = validation, dotted = train</sup>"),
+        xaxis=dict(title="epoch", rangemode="tozero", dtick=1 if len({r['epoch'] for r in rows}) <= 20 else None),
+        yaxis=dict(title="cross-entropy loss" if metric == "loss" else "accuracy (%)",
+                   rangemode="tozero", **({"range": [0, 102]} if metric == "accuracy" else {})),
+        hovermode="closest", **_LAYOUT,
+    )
+    return fig
+
+
+def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Best validation accuracy and training time against trainable parameters (log x), one point per run.
+
+    Args:
+        points: :func:`sweep_points` output; runs without results yet are left out.
+    """
+    done = [p for p in points if p.get("trainable_params") and p.get("best_val_accuracy") is not None]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("Best validation accuracy", "Total training time"))
+    groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
+    for name, scratch, colour, symbol in groups:
+        pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
+        if not pts:
+            continue
+        custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
+                   100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
+        hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
+                 "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
+                 "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
+        text = [_point_text(p) for p in pts]
+        common = dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
+                      mode="markers+text+lines" if not scratch else "markers+text", text=text,
+                      marker=dict(color=colour, size=12, symbol=symbol,
+                                                             line=dict(width=1, color="white")),
+                      line=dict(color=colour, width=1, dash="dot"), legendgroup=name)
+        acc = [100 * float(p["best_val_accuracy"]) for p in pts]
+        secs = [float(p.get("train_seconds") or 0) for p in pts]
+        fig.add_scatter(y=acc, name=name, row=1, col=1, textposition=_label_positions(common["x"], acc, scratch),
+                        **common)
+        fig.add_scatter(y=secs, name=name, showlegend=False, row=1, col=2,
+                        textposition=_label_positions(common["x"], secs, scratch), **common)
+    fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
+    fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 108], row=1, col=1)
+    fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
+    fig.update_layout(hovermode="closest", **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10),
+                                              "legend": dict(orientation="h", yanchor="top", y=-0.18,
+                                                             xanchor="center", x=0.5)})
+    return fig
+
+
+def _label_positions(xs: Sequence[float], ys: Sequence[float], below: bool = False) -> list[str]:
+    """Label above each point, but below it when a close neighbour (on the log x axis) sits higher."""
+    out = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        near_higher = any(j != i and abs(math.log10(x) - math.log10(xj)) < 0.2 and yj > y
+                          for j, (xj, yj) in enumerate(zip(xs, ys)))
+        out.append("bottom center" if below or near_higher else "top center")
+    return out
+
+
+def _point_text(p: Mapping[str, Any]) -> str:
+    if p.get("from_scratch"):
+        return "scratch"
+    f = str(p.get("freeze"))
+    return {"head": "probe", "none": "full"}.get(f, f"{f} frozen" if f.isdigit() else f)
+
+
+def drift_figure(rows: Sequence[Mapping[str, Any]], start: str = "pretrained") -> go.Figure:
+    """Per block, how far the weights moved from their start: frozen blocks grey at zero, trainable orange.
+
+    Relative changes use the left axis; the head (which starts at zero, so only its absolute
+    size means something) is hatched on the right axis. BatchNorm running-statistics drift, when
+    measured, is drawn as green diamonds on the left axis.
+
+    Args:
+        rows: :func:`weight_drift` output.
+        start: what the weights started from, for the title (``"pretrained"`` or ``"random"``).
+    """
+    names = [r["block"] for r in rows]
+    fig = go.Figure()
+    rel = [r for r in rows if r["measure"] == "relative"]
+    for frozen, colour, label in ((True, FROZEN, "frozen (kept as loaded)"), (False, TRAINABLE, "trainable")):
+        pts = [r for r in rel if bool(r["frozen"]) == frozen]
+        if not pts:
+            continue
+        fig.add_bar(
+            x=[r["block"] for r in pts], y=[r["drift"] for r in pts], name=label, marker_color=colour,
+            text=["frozen · 0" if frozen and r["drift"] == 0 else f"{r['drift']:.3g}" for r in pts],
+            textposition="outside", cliponaxis=False,
+            customdata=[[f"{r['params']:,}"] for r in pts],
+            hovertemplate="%{x}: relative change %{y:.4g}<br>%{customdata[0]} params<extra>" + label + "</extra>",
+        )
+    heads = [r for r in rows if r["measure"] == "absolute"]
+    if heads:
+        fig.add_bar(
+            x=[r["block"] for r in heads], y=[r["drift"] for r in heads], yaxis="y2",
+            name="head: absolute size (started at 0), right axis", marker_color=TRAINABLE,
+            marker_pattern_shape="/", text=[f"‖w‖ {r['drift']:.3g}" for r in heads], textposition="inside",
+            cliponaxis=False, customdata=[[f"{r['params']:,}"] for r in heads],
+            hovertemplate="%{x}: ‖w_after − w_before‖ = %{y:.4g} (absolute)<br>%{customdata[0]} params<extra></extra>",
+        )
+    bn = [r for r in rows if r.get("bn_drift") is not None]
+    if bn:
+        fig.add_scatter(
+            x=[r["block"] for r in bn], y=[r["bn_drift"] for r in bn], mode="markers",
+            name="BatchNorm running statistics", marker=dict(symbol="diamond", size=11, color=BN_STATS,
+                                                             line=dict(width=1, color="white")),
+            hovertemplate="%{x}: BN running mean/var moved %{y:.4g} (relative)<extra></extra>",
+        )
+    fig.update_layout(
+        title=dict(text=f"How far each block moved from its {start} start "
+                        "<sup>‖w_after − w_before‖ / ‖w_before‖</sup>"),
+        xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
+        yaxis=dict(title="relative change", rangemode="tozero"),
+        yaxis2=dict(title="head: ‖w‖", overlaying="y", side="right", rangemode="tozero", showgrid=False),
+        barmode="overlay", bargap=0.2, hovermode="closest",
+        **{**_LAYOUT, "margin": dict(l=10, r=10, t=90, b=10)},
+    )
+    return fig
