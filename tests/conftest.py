@@ -72,3 +72,11 @@ def pytest_runtest_makereport(item, call):
     if rep.skipped and item.get_closest_marker("browser") and _require_browser():
         rep.outcome = "failed"
         rep.longrepr = f"real-browser test was skipped in CI ({rep.longrepr}); install chromium (make chromium)"
+
+
+def pytest_configure(config):
+    """One torch thread in the test process: the runs here are tiny, and on a shared 2-core machine two
+    spinning OpenMP threads next to a training worker or a browser made them 15-20x slower."""
+    import torch
+
+    torch.set_num_threads(1)

@@ -239,36 +239,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_depths(spec: str, n_body: int) -> list[str]:
-    out = []
-    for tok in [t.strip() for t in spec.split(",") if t.strip()]:
-        if tok in ("all", "head"):
-            out.append("head")
-        elif tok.isdigit() and int(tok) <= n_body:
-            out.append("head" if int(tok) == n_body else ("none" if tok == "0" else tok))
-        else:
-            raise CliError(f"--depths: {tok!r} is not a block count in 0..{n_body} or 'all'.")
-    return list(dict.fromkeys(out))
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .compare import queue_sweep, sweep_freezes
     from .layers import describe_blocks
-    from .worker import start_worker
 
     base = _config_from_args(args, "head")
     _validate_config(base)
     blocks = describe_blocks(base.model, None)
-    n_body = sum(b.kind != "head" for b in blocks)
-    freezes = _parse_depths(args.depths, n_body)
+    freezes = sweep_freezes(args.depths, sum(b.kind != "head" for b in blocks))
     store = _store(args)
     group = time.strftime("sweep-%Y%m%d-%H%M%S")
     results = []
     if args.background:
-        ids = []
-        for f in freezes:
-            cfg = _config_from_args(args, f)
-            ids.append(store.create_run(cfg.to_dict(), label=f"{args.label or 'sweep'} freeze={f}", group_id=group))
-        start_worker(store)
+        group, ids = queue_sweep(store, base, freezes, label_prefix=f"{args.label or 'sweep'} ")
         out = {"group_id": group, "run_ids": ids, "status": "queued"}
         print(json.dumps(out) if args.json else f"queued {len(ids)} runs as {group}")
         return 0

@@ -51,6 +51,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "shard_indices",
+    "available_devices",
 ]
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_run_end", "on_log")
@@ -154,6 +155,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {name}: MPS is not available on this machine. Use --device auto or cpu.")
     return dev
+
+
+def available_devices() -> dict[str, Any]:
+    """What this machine can train on, for the UI: device choices and how many GPUs."""
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = bool(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    choices = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) + (["mps"] if mps else [])
+    return {
+        "choices": choices, "cuda_count": n_cuda, "mps": mps, "auto": str(resolve_device("auto")),
+        "gpu_names": [torch.cuda.get_device_name(i) for i in range(n_cuda)],
+    }
 
 
 def seed_everything(seed: int) -> None:
