@@ -12,17 +12,28 @@ from tl_dashboard import ui_state
 
 PAGES = Path(__file__).parent / "pages"
 
+# (file, title, icon) in menu order; a file that is not there (yet) is left out of the menu.
+MENU = [
+    ("home.py", "Home", ":material/home:"),
+    ("data.py", "Data", ":material/photo_library:"),
+    ("model.py", "Model", ":material/account_tree:"),
+    ("train.py", "Train", ":material/play_circle:"),
+    ("runs.py", "Runs", ":material/history:"),
+    ("evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("compare.py", "Compare", ":material/compare_arrows:"),
+    ("learn.py", "Learn", ":material/school:"),
+]
+
 
 def run() -> None:
     st.set_page_config(page_title="TL Dashboard", page_icon=":material/model_training:", layout="wide")
     ui_state.init_state(st.session_state)
     page = st.navigation([
-        st.Page(PAGES / "home.py", title="Home", icon=":material/home:", default=True),
-        st.Page(PAGES / "data.py", title="Data", icon=":material/photo_library:"),
-        st.Page(PAGES / "model.py", title="Model", icon=":material/account_tree:"),
-        st.Page(PAGES / "train.py", title="Train", icon=":material/play_circle:"),
-        st.Page(PAGES / "runs.py", title="Runs", icon=":material/history:"),
+        st.Page(PAGES / name, title=title, icon=icon, default=(name == "home.py"))
+        for name, title, icon in MENU if (PAGES / name).is_file()
     ])
+    if "_deep_link" in st.session_state:  # a page was opened before the router ran: go back to it
+        st.switch_page(st.session_state.pop("_deep_link"))
     page.run()
 
 

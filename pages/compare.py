@@ -4,6 +4,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from tl_dashboard.worker import reap
 from tl_dashboard import compare
 from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import RunStore
@@ -11,7 +12,7 @@ from tl_dashboard.runs import RunStore
 ss = st.session_state
 ui.require_router(ss, "pages/compare.py", st.switch_page)
 store = RunStore()
-ui.reap_gently(store)
+reap(store)
 DIFF_STYLE = "background-color: rgba(242, 142, 43, 0.22); font-weight: 600"
 
 

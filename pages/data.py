@@ -8,6 +8,7 @@ from tl_dashboard import ui_state as ui
 from tl_dashboard.data import IMAGE_EXTENSIONS, DataError, load_rgb, scan_images
 
 ss = st.session_state
+ui.require_router(ss, "pages/data.py", st.switch_page)
 IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
 ss.setdefault("upload_nonce", 0)
 
@@ -67,7 +68,7 @@ def on_zip() -> None:
         flash("error", f"Could not import {f.name}: {exc}")
     else:
         use_folder(report.root, f"Imported {len(report.written)} images from {f.name} into `{report.root}`"
-                   + (f" ({len(report.skipped)} files skipped)." if report.skipped else "."))
+                   + (f" ({len(report.skipped)} file(s) skipped)." if report.skipped else "."))
     ss.upload_nonce += 1  # a fresh, empty uploader
 
 
@@ -98,8 +99,18 @@ def on_folder_upload() -> None:
             flash("error", f"Could not save the uploaded folder: {exc}")
         else:
             use_folder(root, f"Saved {written} images in {len(by_class)} classes into `{root}`"
-                       + (f"; {skipped + loose} files skipped." if skipped + loose else "."))
+                       + (f"; {skipped + loose} file(s) skipped." if skipped + loose else "."))
     ss.upload_nonce += 1
+
+
+def on_folder() -> None:
+    typed = ss.w_data_dir.strip().strip("'\"")
+    try:
+        folder = importer().resolve_allowed_path(typed)
+    except (PermissionError, ImportError) as exc:  # PathNotAllowed on a shared server
+        flash("error", str(exc))
+    else:
+        ss.data_dir = str(folder)
 
 
 def on_reuse() -> None:
@@ -207,8 +218,9 @@ if source == "sample":
     st.markdown("**emoji3**: 3 classes (animals, food, vehicles), 60 small pictures each. "
                 "Made for a first run: a linear probe learns it in seconds.")
 elif source == "folder":
-    st.text_input("Folder on this server", help="An absolute path, or relative to where the app was started.",
-                  **ui.bind(ss, "data_dir"))
+    ss.w_data_dir = ss.data_dir
+    st.text_input("Folder on this server", help="An absolute path, or relative to where the app was started. "
+                  "Press Enter to use it.", key="w_data_dir", on_change=on_folder)
     try:
         earlier = sorted(p.name for p in importer().datasets_dir().iterdir() if p.is_dir())
     except (ImportError, OSError):
@@ -231,7 +243,7 @@ if "data_flash" in ss:
     getattr(st, kind)(text)
 
 st.divider()
-st.subheader(f"Current data: {Path(ss.data_dir).name}")
+st.subheader(f"Training data: {Path(ss.data_dir).name}")
 st.caption(f"`{ss.data_dir}`")
 sig = ui.folder_signature(ss.data_dir)
 try:
@@ -261,10 +273,12 @@ with left:
     st.plotly_chart(charts.class_counts_figure(info["counts"]), key="class_counts")
 with right:
     st.markdown("**A few images per class**")
-    for cls in info["classes"]:
+    for cls in info["classes"][:12]:
         n = info["counts"][cls]
         st.caption(f"**{cls}** · {n['train']} train · {n['val']} val")
         st.image([thumbnail(p, sig) for p in info["examples"][cls]], width=64)
+    if len(info["classes"]) > 12:
+        st.caption(f"… and {len(info['classes']) - 12} more classes (all of them are in the chart).")
 
 st.markdown(f"**Skipped files** ({len(info['skipped'])})")
 if info["skipped"]:

@@ -8,6 +8,7 @@ from tl_dashboard.backbones import describe_backbone
 from tl_dashboard.runs import RunStore
 
 ss = st.session_state
+ui.require_router(ss, "pages/home.py", st.switch_page)
 
 st.title("TL Dashboard")
 st.markdown(

@@ -7,12 +7,12 @@ from tl_dashboard import compare
 from tl_dashboard import ui_state as ui
 from tl_dashboard.layers import LayersError, describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard.worker import request_stop
+from tl_dashboard.worker import request_stop, reap
 
 ss = st.session_state
 ui.require_router(ss, "pages/learn.py", st.switch_page)
 store = RunStore()
-ui.reap_gently(store)
+reap(store)
 
 
 @st.cache_data(show_spinner="Listing the model's blocks…", max_entries=16)

@@ -44,7 +44,8 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
         fig.add_bar(x=classes, y=[int(counts[c].get(split, 0)) for c in classes], name=name,
                     marker_color=colour, hovertemplate="%{x}: %{y} " + name + " images<extra></extra>")
     fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class",
-                      yaxis_title="images", **{**_LAYOUT, "hovermode": "closest"})
+                      yaxis_title="images", **{**_LAYOUT, "hovermode": "closest",
+                                               "legend": {**_LAYOUT["legend"], "traceorder": "normal"}})
     return fig
 
 
@@ -73,21 +74,46 @@ def blocks_strip_figure(blocks: Sequence[Any], frozen_names: Sequence[str]) -> g
     n_frozen = sum(p for p, f in zip(params, is_frozen) if f)
     total = max(1, sum(params))
     fig.update_layout(
-        title=f"Blocks in forward order: {n_frozen / total:.0%} of parameters frozen",
+        title=f"Blocks in forward order: {_share(n_frozen, total)} of the parameters frozen",
         xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
-        yaxis=dict(title="parameters (log scale)", type="log"),
+        yaxis=dict(title="parameters (log scale)", type="log", dtick=1, tickformat="~s"),
         barmode="overlay", bargap=0.15, **{**_LAYOUT, "hovermode": "closest"},
     )
     return fig
 
 
-def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
+def _share(part: int, total: int) -> str:
+    """Percentage that never rounds a partial share to '0%' or '100%' (e.g. '99.9%')."""
+    f = part / total
+    if 0 < f < 0.01 or 0.99 < f < 1:
+        return f"{min(max(f, 0.001), 0.999):.1%}"
+    return f"{f:.0%}"
+
+
+def _epoch_axis(n_epochs: int | None, n_rows: int) -> dict[str, Any]:
+    """x axis in epochs; fixed to [0, n_epochs] when the run's length is known, so a live curve grows
+    across a still axis instead of rescaling on every update."""
+    axis: dict[str, Any] = {"title": "epoch", "rangemode": "tozero"}
+    if n_epochs:
+        axis["range"] = [0, n_epochs + 0.2]
+    if (n_epochs or n_rows) <= 12:
+        axis["dtick"] = 1
+    return axis
+
+
+def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]],
+                max_points: int = 1500, n_epochs: int | None = None) -> go.Figure:
     """Training loss per step (thin line) and per epoch, validation loss per epoch.
 
     Args:
         steps: rows with ``epoch`` (fractional) and ``loss`` (``RunStore.steps``).
         epochs: rows with ``epoch``, ``train_loss`` and ``val_loss`` (``RunStore.epochs``).
+        max_points: most per-step points drawn; longer runs are thinned evenly (last step kept).
+        n_epochs: the run's planned epochs, to fix the x axis while it trains.
     """
+    if len(steps) > max_points:  # a long run: every k-th step keeps the live chart light
+        k = -(-len(steps) // max_points)
+        steps = list(steps[::k]) + ([steps[-1]] if (len(steps) - 1) % k else [])
     fig = go.Figure()
     fig.add_scatter(x=[s["epoch"] for s in steps], y=[s["loss"] for s in steps], mode="lines",
                     name="train loss (per step)", line=dict(color=TRAIN, width=1), opacity=0.55)
@@ -95,18 +121,18 @@ def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str
                     mode="lines+markers", name="train loss (epoch)", line=dict(color=TRAIN, width=2.5))
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get("val_loss") for e in epochs],
                     mode="lines+markers", name="val loss", line=dict(color=VAL, width=2.5))
-    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="cross-entropy loss",
-                      xaxis=dict(rangemode="tozero"), yaxis=dict(rangemode="tozero"), **_LAYOUT)
+    fig.update_layout(title="Loss", yaxis_title="cross-entropy loss", xaxis=_epoch_axis(n_epochs, len(epochs)),
+                      yaxis=dict(rangemode="tozero"), **_LAYOUT)
     return fig
 
 
-def accuracy_figure(epochs: Sequence[Mapping[str, Any]]) -> go.Figure:
-    """Train and validation accuracy per epoch, 0-100 %."""
+def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = None) -> go.Figure:
+    """Train and validation accuracy per epoch, 0-100 %; ``n_epochs`` fixes the x axis as in :func:`loss_figure`."""
     fig = go.Figure()
     for key, colour, name in (("train_acc", TRAIN, "train accuracy"), ("val_acc", VAL, "val accuracy")):
         fig.add_scatter(x=[e["epoch"] for e in epochs],
                         y=[None if e.get(key) is None else 100 * float(e[key]) for e in epochs],
                         mode="lines+markers", name=name, line=dict(color=colour, width=2.5))
-    fig.update_layout(title="Accuracy", xaxis_title="epoch", yaxis_title="accuracy (%)",
-                      yaxis=dict(range=[0, 102]), xaxis=dict(rangemode="tozero", dtick=1), **_LAYOUT)
+    fig.update_layout(title="Accuracy", yaxis_title="accuracy (%)", yaxis=dict(range=[0, 102]),
+                      xaxis=_epoch_axis(n_epochs, len(epochs)), **_LAYOUT)
     return fig

@@ -270,7 +270,7 @@ def _has_bn(model: nn.Module, blocks: Sequence[Block]) -> bool:
 
 def _cache_decision(cfg: TrainConfig, prep: Prepared, split: _Split) -> tuple[bool, str]:
     if cfg.feature_cache == "off":
-        return False, "feature cache off (--feature-cache off)"
+        return False, "the feature cache is turned off for this run"
     if split.k == 0:
         return False, "no frozen prefix to cache (the first block trains)"
     if cfg.augment:

@@ -24,7 +24,7 @@ from .engine import TrainConfig
 from .layers import FreezePlan
 
 __all__ = [
-    "DEFAULTS", "WIDGET_PREFIX", "WEIGHT_COLOURS", "use_sample", "SOURCES", "PRESETS", "sample_data_dir", "init_state", "bind", "commit",
+    "DEFAULTS", "WIDGET_PREFIX", "WEIGHT_COLOURS", "require_router", "use_sample", "SOURCES", "PRESETS", "sample_data_dir", "init_state", "bind", "commit",
     "config_from_state", "freeze_label", "preset_of", "spec_from_frozen", "frozen_from_spec",
     "class_folder_count", "folder_signature", "data_warnings", "pick_current_run", "progress_info",
     "status_message", "feature_cache_note", "run_rows", "run_duration", "format_params",
@@ -43,10 +43,10 @@ SOURCES = {
 
 # Freeze presets on the Model page, keyed by what preset_of() returns.
 PRESETS = {
-    "head": "Linear probe (train the head only)",
-    "first": "Freeze the first N blocks",
-    "none": "Full fine-tune (train everything)",
-    "custom": "Custom (your toggles)",
+    "head": "Linear probe (head only)",
+    "first": "Freeze first N",
+    "none": "Full fine-tune",
+    "custom": "Custom",
 }
 
 
@@ -83,6 +83,18 @@ def init_state(state: MutableMapping[str, Any]) -> None:
     for k, v in DEFAULTS.items():
         if k not in state:
             state[k] = v
+
+
+def require_router(state: MutableMapping[str, Any], page: str, switch_page: Callable[[str], Any]) -> None:
+    """Send a page opened without the router (``app.py``) through it, then back to ``page``.
+
+    Streamlit runs ``pages/x.py`` directly when it is the very first request a fresh server gets
+    (its old pages-folder mode, before any ``st.navigation`` call), so ``app.py`` has not set
+    up the state yet. Call at the top of every page with ``st.switch_page``.
+    """
+    if "data_dir" not in state:
+        state["_deep_link"] = page
+        switch_page("app.py")
 
 
 def use_sample(state: MutableMapping[str, Any]) -> None:
@@ -363,7 +375,7 @@ def feature_cache_note(summary: Mapping[str, Any]) -> str | None:
     if fc.get("used"):
         k = fc.get("frozen_prefix_blocks")
         bits = [f"{fc['estimated_mb']} MB" if fc.get("estimated_mb") is not None else "",
-                f"built in {fc['build_seconds']} s" if fc.get("build_seconds") is not None else ""]
+                f"built in {float(fc['build_seconds']):.1f} s" if fc.get("build_seconds") is not None else ""]
         extra = ", ".join(b for b in bits if b)
         return (f"Feature cache on: the {k} frozen block(s) ran once per image"
                 f"{f' ({extra})' if extra else ''}; each epoch only trains the rest, so epochs are fast.")
@@ -388,7 +400,6 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> lis
         best = s.get("best_val_accuracy")
         dur = run_duration(r, now)
         rows.append({
-            "id": r.get("id"),
             "status": r.get("status"),
             "label": r.get("label") or "",
             "model": c.get("model", ""),
@@ -396,7 +407,8 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> lis
             "trainable params": s.get("trainable_params"),
             "best val acc": None if best is None else round(100 * float(best), 1),
             "duration": format_seconds(dur) if dur is not None else "",
-            "created": format_time(r.get("created")),
+            "created": format_time(r.get("created"))[5:16],  # "MM-DD HH:MM"
+            "id": r.get("id"),
         })
     return rows
 
@@ -420,15 +432,15 @@ def format_params(n: int | float | None) -> str:
 
 
 def format_seconds(s: float | None) -> str:
-    """Seconds as '7 s', '2 min 05 s', '1 h 03 min'."""
+    """Seconds as '7 s', '2m 05s', '1h 03m' (short enough for a metric)."""
     if s is None or not math.isfinite(float(s)):
         return "-"
     s = int(round(float(s)))
     if s < 60:
         return f"{s} s"
     if s < 3600:
-        return f"{s // 60} min {s % 60:02d} s"
-    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
 
 
 def format_time(t: float | None) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
 from .runs import RunStore
 
-__all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap"]
+__all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap", "live_workers"]
 
 HEARTBEAT_S = 2.0
 
@@ -161,10 +161,34 @@ def submit_run(store: RunStore, config: TrainConfig, *, label: str = "", group_i
     return run_id
 
 
+def _workers_dir(store: RunStore) -> Path:
+    d = store.root / "workers"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def live_workers(store: RunStore) -> list[int]:
+    """Pids of worker processes of this store that are alive (starting, training or looking for work)."""
+    from .runs import _pid_alive
+
+    alive = []
+    for f in _workers_dir(store).iterdir():
+        if f.name.isdigit() and _pid_alive(int(f.name)):
+            alive.append(int(f.name))
+        else:
+            f.unlink(missing_ok=True)
+    return alive
+
+
 def start_worker(store: RunStore) -> subprocess.Popen | None:
-    """Start a worker process in its own session, unless every running slot is taken."""
+    """Start a worker process in its own session if queued runs need one.
+
+    A worker that is still starting (importing torch can take seconds) counts as alive, so
+    polling pages never start a crowd of them; at most ``max_running()`` workers run at once.
+    """
     store.mark_dead_runs()
-    if len(store.list_runs("running")) >= max_running() or not store.list_runs("queued"):
+    queued = len(store.list_runs("queued"))
+    if not queued or len(live_workers(store)) >= max_running():
         return None
     log = open(store.root / "worker.log", "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -174,6 +198,8 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
         env=env, cwd=os.getcwd(),
     )
     log.close()
+    (_workers_dir(store) / str(proc.pid)).touch()
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits: no zombies
     return proc
 
 
@@ -185,18 +211,25 @@ def request_stop(store: RunStore, run_id: str) -> str:
 def reap(store: RunStore) -> list[str]:
     """Mark runs whose worker died as interrupted, and restart the queue if it stalled."""
     dead = store.mark_dead_runs()
-    if store.list_runs("queued") and not store.list_runs("running"):
-        start_worker(store)
+    start_worker(store)  # no-op unless runs are queued and no worker is alive to take them
     return dead
 
 
 def worker_loop(store: RunStore) -> int:
     """Claim and train queued runs until none is left; return how many ran."""
     host, pid, n = socket.gethostname(), os.getpid(), 0
+    marker = _workers_dir(store) / str(pid)
+    marker.touch()
     while True:
         run = store.claim_next(pid, host, max_running())
         if run is None:
-            return n
+            # Unregister, then look once more: a run queued meanwhile either sees no live
+            # worker and starts one, or is found by this last look.
+            marker.unlink(missing_ok=True)
+            run = store.claim_next(pid, host, max_running())
+            if run is None:
+                return n
+            marker.touch()
         store.log(run["id"], "info", f"Started by worker pid {pid} on {host}.")
         run_training(store, run["id"])
         n += 1

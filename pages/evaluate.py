@@ -1,0 +1,194 @@
+"""Evaluate: what a trained model gets wrong and why, try it on new images, take it away.
+
+Widgets in, one core call (``tl_dashboard.evaluate``), figures out. Heavy results are cached per
+runs folder and run id; the Predict, Embeddings and Export tabs compute only when opened.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from tl_dashboard import evaluate as ev
+from tl_dashboard.runs import RunStore
+
+MAX_GALLERY = 24
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
+
+
+@st.cache_data(show_spinner="Evaluating the model on its validation set...", max_entries=8)
+def evaluation(root: str, run_id: str) -> ev.Evaluation:
+    return ev.evaluate_run(RunStore(root), run_id)
+
+
+@st.cache_data(show_spinner="Predicting...", max_entries=32)
+def predictions(root: str, run_id: str, images: tuple, top_k: int) -> list[ev.Prediction]:
+    return ev.predict_images(RunStore(root), list(images), top_k, run_id=run_id)
+
+
+@st.cache_data(show_spinner="Computing features before and after training...", max_entries=8)
+def embedding_view(root: str, run_id: str) -> dict:
+    return ev.embeddings(RunStore(root), run_id)
+
+
+def show_metrics(result: ev.Evaluation) -> None:
+    config = {k: st.column_config.NumberColumn(label, format="%.2f")
+              for k, label in (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"))}
+    config["class"] = st.column_config.TextColumn("Class")
+    config["support"] = st.column_config.NumberColumn("Images", help="validation images of this class")
+    st.dataframe(result.report, hide_index=True, key="ev_report", column_config=config)
+    per_class = ev.per_class_figure(result.report)
+    confusion = ev.confusion_figure(result.confusion, result.classes)
+    if len(result.classes) <= 6:  # side by side while the cells stay readable
+        left, right = st.columns(2)
+        left.plotly_chart(per_class, key="ev_per_class")
+        right.plotly_chart(confusion, key="ev_confusion")
+    else:
+        st.plotly_chart(per_class, key="ev_per_class")
+        st.plotly_chart(confusion, key="ev_confusion")
+
+
+def show_mistakes(result: ev.Evaluation) -> None:
+    wrong = result.misclassified
+    if not wrong:
+        st.success("Every validation image is classified correctly.")
+        return
+    st.caption(f"{len(wrong)} misclassified validation images, worst first (highest loss). "
+               "Caption: true class -> predicted class (confidence of the prediction).")
+    shown = wrong[:MAX_GALLERY]
+    cols = st.columns(4)
+    for i, m in enumerate(shown):
+        with cols[i % 4]:
+            st.image(m["path"], caption=f"{m['true_name']} -> {m['pred_name']} ({m['confidence']:.0%})")
+    if len(wrong) > len(shown):
+        st.caption(f"Showing the worst {len(shown)} of {len(wrong)}.")
+
+
+def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes: int) -> None:
+    sources = ["Upload images", "A validation image"] if result else ["Upload images"]
+    source = st.radio("Images", sources, horizontal=True, key="ev_source", index=len(sources) - 1)
+    images: list = []
+    if source == "Upload images":
+        files = st.file_uploader("Images to classify", type=UPLOAD_TYPES, accept_multiple_files=True, key="ev_upload")
+        images = [f.getvalue() for f in files or []]
+        names = [f.name for f in files or []]
+    else:
+        wrong = {m["path"] for m in result.misclassified}
+        order = [m["path"] for m in result.misclassified] + [p for p in result.paths if p not in wrong]
+        path = st.selectbox("Validation image (misclassified ones first)", order, key=f"ev_val_image_{run_id}",
+                            format_func=lambda p: f"{Path(p).parent.name}/{Path(p).name}"
+                            + ("  (misclassified)" if p in wrong else ""))
+        images, names = [path], [Path(path).name]
+    top_k = st.slider("Top-k classes", 1, n_classes, min(3, n_classes), key="ev_topk")
+    if not images:
+        st.info("Upload one or more images to see the model's top classes and where it looked.")
+        return
+    try:
+        preds = predictions(root, run_id, tuple(images), top_k)
+    except (ValueError, OSError) as exc:
+        st.error(str(exc))
+        return
+    for i, (name, p) in enumerate(zip(names, preds)):
+        left, right = st.columns(2)
+        with left:
+            st.plotly_chart(ev.topk_figure(p, title=f"{name}: top-{len(p.top)}"), key=f"ev_topk_{i}")
+        with right:
+            st.image(ev.overlay_heatmap(p.image, p.cam),
+                     caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
+
+
+def show_embeddings(root: str, run_id: str) -> None:
+    st.caption("Each dot is a validation image: its penultimate-layer features projected to 2-D with PCA. "
+               "Left: the pretrained backbone before training; right: the trained model.")
+    try:
+        emb = embedding_view(root, run_id)
+    except (ValueError, OSError) as exc:
+        st.error(str(exc))
+        return
+    for note in emb["notes"]:
+        st.info(note)
+    hover = [Path(p).name for p in emb["paths"]]
+    cols = st.columns(2)
+    for col, key in zip(cols, ("before", "after")):
+        view = emb[key]
+        with col:
+            st.plotly_chart(ev.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
+                                                view["explained"], hover), key=f"ev_emb_{key}")
+
+
+def show_export(store: RunStore, run_id: str) -> None:
+    formats = st.multiselect("Formats", list(ev.EXPORT_FORMATS), default=list(ev.EXPORT_FORMATS), key="ev_formats")
+    st.caption("Each file loads on its own (TorchScript in torch, ONNX in onnxruntime, safetensors with timm), "
+               "with labels.json and preprocessing.json beside it. From a terminal: "
+               f"`tl-dashboard export {run_id} --format {','.join(formats or ev.EXPORT_FORMATS)}`")
+    exports = st.session_state.setdefault("ev_exports", {})
+    if st.button("Export", type="primary", disabled=not formats, key="ev_export"):
+        with st.spinner("Exporting and checking each file against the model..."):
+            try:
+                exports[run_id] = {k: str(v) for k, v in ev.export_run(store, run_id, formats).items()}
+            except (ValueError, OSError, RuntimeError) as exc:
+                st.error(str(exc))
+    files = exports.get(run_id)
+    if files:
+        st.success(f"Exported to {Path(next(iter(files.values()))).parent}")
+        for key, path in files.items():
+            p = Path(path)
+            if p.is_file():
+                size = p.stat().st_size
+                st.download_button(f"Download {p.name} ({size / 2**20:.1f} MB)" if size >= 2**20 else
+                                   f"Download {p.name} ({max(1, round(size / 1024))} KB)",
+                                   lambda p=p: p.read_bytes(),  # read on click, not on every rerun
+                                   file_name=p.name, key=f"ev_dl_{key}", on_click="ignore")
+
+
+st.title("Evaluate")
+store = RunStore()
+runs = ev.list_evaluable_runs(store)
+if not runs:
+    st.info(f"No finished runs yet in `{store.root}`. Train a model on the **Train** page; finished and "
+            "stopped runs appear here to evaluate, explain and export.")
+    st.stop()
+
+labels = {r["id"]: ev.run_label(r) for r in runs}
+run_id = st.selectbox("Run (newest first)", list(labels), format_func=labels.get, key="ev_run")
+root = str(store.root.resolve())
+n_classes = len((next(r for r in runs if r["id"] == run_id).get("summary") or {}).get("classes") or []) or 2
+
+result: ev.Evaluation | None = None
+try:
+    result = evaluation(root, run_id)
+except (ValueError, OSError) as exc:
+    st.error(f"Cannot evaluate this run on its validation set: {exc}")
+
+if result is not None:
+    n_classes = len(result.classes)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("Validation accuracy", f"{result.accuracy:.1%}")
+    c2.metric("Macro F1", f"{result.macro_f1:.2f}")
+    c3.metric("Validation images", len(result.paths))
+    c4.metric("Misclassified", len(result.misclassified))
+    for note in result.notes:
+        st.warning(note)
+
+tabs = st.tabs(["Metrics", "Mistakes", "Predict", "Embeddings", "Export"], key="ev_tab", on_change="rerun")
+if tabs[0].open:
+    with tabs[0]:
+        if result:
+            show_metrics(result)
+        else:
+            st.info("Metrics need the run's validation set (see the error above).")
+if tabs[1].open:
+    with tabs[1]:
+        if result:
+            show_mistakes(result)
+        else:
+            st.info("The gallery needs the run's validation set.")
+if tabs[2].open:
+    with tabs[2]:
+        show_predict(root, run_id, result, n_classes)
+if tabs[3].open:
+    with tabs[3]:
+        show_embeddings(root, run_id)
+if tabs[4].open:
+    with tabs[4]:
+        show_export(store, run_id)

@@ -1,0 +1,86 @@
+"""Runs: every run in the store; open one for its curves, config and log; delete on purpose only."""
+import streamlit as st
+
+from tl_dashboard import charts
+from tl_dashboard import ui_state as ui
+from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
+from tl_dashboard.worker import request_stop, reap
+
+ss = st.session_state
+ui.require_router(ss, "pages/runs.py", st.switch_page)
+store = RunStore()
+reap(store)
+any_active = bool(store.list_runs(ACTIVE_STATUSES))
+
+
+def delete(run_id: str) -> None:
+    try:
+        store.delete_run(run_id)
+    except (KeyError, ValueError) as exc:
+        ss["runs_flash"] = ("error", f"Not deleted: {exc}")
+    else:
+        ss["runs_flash"] = ("success", f"Deleted run {run_id} and its files.")
+        if ss.get("run_id") == run_id:
+            ss.run_id = None
+
+
+st.title("Runs")
+st.caption(f"Every run in the store at `{store.root.resolve()}`, newest first.")
+if "runs_flash" in ss:
+    kind, text = ss.pop("runs_flash")
+    getattr(st, kind)(text)
+
+
+@st.fragment(run_every=2.0 if any_active else None)
+def runs_view(was_active: bool) -> None:
+    runs = store.list_runs()
+    if was_active and not any(r["status"] in ACTIVE_STATUSES for r in runs):
+        st.rerun()
+    if not runs:
+        st.info("No runs yet. Start one on the Train page.")
+        st.page_link("pages/train.py", label="Go to Train", icon=":material/play_circle:")
+        return
+    st.dataframe(
+        ui.run_rows(runs), hide_index=True, key="runs_table",
+        column_config={
+            "id": st.column_config.TextColumn("run id"),
+            "trainable params": st.column_config.NumberColumn(format="compact"),
+            "best val acc": st.column_config.ProgressColumn("best val acc", min_value=0, max_value=100,
+                                                            format="%.1f %%"),
+        },
+    )
+    by_id = {r["id"]: r for r in runs}
+    if ss.get("runs_pick") not in by_id:
+        ss["runs_pick"] = ss.get("run_id") if ss.get("run_id") in by_id else runs[0]["id"]
+    run_id = st.selectbox(
+        "Open a run", list(by_id), key="runs_pick",
+        format_func=lambda i: f"{by_id[i].get('label') or i} · {by_id[i]['status']} · {ui.format_time(by_id[i]['created'])}")
+    run = by_id[run_id]
+    kind, text = ui.status_message(run)
+    getattr(st, kind)(text)
+    steps, epochs = store.steps(run_id), store.epochs(run_id)
+    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs), key="runs_loss")
+    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs), key="runs_accuracy")
+    note = ui.feature_cache_note(run["summary"])
+    if note:
+        st.caption(note)
+    t1, t2, t3 = st.tabs(["Config", "Summary", "Log"])
+    t1.json(run["config"])
+    t2.json({k: v for k, v in run["summary"].items() if k not in ("blocks", "skipped_files")}, expanded=False)
+    t3.code("\n".join(f"{ui.format_time(r['time'])} {r['level']:5} {r['message']}" for r in store.logs(run_id))
+            or "(empty)", language=None)
+
+    st.markdown("**Manage**")
+    if run["status"] in ACTIVE_STATUSES:
+        st.button("Stop this run", key="runs_stop", icon=":material/stop:",
+                  on_click=lambda: request_stop(store, run_id))
+        st.caption("A run that is queued or training cannot be deleted; stop it first.")
+    else:
+        sure = st.checkbox(f"Yes, delete run {run_id} with its checkpoint and metrics", key=f"runs_confirm_{run_id}")
+        st.button("Delete run", key="runs_delete", icon=":material/delete:", disabled=not sure,
+                  on_click=delete, args=(run_id,))
+
+
+runs_view(any_active)

@@ -1,0 +1,136 @@
+"""Train: hyperparameters, Start and Stop, and the current run live from the run store."""
+from pathlib import Path
+
+import streamlit as st
+
+from tl_dashboard import charts
+from tl_dashboard import ui_state as ui
+from tl_dashboard.backbones import describe_backbone
+from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
+from tl_dashboard.worker import request_stop, submit_run, reap
+
+ss = st.session_state
+ui.require_router(ss, "pages/train.py", st.switch_page)
+store = RunStore()
+LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+
+
+def start() -> None:
+    cfg = ui.config_from_state(ss)
+    if not Path(cfg.data_dir).is_dir():
+        ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
+        return
+    ss.run_id = submit_run(store, cfg, label=ss.run_label.strip() or ui.default_label(ss))
+
+
+def stop(run_id: str) -> None:
+    status = request_stop(store, run_id)
+    ss["train_flash"] = ("info", "Stopping after the current batch…" if status == "running" else f"Run {status}.")
+
+
+reap(store)
+current = ui.pick_current_run(store.list_runs(), ss.run_id)
+active = bool(current and current["status"] in ACTIVE_STATUSES)
+
+st.title("Train")
+settings, live = st.columns([2, 3], gap="large")
+
+# -- settings ----------------------------------------------------------------------------------
+with settings:
+    with st.container(border=True):
+        st.markdown("**Your choices**")
+        weights = describe_backbone(ss.model) if ss.weights == "auto" else {
+            "weights_source": "none", "weights_text": "random init (chosen on the Model page)"}
+        st.markdown(
+            f"Data: **{Path(ss.data_dir).name}** ({ui.class_folder_count(ss.data_dir)} classes)  \n"
+            f"Model: **{ss.model}** :{ui.WEIGHT_COLOURS.get(weights['weights_source'], 'gray')}-badge"
+            f"[{weights['weights_source']}]  \n"
+            f"Freeze plan: **{ui.freeze_label(ss.freeze)}** · BatchNorm {ss.bn_mode}")
+        l1, l2 = st.columns(2)
+        l1.page_link("pages/data.py", label="Change data", icon=":material/photo_library:")
+        l2.page_link("pages/model.py", label="Change model", icon=":material/account_tree:")
+
+    b1, b2 = st.columns(2)
+    b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active,
+              on_click=start, key="start_training", width="stretch")
+    b2.button("Stop", icon=":material/stop:", disabled=not active, key="stop_training", width="stretch",
+              on_click=stop, args=(current["id"] if current else "",))
+    if active:
+        st.caption("A run is in progress; Start is available again when it ends.")
+    if "train_flash" in ss:
+        kind, text = ss.pop("train_flash")
+        getattr(st, kind)(text)
+
+    st.markdown("**Hyperparameters**")
+    h1, h2 = st.columns(2)
+    h1.number_input("Epochs", 1, 500, step=1, **ui.bind(ss, "epochs"))
+    h2.number_input("Batch size", 1, 1024, step=8, **ui.bind(ss, "batch_size"))
+    if ss.lr not in LRS:
+        LRS = sorted({*LRS, float(ss.lr)})
+    st.select_slider("Learning rate", LRS, format_func=lambda v: f"{v:g}",
+                     help="AdamW, decayed along a cosine to 1% of this by the last step.", **ui.bind(ss, "lr"))
+    h3, h4 = st.columns(2)
+    h3.number_input("Weight decay", 0.0, 1.0, step=0.01, format="%.3f", **ui.bind(ss, "weight_decay"))
+    h4.number_input("Image size (px)", 0, 1024, step=16, help="0 = the size the weights were trained at (224 for most).",
+                    **ui.bind(ss, "image_size"))
+    h5, h6 = st.columns(2)
+    h5.number_input("Seed", 0, 2**31 - 1, step=1, help="Same seed, same data, same settings: the same numbers.",
+                    **ui.bind(ss, "seed"))
+    h6.text_input("Run label (optional)", placeholder=ui.default_label(ss), **ui.bind(ss, "run_label"))
+    st.toggle("Augmentation (random crop, flip, colour jitter)", **ui.bind(ss, "augment"))
+    st.radio("Feature cache", ["auto", "off"], horizontal=True,
+             format_func={"auto": "auto", "off": "off"}.get, **ui.bind(ss, "feature_cache"))
+    st.caption("Frozen blocks give the same output every epoch, so with *auto* they run once per image and only "
+               "the trainable rest runs each epoch (much faster). It cannot be used with augmentation or "
+               "BatchNorm set to train.")
+
+
+# -- the current run, live -----------------------------------------------------------------------
+@st.fragment(run_every=1.0 if active else None)
+def show_run(run_id: str, was_active: bool) -> None:
+    if was_active:
+        reap(store)
+    run = store.get_run(run_id)
+    if run is None:
+        st.info("This run was deleted.")
+        return
+    if was_active and run["status"] not in ACTIVE_STATUSES:
+        st.rerun()  # the run ended: redraw the whole page (buttons, no more polling)
+    steps, epochs = store.steps(run_id), store.epochs(run_id)
+    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
+    summary = run["summary"]
+    kind, text = ui.status_message(run)
+    getattr(st, kind)(text)
+    prog = ui.progress_info(run, steps, (run["config"] or {}).get("batch_size"))
+    st.progress(prog["fraction"], text=prog["text"])
+    last = epochs[-1] if epochs else {}
+    m = st.columns(4)
+    m[0].metric("Val accuracy", f"{last['val_acc']:.1%}" if last else "-")
+    m[1].metric("Best val accuracy", f"{max(e['val_acc'] for e in epochs):.1%}" if epochs else "-")
+    m[2].metric("Images / s", f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-")
+    m[3].metric("Elapsed", ui.format_seconds(ui.run_duration(run)))
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs), key="live_loss")
+    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs), key="live_accuracy")
+    note = ui.feature_cache_note(summary)
+    if note:
+        st.caption(note)
+    if summary.get("weights"):
+        st.caption(f"Weights: {summary['weights'].get('detail')} · device {summary.get('device')} · "
+                   f"{summary.get('train_images')} train / {summary.get('val_images')} val images at "
+                   f"{summary.get('image_size')} px · {ui.format_params(summary.get('trainable_params'))} trainable "
+                   f"parameters.")
+    with st.expander("Log"):
+        st.code("\n".join(f"{ui.format_time(r['time'])} {r['level']:5} {r['message']}"
+                          for r in store.logs(run_id)[-30:]) or "(empty)", language=None)
+
+
+with live:
+    if current is None:
+        st.info("No runs yet. Check your choices on the left and press **Start training**: with the sample set "
+                "and the default linear probe the first curves appear within seconds.")
+    else:
+        title = "Current run" if active else ("Your last run" if current["id"] == ss.run_id else "Latest run")
+        st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
+                    f"{ui.format_time(current.get('started') or current['created'])}")
+        show_run(current["id"], active)
