@@ -103,3 +103,55 @@ def test_stop_and_sigkill(shapes_dir, tmp_path):
         time.sleep(0.2)
     run = store.get_run(b)
     assert run["status"] == "interrupted" and "died" in run["error"]
+
+
+def test_out_of_memory_and_bad_input_fail_cleanly(tmp_path, shapes_dir, monkeypatch):
+    from tl_dashboard import worker
+
+    store = RunStore(tmp_path)
+    cfg = TrainConfig(data_dir=str(shapes_dir), epochs=1, image_size=32)
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(worker, "train", oom)
+    a = store.create_run(cfg.to_dict())
+    store.mark_running(a, os.getpid(), socket.gethostname())
+    assert worker.run_training(store, a) is None
+    run = store.get_run(a)
+    assert run["status"] == "failed" and "Lower the batch size or the image size" in run["error"]
+    monkeypatch.undo()
+
+    b = store.create_run(TrainConfig(data_dir=str(tmp_path / "missing")).to_dict())
+    store.mark_running(b, os.getpid(), socket.gethostname())
+    worker.run_training(store, b)
+    run = store.get_run(b)
+    assert run["status"] == "failed" and "Data folder not found" in run["error"] and "Traceback" not in run["error"]
+
+
+def test_store_survives_a_kill_in_the_middle_of_writes(tmp_path):
+    import subprocess
+    import sys
+
+    store = RunStore(tmp_path)
+    run_id = store.create_run({})
+    code = (
+        "import sys; from tl_dashboard.runs import RunStore\n"
+        f"s = RunStore({str(tmp_path)!r})\n"
+        "i = 0\n"
+        "while True:\n"
+        f"    s.add_steps({run_id!r}, [{{'step': i * 50 + j, 'epoch': 0.0, 'loss': 1.0}} for j in range(50)])\n"
+        "    i += 1\n"
+        "    if i == 5: print('writing', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout.readline().strip() == b"writing"
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait()
+    reopened = RunStore(tmp_path)  # as after a restart of the app
+    con = sqlite3.connect(reopened.db_path)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    steps = [s["step"] for s in reopened.steps(run_id)]
+    assert len(steps) % 50 == 0 and steps == list(range(len(steps)))  # whole transactions only
+    assert reopened.get_run(run_id)["status"] == "queued"

@@ -114,21 +114,16 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     threading.Thread(target=beat, daemon=True).start()
     try:
         result = train(config, callbacks, out_dir=store.run_dir(run_id))
-    except MemoryError:
-        msg = (f"Out of memory with batch size {config.batch_size} at {config.image_size or 'default'} px. "
-               "Lower the batch size or the image size and start again.")
-        store.finish_run(run_id, "failed", error=msg)
-        return None
-    except (ValueError, OSError) as exc:  # DataError, BackboneError, LayersError, bad device
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "out of memory" in msg.lower():
-            msg += " Lower the batch size or the image size and start again."
+    except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
+            msg = (f"Out of memory while training (batch size {config.batch_size}, image size "
+                   f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again.")
+        elif not isinstance(exc, (ValueError, OSError)):  # not bad input: keep the traceback for the log
+            store.log(run_id, "error", traceback.format_exc())
+            msg = f"{type(exc).__name__}: {msg}"
         store.log(run_id, "error", msg)
         store.finish_run(run_id, "failed", error=msg)
-        return None
-    except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
-        store.log(run_id, "error", traceback.format_exc())
-        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}".splitlines()[0])
         return None
     finally:
         beating.set()
