@@ -10,7 +10,11 @@ from pathlib import Path
 import streamlit as st
 
 from tl_dashboard import evaluate as ev
+from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import RunStore
+
+ss = st.session_state
+ui.require_router(ss, "pages/evaluate.py", st.switch_page)
 
 MAX_GALLERY = 24
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
@@ -150,7 +154,9 @@ if not runs:
     st.stop()
 
 labels = {r["id"]: ev.run_label(r) for r in runs}
-run_id = st.selectbox("Run (newest first)", list(labels), format_func=labels.get, key="ev_run")
+ids = list(labels)
+start = ids.index(ss.get("run_id")) if ss.get("run_id") in labels else 0  # this session's last run, else the newest
+run_id = st.selectbox("Run (newest first)", ids, index=start, format_func=labels.get, key="ev_run")
 root = str(store.root.resolve())
 n_classes = len((next(r for r in runs if r["id"] == run_id).get("summary") or {}).get("classes") or []) or 2
 
