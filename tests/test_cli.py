@@ -103,3 +103,21 @@ def test_module_entry_point_train_then_predict(tmp_path, shapes_dir):
     assert r.returncode == 0, r.stderr
     preds = _json_tail(r.stdout)[0]["top_k"]
     assert preds[0]["prob"] >= preds[-1]["prob"] and abs(sum(p["prob"] for p in preds) - 1) < 1e-3
+
+
+@pytest.mark.slow
+def test_export_writes_each_format_and_refuses_to_overwrite(tmp_path, shapes_dir, capsys):
+    assert main(["train", str(shapes_dir), "--json", "--epochs", "1", "--image-size", "32",
+                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    run_id = _json_tail(capsys.readouterr().out)["run_id"]
+    out = tmp_path / "exported"
+    args = ["export", run_id, "--format", "safetensors,torchscript,onnx", "--out", str(out), "--json",
+            "--runs-dir", str(tmp_path / "runs")]
+    assert main(args) == 0
+    paths = _json_tail(capsys.readouterr().out)
+    for key in ("safetensors", "torchscript", "onnx", "labels", "preprocessing"):
+        assert Path(paths[key]).is_file()
+    assert main(args) == 2  # the user's folder is not overwritten silently
+    assert "overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+    assert main(["export", run_id, "--format", "pickle", "--runs-dir", str(tmp_path / "runs")]) == 2

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a run's model (safetensors, torchscript, onnx)")
     p.add_argument("run_id")
     p.add_argument("--format", default="safetensors,torchscript,onnx")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=None, help="folder for the files (default: the run's export/ folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace earlier exports in --out")
     p.add_argument("--json", action="store_true")
     _add_runs_dir(p)
 
@@ -335,8 +336,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     missing = [p for p in args.images if not p.is_file()]
     if missing:
         raise CliError(f"Image not found: {missing[0]}.")
-    preds = predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k)
-    rows = [{"image": str(p), "top_k": pr} for p, pr in zip(args.images, preds)]
+    preds = predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k, cam=False)
+    rows = [{"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in pr.top]}
+            for p, pr in zip(args.images, preds)]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -351,7 +353,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
     _finished_run(store, args.run_id)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    paths = export_run(store, args.run_id, formats=formats, out_dir=args.out)
+    paths = export_run(store, args.run_id, formats=formats, out_dir=args.out, overwrite=args.overwrite)
     out = {k: str(v) for k, v in paths.items()}
     print(json.dumps(out) if args.json else "\n".join(f"{k}: {v}" for k, v in out.items()))
     return 0
@@ -398,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (CliError, ValueError, OSError) as exc:
         # DataError, BackboneError, LayersError, ArchiveError are ValueErrors with one clear line.
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"error: {msg}", file=sys.stderr)
