@@ -3,9 +3,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts
+from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
+from tl_dashboard.engine import available_devices
+from tl_dashboard.layers import describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import request_stop, submit_run, reap
 
@@ -21,6 +23,17 @@ def start() -> None:
         ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
         return
     ss.run_id = submit_run(store, cfg, label=ss.run_label.strip() or ui.default_label(ss))
+
+
+def start_sweep(depths: list[str]) -> None:
+    cfg = ui.config_from_state(ss)
+    if not Path(cfg.data_dir).is_dir():
+        ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
+        return
+    group, ids = compare.queue_sweep(store, cfg, depths, label_prefix="sweep ")
+    ss.run_id = ids[0]
+    ss["train_flash"] = ("success", f"Queued {len(ids)} runs ({', '.join(ui.freeze_label(d) for d in depths)}). "
+                                    "They train one after another; compare them on the Compare page.")
 
 
 def stop(run_id: str) -> None:
@@ -83,6 +96,39 @@ with settings:
     st.caption("Frozen blocks give the same output every epoch, so with *auto* they run once per image and only "
                "the trainable rest runs each epoch (much faster). It cannot be used with augmentation or "
                "BatchNorm set to train.")
+    devices = available_devices()
+    d1, d2 = st.columns(2)
+    if ss.device not in devices["choices"]:
+        ss.device = "auto"
+    d1.selectbox("Device", devices["choices"], help=f"auto = {devices['auto']} here (CUDA, then MPS, then CPU).",
+                 **ui.bind(ss, "device"))
+    if devices["cuda_count"] > 1:
+        d2.number_input("GPU processes", 1, devices["cuda_count"], step=1,
+                        help="More than 1: DistributedDataParallel via torchrun, one process per GPU.",
+                        **ui.bind(ss, "nproc"))
+    else:
+        ss.nproc = 1
+        d2.caption(f"Training on **{devices['auto']}**" + (f" ({', '.join(devices['gpu_names'])})" if devices["gpu_names"] else ""))
+
+    with st.expander("Freeze-depth sweep: one run per depth, same data, split and seed"):
+        try:
+            n_body = sum(b.kind != "head" for b in describe_blocks(ss.model, None))
+        except Exception:  # noqa: BLE001 - an unknown model is reported on the Model page
+            n_body = 0
+        if n_body:
+            default = ",".join(dict.fromkeys(["0", str(n_body // 3), str(2 * n_body // 3), "all"]))
+            spec = st.text_input("Frozen blocks per run (0 = full fine-tune, all = head only)", default,
+                                 key="sweep_depths", help=f"{ss.model} has {n_body} freezable blocks below the head.")
+            try:
+                depths = compare.sweep_freezes(spec, n_body)
+            except ValueError as exc:
+                st.error(str(exc))
+                depths = []
+            st.caption(f"{len(depths)} runs with the hyperparameters above: "
+                       + ", ".join(ui.freeze_label(d) for d in depths))
+            st.button("Queue the sweep", icon=":material/stacks:", key="queue_sweep", disabled=not depths,
+                      on_click=start_sweep, args=(depths,))
+            st.page_link("pages/compare.py", label="See the sweep chart on Compare", icon=":material/compare:")
 
 
 # -- the current run, live -----------------------------------------------------------------------

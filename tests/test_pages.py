@@ -254,6 +254,24 @@ def test_train_page_defaults_and_buttons(env):
     assert "No runs yet" in texts(at, "info")
 
 
+def test_train_page_queues_a_freeze_depth_sweep_and_shows_the_device(env, monkeypatch):
+    from tl_dashboard import worker
+    from tl_dashboard.runs import RunStore
+
+    monkeypatch.setattr(worker, "start_worker", lambda store: None)  # queue only; nothing trains here
+    at = open_page("train")
+    assert at.selectbox(key="w_device").value == "auto" and "cpu" in at.selectbox(key="w_device").options
+    assert at.text_input(key="sweep_depths").value == "0,3,6,all"
+    at.button(key="queue_sweep").click().run()
+    assert not at.exception
+    runs = RunStore(env / "runs").list_runs()
+    assert sorted(r["config"]["freeze"] for r in runs) == sorted(["none", "3", "6", "head"])
+    assert len({r["group_id"] for r in runs}) == 1 and all(r["status"] == "queued" for r in runs)
+    assert "Queued 4 runs" in texts(at, "success")
+    at.text_input(key="sweep_depths").set_value("0,42").run()
+    assert "42" in texts(at, "error") and at.button(key="queue_sweep").disabled
+
+
 def test_train_page_shows_failed_run_error(env):
     store = RunStore()
     run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 3}, label="broken")
