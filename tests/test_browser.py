@@ -168,3 +168,52 @@ def test_walk_data_model_train_stop_runs(server, page):
     runs = RunStore(server["runs"]).list_runs()
     assert len(runs) == 1 and runs[0]["status"] == "stopped"
     assert runs[0]["config"]["freeze"] == "none"
+
+
+def _set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    _idle(page)
+
+
+def test_sweep_compare_learn_and_evaluate(server, page):
+    """Queue a freeze-depth sweep from the Train page, then compare it, learn from it, evaluate a run."""
+    from tl_dashboard.runs import RunStore
+
+    store = RunStore(server["runs"])
+    before = {r["id"] for r in store.list_runs()}
+    _nav(page, server, "Train")
+    _set_number(page, "Epochs", 2)
+    _set_number(page, "Image size (px)", 64)
+    page.get_by_text("Freeze-depth sweep", exact=False).first.click()
+    page.get_by_role("button", name="Queue the sweep").click()
+    _idle(page)
+    page.get_by_text("Queued 4 runs").first.wait_for()
+    deadline = time.monotonic() + 420
+    while time.monotonic() < deadline:
+        new = [r for r in store.list_runs() if r["id"] not in before]
+        if len(new) == 4 and all(r["status"] not in ("queued", "running") for r in new):
+            break
+        time.sleep(2)
+    new = [r for r in store.list_runs() if r["id"] not in before]
+    assert [r["status"] for r in new] == ["finished"] * 4, [(r["status"], r["error"]) for r in new]
+    assert len({r["group_id"] for r in new}) == 1
+    # queued in order from full fine-tune to head only, trained in that order
+    by_start = sorted(new, key=lambda r: r["started"])
+    assert [r["config"]["freeze"] for r in by_start] == ["none", "3", "6", "head"]
+
+    _nav(page, server, "Compare")
+    page.get_by_text("Sweeps", exact=False).first.wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    _no_exception(page)
+    _shot(page, "compare")
+
+    _nav(page, server, "Learn")
+    _no_exception(page)
+    _shot(page, "learn")
+
+    _nav(page, server, "Evaluate")
+    page.get_by_text("Confusion", exact=False).first.wait_for()
+    _no_exception(page)
+    _shot(page, "evaluate")
