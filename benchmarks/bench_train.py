@@ -98,17 +98,17 @@ def fast_train(cfg: TrainConfig) -> dict:
 def floor_pass(cfg: TrainConfig) -> float:
     """One inference pass of the backbone over train + val images, decoding included."""
     from tl_dashboard.data import DecodedImageCache
-    from tl_dashboard.engine import _center_crop, _Normalizer
+    from tl_dashboard.engine import Normalizer, center_crop
 
     prep = prepare(cfg)
     model = prep.model.eval()
     t0 = time.perf_counter()
     cache = DecodedImageCache(prep.load_size, interpolation=prep.weights.interpolation)
     x, _ = cache.stack(prep.split.train + prep.split.val)
-    norm = _Normalizer(prep.weights, torch.device("cpu"))
+    norm = Normalizer(prep.weights.mean, prep.weights.std)
     with torch.inference_mode():
         for i in range(0, len(x), 64):
-            model(norm(_center_crop(x[i:i + 64], prep.image_size)))
+            model(norm(center_crop(x[i:i + 64], prep.image_size)))
     return time.perf_counter() - t0
 
 
@@ -129,15 +129,17 @@ def main() -> None:
     half = args.half or str(n_body // 2)
     print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}; model {args.model}, {args.image_size} px, {args.epochs} epochs, "
-          f"batch {args.batch_size}, repeats {args.repeats}")
+          f"batch {args.batch_size}, repeats {args.repeats}", flush=True)
     rows = []
     for label, freeze in (("head only", "head"), (f"first {half} of {n_body} blocks frozen", half)):
         cfg = TrainConfig(data_dir=args.data_dir, model=args.model, freeze=freeze, epochs=args.epochs,
                           image_size=args.image_size, batch_size=args.batch_size)
         plain, fast = [], []
-        for _ in range(args.repeats):  # alternate so drift in machine load hits both alike
+        for i in range(args.repeats):  # alternate so drift in machine load hits both alike
             plain.append(plain_train(cfg))
             fast.append(fast_train(cfg))
+            print(f"  {label} repeat {i + 1}: plain {plain[-1]['total']:.1f} s (acc {plain[-1]['val_acc']:.3f}), "
+                  f"fast {fast[-1]['total']:.1f} s (acc {fast[-1]['val_acc']:.3f})", flush=True)
         floor = statistics.median(floor_pass(cfg) for _ in range(args.repeats)) if freeze == "head" else None
         med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
         row = {

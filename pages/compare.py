@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from tl_dashboard.worker import reap
-from tl_dashboard import compare
+from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import RunStore
 
@@ -68,8 +68,8 @@ else:
         st.caption("One run picked: add another to compare.")
     rows = compare.overlay_rows(store, picked)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(compare.overlay_figure(rows, "loss"), key="cmp_loss")
-    c2.plotly_chart(compare.overlay_figure(rows, "accuracy"), key="cmp_accuracy")
+    c1.plotly_chart(charts.overlay_figure(rows, "loss"), key="cmp_loss")
+    c2.plotly_chart(charts.overlay_figure(rows, "accuracy"), key="cmp_accuracy")
     st.caption("Overfitting shows as a gap that opens between the dotted (train) and solid (validation) line of one "
                "colour: train loss keeps falling while validation loss stops falling or rises.")
 
@@ -118,7 +118,7 @@ else:
             st.rerun()
         with_results = [p for p in points if p["best_val_accuracy"] is not None and p["trainable_params"]]
         if with_results:
-            st.plotly_chart(compare.sweep_figure(points), key="cmp_sweep_chart")
+            st.plotly_chart(charts.sweep_figure(points), key="cmp_sweep_chart")
         else:
             st.info("No results in this sweep yet: its runs are queued or training. The points appear as they finish.")
         st.dataframe(
@@ -154,7 +154,7 @@ else:
         st.warning(f"Cannot measure the weight drift of this run: {exc}")
     else:
         scratch = by_id[rid]["config"].get("weights") == "none"
-        st.plotly_chart(compare.drift_figure(drift, "random" if scratch else "pretrained"), key="cmp_drift")
+        st.plotly_chart(charts.drift_figure(drift, "random" if scratch else "pretrained"), key="cmp_drift")
         moved = [r for r in drift if r["measure"] == "relative" and not r["frozen"]]
         top = max(moved, key=lambda r: r["drift"]) if moved else None
         line = (f"Each bar is how much a block's weights changed during training, relative to their "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import RunStore
@@ -41,8 +42,8 @@ def show_metrics(result: ev.Evaluation) -> None:
     config["class"] = st.column_config.TextColumn("Class")
     config["support"] = st.column_config.NumberColumn("Images", help="validation images of this class")
     st.dataframe(result.report, hide_index=True, key="ev_report", column_config=config)
-    per_class = ev.per_class_figure(result.report)
-    confusion = ev.confusion_figure(result.confusion, result.classes)
+    per_class = charts.per_class_figure(result.report)
+    confusion = charts.confusion_figure(result.confusion, result.classes)
     if len(result.classes) <= 6:  # side by side while the cells stay readable
         left, right = st.columns(2)
         left.plotly_chart(per_class, key="ev_per_class")
@@ -95,7 +96,7 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
     for i, (name, p) in enumerate(zip(names, preds)):
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(ev.topk_figure(p, title=f"{name}: top-{len(p.top)}"), key=f"ev_topk_{i}")
+            st.plotly_chart(charts.topk_figure(p, title=f"{name}: top-{len(p.top)}"), key=f"ev_topk_{i}")
         with right:
             st.image(ev.overlay_heatmap(p.image, p.cam),
                      caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
@@ -116,8 +117,8 @@ def show_embeddings(root: str, run_id: str) -> None:
     for col, key in zip(cols, ("before", "after")):
         view = emb[key]
         with col:
-            st.plotly_chart(ev.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
-                                                view["explained"], hover), key=f"ev_emb_{key}")
+            st.plotly_chart(charts.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
+                                                    view["explained"], hover), key=f"ev_emb_{key}")
 
 
 def show_export(store: RunStore, run_id: str) -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import compare
+from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
 from tl_dashboard.layers import LayersError, describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
@@ -163,7 +163,7 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
             colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
             c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
     if any(p["best_val_accuracy"] is not None and p["trainable_params"] for p in points):
-        st.plotly_chart(compare.sweep_figure(points), key="learn_sweep_chart")
+        st.plotly_chart(charts.sweep_figure(points), key="learn_sweep_chart")
     if active:
         st.caption("Updates every 2 seconds while a run is queued or training.")
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_dashboard import compare, worker
+from tl_dashboard import charts, compare, worker
 from tl_dashboard.engine import TrainConfig
 from tl_dashboard.runs import RunStore
 
@@ -72,7 +72,7 @@ def test_weight_drift_bn_train_moves_statistics_not_frozen_weights(drifts):
     assert all(r["frozen"] and r["drift"] == 0.0 for r in body)
     assert all(r["bn_drift"] is not None and r["bn_drift"] > 0 for r in body)  # every block has BatchNorm
     assert probe[-1]["drift"] > 0 and probe[-1]["bn_drift"] is None
-    fig = compare.drift_figure(probe)
+    fig = charts.drift_figure(probe)
     assert {t.name for t in fig.data} >= {"frozen (kept as loaded)", "BatchNorm running statistics"}
 
 
@@ -100,13 +100,18 @@ def test_overlay_rows_and_figures(trained):
     rows = compare.overlay_rows(store, [a, b, "no-such-run"])
     assert len(rows) == 4 and {r["run"] for r in rows} == {"freeze=3", "freeze=head"}
     assert {r["split"] for r in rows} == {"train", "val"}
-    fig = compare.overlay_figure(rows, "accuracy")
+    fig = charts.overlay_figure(rows, "accuracy")
     assert len(fig.data) == 4 and sum(t.showlegend for t in fig.data) == 2
     points = compare.sweep_points(store, "sweep-test")
     assert [p["run_id"] for p in points] == [a, b]
     assert points[1]["trainable_params"] < points[0]["trainable_params"]
-    fig = compare.sweep_figure(points)
+    fig = charts.sweep_figure(points)
     assert fig.layout.xaxis.type == "log" and len(fig.data) == 2
+
+
+def test_compare_draws_nothing_itself():
+    """Figures have one home, charts.py: compare.py computes rows, it never imports plotly."""
+    assert "plotly" not in Path(compare.__file__).read_text()
 
 
 def test_sweep_freezes_parsing():

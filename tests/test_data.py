@@ -20,7 +20,7 @@ from PIL import Image, ImageFile, JpegImagePlugin
 from tl_dashboard import data
 from tl_dashboard.data import (
     DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, DatasetSplit,
-    DecodedImageCache, Sample, Skipped, load_rgb, scan_images,
+    DecodedImageCache, Sample, Skipped, check_image, env_number, load_rgb, resize_center_square, scan_images,
 )
 
 
@@ -244,6 +244,53 @@ def test_truncation_detected_even_if_global_flag_set_and_flag_restored(laced, mo
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True
     reasons = {s.path.name: s.reason for s in split.skipped}
     assert reasons["truncated.jpg"].startswith("unreadable or truncated image")
+
+
+def test_check_image_is_the_scans_check(laced, laced_split, monkeypatch):
+    """check_image gives, file by file, the reason scan_images records (after its folder/extension checks)."""
+    reasons = {s.path: s.reason for s in laced_split.skipped}
+    for rel in ("bad/empty.jpg", "bad/truncated.jpg", "bad/fake.png", "bad/tiny.png", "bad/huge_header.png"):
+        assert check_image(laced / rel) == reasons[laced / rel]
+    for rel in GOOD:
+        assert check_image(laced / rel) is None, rel
+    assert check_image(laced / "bad" / "no-such.png") == "file not found"
+    assert check_image(laced / "bad") == "not a regular file"
+    assert check_image(laced / "good/big.jpg", max_pixels=1000).startswith("too large: 3000x3000")
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # detection stays on, the flag is restored
+    assert check_image(laced / "bad/truncated.jpg").startswith("unreadable or truncated image")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
+def test_load_rgb_from_bytes_and_file_objects(laced):
+    path = laced / "good" / "exif6.jpg"
+    want = np.asarray(load_rgb(path, draft_size=16))
+    assert np.array_equal(np.asarray(load_rgb(path.read_bytes(), draft_size=16)), want)
+    with open(path, "rb") as f:
+        assert np.array_equal(np.asarray(load_rgb(f, draft_size=16)), want)
+    with pytest.raises(DataError, match="Cannot use the image given in memory: unreadable or truncated image"):
+        load_rgb(b"not an image")
+    with pytest.raises(DataError, match="too large: 3000x3000"):
+        load_rgb(io.BytesIO((laced / "good" / "big.jpg").read_bytes()), max_pixels=1000)
+
+
+def test_resize_center_square_is_the_cache_transform(laced):
+    for rel in ("good/exif6.jpg", "good/big.jpg", "good/rgba.png"):
+        cached = DecodedImageCache(24, interpolation="bilinear").get(laced / rel)
+        assert torch.equal(resize_center_square(load_rgb(laced / rel, draft_size=24), 24, "bilinear"), cached)
+    assert data.resized_size(400, 300, 256) == (341, 256) and data.resized_size(10, 40, 8) == (8, 32)
+    gray = resize_center_square(Image.new("L", (30, 20), 7), 10)  # any mode goes through to_rgb
+    assert gray.shape == (3, 10, 10) and gray.dtype == torch.uint8 and int(gray.max()) == 7
+
+
+def test_env_number(monkeypatch):
+    monkeypatch.delenv("TL_TEST_NUMBER", raising=False)
+    assert env_number("TL_TEST_NUMBER", 2.5) == 2.5
+    monkeypatch.setenv("TL_TEST_NUMBER", " 0.5 ")
+    assert env_number("TL_TEST_NUMBER", 2.5) == 0.5
+    for bad in ("x", "-1", "0", "nan"):
+        monkeypatch.setenv("TL_TEST_NUMBER", bad)
+        with pytest.raises(ValueError, match="TL_TEST_NUMBER"):
+            env_number("TL_TEST_NUMBER", 2.5)
 
 
 # ----------------------------------------------------------------------------- decompression bombs

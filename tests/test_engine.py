@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tl_dashboard.engine import Callback, TrainConfig, load_checkpoint, prepare, train
+from tl_dashboard.engine import Callback, Normalizer, TrainConfig, center_crop, load_checkpoint, prepare, train
 
 
 def _cfg(data, **kw):
@@ -118,3 +118,12 @@ def test_per_step_and_per_epoch_metrics(shapes_dir):
     for h in r.history:
         assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_sec", "seconds"} <= set(h)
         assert 0 <= h["val_acc"] <= 1 and h["images_per_sec"] > 0
+
+
+def test_center_crop_and_normalizer():
+    x = torch.arange(2 * 3 * 6 * 5, dtype=torch.uint8).view(2, 3, 6, 5)
+    crop = center_crop(x, 3)
+    assert crop.shape == (2, 3, 3, 3) and torch.equal(crop, x[..., 1:4, 1:4])
+    norm = Normalizer((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
+    out = norm(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    assert out.dtype == torch.float32 and out[0, :, 0, 0].tolist() == [1.0, 3.0, 1.0]  # (x / 255 - mean) / std

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard.data import DecodedImageCache, scan_images
 from tl_dashboard.engine import TrainConfig
@@ -309,17 +310,24 @@ def test_export_never_overwrites_a_user_folder_silently(run, tmp_path):
 # ----------------------------------------------------------------------------- figures
 def test_figures_label_their_axes(evaluation):
     e = evaluation
-    fig = ev.confusion_figure(e.confusion, e.classes)
+    fig = charts.confusion_figure(e.confusion, e.classes)
     assert "rows = true class, columns = predicted" in fig.layout.title.text
     assert fig.layout.xaxis.title.text == "Predicted class" and fig.layout.yaxis.title.text == "True class"
     assert list(fig.data[0].x) == e.classes and list(fig.data[0].y) == e.classes
     assert np.array_equal(np.asarray(fig.data[0].text), e.confusion) and fig.data[0].texttemplate == "%{text}"
     assert fig.layout.yaxis.autorange == "reversed"  # row 0 (the first true class) at the top
-    assert [t.name for t in ev.per_class_figure(e.report).data] == ["precision", "recall", "F1"]
-    top = ev.topk_figure([("food", 0.7), ("animals", 0.2)])
+    assert [t.name for t in charts.per_class_figure(e.report).data] == ["precision", "recall", "F1"]
+    top = charts.topk_figure([("food", 0.7), ("animals", 0.2)])
     assert list(top.data[0].y) == ["food", "animals"] and top.layout.xaxis.range == (0, 1)
-    emb = ev.embedding_figure(np.zeros((4, 2)), [0, 1, 2, 0], e.classes, "After", [0.5, 0.2])
+    pred = ev.Prediction("x.png", Image.new("RGB", (4, 4)), [("food", 0.7), ("animals", 0.2)], np.zeros(3))
+    assert charts.topk_figure(pred).to_dict() == top.to_dict()  # a Prediction draws as its top list
+    emb = charts.embedding_figure(np.zeros((4, 2)), [0, 1, 2, 0], e.classes, "After", [0.5, 0.2])
     assert [t.name for t in emb.data] == e.classes and "50%" in emb.layout.xaxis.title.text
+
+
+def test_evaluate_draws_nothing_itself():
+    """Figures have one home, charts.py: evaluate.py computes, it never imports plotly."""
+    assert "plotly" not in Path(ev.__file__).read_text()
 
 
 # ----------------------------------------------------------------------------- page

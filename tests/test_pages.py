@@ -391,8 +391,8 @@ def test_feature_cache_note():
     used = {"feature_cache": {"used": True, "frozen_prefix_blocks": 9, "estimated_mb": 0.9, "build_seconds": 1.234}}
     assert ui_state.feature_cache_note(used).startswith("Feature cache on: the 9 frozen block(s) ran once per image "
                                                         "(0.9 MB, built in 1.2 s)")
-    off = {"feature_cache": {"used": False, "reason": "feature cache off (--feature-cache off)"}}
-    assert ui_state.feature_cache_note(off) == ("Feature cache off: turned off in the settings. "
+    off = {"feature_cache": {"used": False, "reason": "the feature cache is turned off for this run"}}
+    assert ui_state.feature_cache_note(off) == ("Feature cache off: the feature cache is turned off for this run. "
                                                 "Every epoch runs the whole network.")
     assert ui_state.feature_cache_note({}) is None
 

@@ -1,7 +1,13 @@
 """Pure chart functions: rows in, plotly Figure out. No Streamlit, no torch.
 
+The one home for the dashboard's figures: data (class counts), model (blocks strip), training
+curves (loss, accuracy), comparing runs (overlaid curves, freeze-depth sweep, weight drift) and
+evaluation (confusion matrix, per-class scores, top-k, embeddings).
+
 Colours are shared by every chart: frozen blocks are slate blue-grey, trainable ones orange;
-train curves are blue, validation curves orange-red.
+train curves are blue, validation curves orange-red; BatchNorm statistics green. Runs and classes
+take one colour each from :data:`PALETTE` (Tableau 10, the source of the colours above, then
+Dark24), in order.
 
 Example:
     >>> fig = class_counts_figure({"cats": {"train": 8, "val": 2}, "dogs": {"train": 6, "val": 2}})
@@ -10,22 +16,38 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 
 __all__ = [
-    "FROZEN", "TRAINABLE", "TRAIN", "VAL", "class_counts_figure", "blocks_strip_figure",
-    "loss_figure", "accuracy_figure",
+    "PALETTE", "FROZEN", "TRAINABLE", "TRAIN", "VAL", "BN_STATS",
+    "class_counts_figure", "blocks_strip_figure", "loss_figure", "accuracy_figure",
+    "overlay_figure", "sweep_figure", "drift_figure",
+    "confusion_figure", "per_class_figure", "topk_figure", "embedding_figure",
 ]
 
+#: One colour per run or class, in order: Tableau 10, then Dark24 for more than ten.
+PALETTE: tuple[str, ...] = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                            "#ff9da7", "#9c755f", "#bab0ac", *qualitative.Dark24)
 FROZEN = "#7f93ad"  # slate blue-grey: weights kept as loaded
-TRAINABLE = "#f28e2b"  # orange: weights that learn
-TRAIN = "#4e79a7"  # train split / train curves
-VAL = "#e15759"  # validation split / validation curves
+TRAINABLE = PALETTE[1]  # orange: weights that learn
+TRAIN = PALETTE[0]  # blue: train split / train curves
+VAL = PALETTE[2]  # orange-red: validation split / validation curves
+BN_STATS = PALETTE[4]  # green: BatchNorm running statistics
 
-_LAYOUT = dict(margin=dict(l=10, r=10, t=48, b=10), legend=dict(orientation="h", yanchor="bottom", y=1.0,
-                                                              xanchor="right", x=1.0), hovermode="x unified")
+_LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0)
+_LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.2, xanchor="center", x=0.5)
+
+
+def _layout(top: int = 48, legend: Mapping[str, Any] = _LEGEND_ABOVE, hovermode: str = "closest") -> dict[str, Any]:
+    """The layout every chart shares: thin margins (``top`` leaves room for a title and subtitle), a
+    horizontal legend (above the plot on the right, or :data:`_LEGEND_BELOW`), and the hover mode."""
+    return dict(margin=dict(l=10, r=10, t=top, b=10), legend=dict(legend), hovermode=hovermode)
 
 
 def _get(obj: Any, attr: str, default: Any = None) -> Any:
@@ -44,8 +66,7 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
         fig.add_bar(x=classes, y=[int(counts[c].get(split, 0)) for c in classes], name=name,
                     marker_color=colour, hovertemplate="%{x}: %{y} " + name + " images<extra></extra>")
     fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class",
-                      yaxis_title="images", **{**_LAYOUT, "hovermode": "closest",
-                                               "legend": {**_LAYOUT["legend"], "traceorder": "normal"}})
+                      yaxis_title="images", **_layout(legend={**_LEGEND_ABOVE, "traceorder": "normal"}))
     return fig
 
 
@@ -77,7 +98,7 @@ def blocks_strip_figure(blocks: Sequence[Any], frozen_names: Sequence[str]) -> g
         title=f"Blocks in forward order: {_share(n_frozen, total)} of the parameters frozen",
         xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
         yaxis=dict(title="parameters (log scale)", type="log", dtick=1, tickformat="~s"),
-        barmode="overlay", bargap=0.15, **{**_LAYOUT, "hovermode": "closest"},
+        barmode="overlay", bargap=0.15, **_layout(),
     )
     return fig
 
@@ -122,7 +143,7 @@ def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get("val_loss") for e in epochs],
                     mode="lines+markers", name="val loss", line=dict(color=VAL, width=2.5))
     fig.update_layout(title="Loss", yaxis_title="cross-entropy loss", xaxis=_epoch_axis(n_epochs, len(epochs)),
-                      yaxis=dict(rangemode="tozero"), **_LAYOUT)
+                      yaxis=dict(rangemode="tozero"), **_layout(hovermode="x unified"))
     return fig
 
 
@@ -134,5 +155,233 @@ def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = 
                         y=[None if e.get(key) is None else 100 * float(e[key]) for e in epochs],
                         mode="lines+markers", name=name, line=dict(color=colour, width=2.5))
     fig.update_layout(title="Accuracy", yaxis_title="accuracy (%)", yaxis=dict(range=[0, 102]),
-                      xaxis=_epoch_axis(n_epochs, len(epochs)), **_LAYOUT)
+                      xaxis=_epoch_axis(n_epochs, len(epochs)), **_layout(hovermode="x unified"))
+    return fig
+
+
+# -- comparing runs: overlaid curves, freeze-depth sweep, weight drift ---------------------------
+def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> go.Figure:
+    """Curves of several runs on the same axes: one colour per run, validation solid, train dotted.
+
+    Args:
+        rows: ``compare.overlay_rows`` output (``run``, ``epoch``, ``split``, ``loss``, ``accuracy``).
+        metric: ``"loss"`` or ``"accuracy"``.
+
+    Raises:
+        ValueError: another ``metric``.
+    """
+    if metric not in ("loss", "accuracy"):
+        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}.")
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    scale = 100.0 if metric == "accuracy" else 1.0
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        colour = PALETTE[i % len(PALETTE)]
+        for split, dash in (("val", "solid"), ("train", "dot")):
+            pts = [r for r in rows if r["run"] == run and r["split"] == split]
+            fig.add_scatter(
+                x=[p["epoch"] for p in pts],
+                y=[None if p.get(metric) is None else scale * float(p[metric]) for p in pts],
+                mode="lines+markers", name=run, legendgroup=run, showlegend=split == "val",
+                line=dict(color=colour, dash=dash, width=2.5 if split == "val" else 1.5),
+                marker=dict(size=6 if split == "val" else 4),
+                hovertemplate=f"{run} · {split}<br>epoch %{{x}}: %{{y:.3g}}"
+                              + (" %" if metric == "accuracy" else "") + "<extra></extra>",
+            )
+    title = "Loss" if metric == "loss" else "Accuracy"
+    fig.update_layout(
+        title=dict(text=f"{title} <sup>solid = validation, dotted = train</sup>"),
+        xaxis=dict(title="epoch", rangemode="tozero", dtick=1 if len({r['epoch'] for r in rows}) <= 20 else None),
+        yaxis=dict(title="cross-entropy loss" if metric == "loss" else "accuracy (%)",
+                   rangemode="tozero", **({"range": [0, 102]} if metric == "accuracy" else {})),
+        **_layout(top=56),
+    )
+    return fig
+
+
+def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Best validation accuracy and training time against trainable parameters (log x), one point per run.
+
+    Args:
+        points: ``compare.sweep_points`` output; runs without results yet are left out.
+    """
+    done = [p for p in points if p.get("trainable_params") and p.get("best_val_accuracy") is not None]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=("Best validation accuracy", "Total training time"))
+    groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
+    for name, scratch, colour, symbol in groups:
+        pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
+        if not pts:
+            continue
+        custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
+                   100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
+        hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
+                 "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
+                 "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
+        common = dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
+                      mode="markers+text+lines" if not scratch else "markers+text", text=[_point_text(p) for p in pts],
+                      marker=dict(color=colour, size=12, symbol=symbol, line=dict(width=1, color="white")),
+                      line=dict(color=colour, width=1, dash="dot"), legendgroup=name)
+        acc = [100 * float(p["best_val_accuracy"]) for p in pts]
+        secs = [float(p.get("train_seconds") or 0) for p in pts]
+        fig.add_scatter(y=acc, name=name, row=1, col=1, textposition=_label_positions(common["x"], acc, scratch),
+                        **common)
+        fig.add_scatter(y=secs, name=name, showlegend=False, row=1, col=2,
+                        textposition=_label_positions(common["x"], secs, scratch), **common)
+    fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
+    fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 108], row=1, col=1)
+    fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
+    fig.update_layout(**_layout(top=40, legend=_LEGEND_BELOW))
+    return fig
+
+
+def _label_positions(xs: Sequence[float], ys: Sequence[float], below: bool = False) -> list[str]:
+    """Label above each point, but below it when a close neighbour (on the log x axis) sits higher."""
+    out = []
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        near_higher = any(j != i and abs(math.log10(x) - math.log10(xj)) < 0.2 and yj > y
+                          for j, (xj, yj) in enumerate(zip(xs, ys)))
+        out.append("bottom center" if below or near_higher else "top center")
+    return out
+
+
+def _point_text(p: Mapping[str, Any]) -> str:
+    """A sweep point's short label: probe, full, 'N frozen' or scratch."""
+    if p.get("from_scratch"):
+        return "scratch"
+    f = str(p.get("freeze"))
+    return {"head": "probe", "none": "full"}.get(f, f"{f} frozen" if f.isdigit() else f)
+
+
+def drift_figure(rows: Sequence[Mapping[str, Any]], start: str = "pretrained") -> go.Figure:
+    """Per block, how far the weights moved from their start: frozen blocks grey at zero, trainable orange.
+
+    Relative changes use the left axis; the head (which starts at zero, so only its absolute
+    size means something) is hatched on the right axis. BatchNorm running-statistics drift, when
+    measured, is drawn as green diamonds on the left axis.
+
+    Args:
+        rows: ``compare.weight_drift`` output.
+        start: what the weights started from, for the title (``"pretrained"`` or ``"random"``).
+    """
+    names = [r["block"] for r in rows]
+    fig = go.Figure()
+    rel = [r for r in rows if r["measure"] == "relative"]
+    for frozen, colour, label in ((True, FROZEN, "frozen (kept as loaded)"), (False, TRAINABLE, "trainable")):
+        pts = [r for r in rel if bool(r["frozen"]) == frozen]
+        if not pts:
+            continue
+        fig.add_bar(
+            x=[r["block"] for r in pts], y=[r["drift"] for r in pts], name=label, marker_color=colour,
+            text=["frozen · 0" if frozen and r["drift"] == 0 else f"{r['drift']:.3g}" for r in pts],
+            textposition="outside", cliponaxis=False,
+            customdata=[[f"{r['params']:,}"] for r in pts],
+            hovertemplate="%{x}: relative change %{y:.4g}<br>%{customdata[0]} params<extra>" + label + "</extra>",
+        )
+    heads = [r for r in rows if r["measure"] == "absolute"]
+    if heads:
+        fig.add_bar(
+            x=[r["block"] for r in heads], y=[r["drift"] for r in heads], yaxis="y2",
+            name="head: absolute size (started at 0), right axis", marker_color=TRAINABLE,
+            marker_pattern_shape="/", text=[f"‖w‖ {r['drift']:.3g}" for r in heads], textposition="inside",
+            cliponaxis=False, customdata=[[f"{r['params']:,}"] for r in heads],
+            hovertemplate="%{x}: ‖w_after − w_before‖ = %{y:.4g} (absolute)<br>%{customdata[0]} params<extra></extra>",
+        )
+    bn = [r for r in rows if r.get("bn_drift") is not None]
+    if bn:
+        fig.add_scatter(
+            x=[r["block"] for r in bn], y=[r["bn_drift"] for r in bn], mode="markers",
+            name="BatchNorm running statistics", marker=dict(symbol="diamond", size=11, color=BN_STATS,
+                                                             line=dict(width=1, color="white")),
+            hovertemplate="%{x}: BN running mean/var moved %{y:.4g} (relative)<extra></extra>",
+        )
+    fig.update_layout(
+        title=dict(text=f"How far each block moved from its {start} start "
+                        "<sup>‖w_after − w_before‖ / ‖w_before‖</sup>"),
+        xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
+        yaxis=dict(title="relative change", rangemode="tozero"),
+        yaxis2=dict(title="head: ‖w‖", overlaying="y", side="right", rangemode="tozero", showgrid=False),
+        barmode="overlay", bargap=0.2, **_layout(top=90),
+    )
+    return fig
+
+
+# -- evaluation: confusion matrix, per-class scores, top-k, embeddings -----------------------------
+def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
+    """Confusion-matrix heatmap: rows = true class, columns = predicted, counts in the cells.
+
+    Args:
+        cm: (C, C) counts, rows = true class (as from ``evaluate.confusion_matrix``).
+        classes: class names, in index order.
+    """
+    z = np.asarray(cm)
+    names = [str(c) for c in classes]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=names, y=names, text=z, texttemplate="%{text}", colorscale="Blues", showscale=False,
+        hovertemplate="true %{y}, predicted %{x}: %{z} images<extra></extra>"))
+    fig.update_layout(
+        title="Confusion matrix<br><sup>rows = true class, columns = predicted</sup>",
+        xaxis=dict(title="Predicted class", side="bottom", type="category"),
+        yaxis=dict(title="True class", autorange="reversed", type="category"),
+        height=max(320, 60 * len(names) + 140), **_layout(top=50))
+    return fig
+
+
+def per_class_figure(report: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Grouped bars of precision, recall and F1 per class (``evaluate.classification_report`` rows)."""
+    names = [str(r["class"]) for r in report]
+    fig = go.Figure([
+        go.Bar(name=label, x=names, y=[r[key] for r in report], text=[f"{r[key]:.2f}" for r in report],
+               marker_color=colour, textposition="outside", hovertemplate=f"%{{x}}: {label} %{{y:.3f}}<extra></extra>")
+        for (key, label), colour in zip((("precision", "precision"), ("recall", "recall"), ("f1", "F1")), PALETTE)])
+    fig.update_layout(title="Per-class precision, recall and F1", barmode="group",
+                      yaxis=dict(title="score", range=[0, 1.1]), xaxis=dict(title="class", type="category"),
+                      height=360, **_layout(top=50, legend=_LEGEND_BELOW))
+    return fig
+
+
+def topk_figure(preds: Any, title: str | None = None) -> go.Figure:
+    """Horizontal bars of the top-k classes and their probabilities, most likely on top.
+
+    Args:
+        preds: an ``evaluate.Prediction`` (its ``top``) or ``[(class name, probability), ...]``.
+        title: figure title; default "Top-k classes".
+    """
+    top = list(getattr(preds, "top", preds))
+    names, probs = [str(c) for c, _ in top], [float(p) for _, p in top]
+    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", text=[f"{p:.1%}" for p in probs], marker_color=TRAIN,
+                           textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
+    fig.update_layout(title=title or f"Top-{len(top)} classes", xaxis=dict(title="probability", range=[0, 1],
+                      tickformat=".0%"), yaxis=dict(autorange="reversed", type="category"),
+                      height=max(220, 48 * len(top) + 120), **_layout(top=50))
+    return fig
+
+
+def embedding_figure(points: np.ndarray | Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str],
+                     title: str, explained: Sequence[float] | None = None,
+                     hover: Sequence[str] | None = None) -> go.Figure:
+    """Scatter of 2-D embedding points, one colour per class.
+
+    Args:
+        points: (N, 2) coordinates (e.g. ``evaluate.embeddings(...)["after"]["points"]``).
+        labels: class index per point.
+        classes: class names.
+        title: figure title.
+        explained: explained-variance ratio of the two axes, shown in the axis titles.
+        hover: text per point (e.g. file names).
+    """
+    pts, lab = np.asarray(points, dtype=float).reshape(-1, 2), np.asarray(labels)
+    fig = go.Figure()
+    for i, name in enumerate(classes):
+        idx = np.flatnonzero(lab == i)
+        fig.add_trace(go.Scatter(
+            x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=str(name),
+            marker=dict(size=8, opacity=0.8, color=PALETTE[i % len(PALETTE)]),
+            text=[hover[j] for j in idx] if hover is not None else None,
+            hovertemplate=f"{name}" + ("<br>%{text}" if hover is not None else "") + "<extra></extra>"))
+    ex = list(explained) if explained is not None else None
+    fig.update_layout(
+        title=title, height=420, **_layout(top=50, legend=_LEGEND_BELOW),
+        xaxis=dict(title=f"PC 1 ({ex[0]:.0%} of variance)" if ex else "PC 1", zeroline=False),
+        yaxis=dict(title=f"PC 2 ({ex[1]:.0%} of variance)" if ex else "PC 2", zeroline=False))
     return fig

@@ -1,8 +1,8 @@
 """Compare runs: configs side by side, overlaid curves, freeze-depth sweeps, and weight drift.
 
 Everything here reads the :class:`~tl_dashboard.runs.RunStore` (and, for the weight drift, the
-run's checkpoint) and returns plain rows; the figures at the bottom turn rows into plotly
-figures. No Streamlit.
+run's checkpoint) and returns plain rows; :mod:`tl_dashboard.charts` turns them into figures
+(``overlay_figure``, ``sweep_figure``, ``drift_figure``). No Streamlit.
 
 * :func:`compare_table` - one row per setting or result, one column per run, ``differs`` per row;
 * :func:`overlay_rows` - epoch metrics of several runs in long format, for overlaid curves;
@@ -25,12 +25,7 @@ import time
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
-import plotly.graph_objects as go
-from plotly.colors import qualitative
-from plotly.subplots import make_subplots
-
 from . import worker
-from .charts import FROZEN, TRAINABLE
 from .engine import TrainConfig
 from .layers import FreezePlan
 from .runs import ACTIVE_STATUSES, RunStore
@@ -47,9 +42,6 @@ __all__ = [
     "queue_sweep",
     "list_sweeps",
     "sweep_points",
-    "overlay_figure",
-    "sweep_figure",
-    "drift_figure",
 ]
 
 # The rows of the comparison table, in display order.
@@ -462,157 +454,3 @@ def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
             "epochs": s.get("epochs"),
         })
     return out
-
-
-# -- figures (pure: rows in, plotly Figure out) ---------------------------------------------------
-RUN_COLOURS = qualitative.T10
-BN_STATS = "#59a14f"  # green diamonds: BatchNorm running statistics
-_LAYOUT = dict(margin=dict(l=10, r=10, t=56, b=10),
-               legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
-
-
-def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> go.Figure:
-    """Curves of several runs on the same axes: one colour per run, validation solid, train dashed.
-
-    Args:
-        rows: :func:`overlay_rows` output.
-        metric: ``"loss"`` or ``"accuracy"``.
-    """
-    if metric not in ("loss", "accuracy"):
-        raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}.")
-    runs = list(dict.fromkeys(r["run"] for r in rows))
-    scale = 100.0 if metric == "accuracy" else 1.0
-    fig = go.Figure()
-    for i, run in enumerate(runs):
-        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
-        for split, dash in (("val", "solid"), ("train", "dot")):
-            pts = [r for r in rows if r["run"] == run and r["split"] == split]
-            fig.add_scatter(
-                x=[p["epoch"] for p in pts],
-                y=[None if p.get(metric) is None else scale * float(p[metric]) for p in pts],
-                mode="lines+markers", name=run, legendgroup=run, showlegend=split == "val",
-                line=dict(color=colour, dash=dash, width=2.5 if split == "val" else 1.5),
-                marker=dict(size=6 if split == "val" else 4),
-                hovertemplate=f"{run} · {split}<br>epoch %{{x}}: %{{y:.3g}}"
-                              + (" %" if metric == "accuracy" else "") + "<extra></extra>",
-            )
-    title = "Loss" if metric == "loss" else "Accuracy"
-    fig.update_layout(
-        title=dict(text=f"{title} <sup>solid = validation, dotted = train</sup>"),
-        xaxis=dict(title="epoch", rangemode="tozero", dtick=1 if len({r['epoch'] for r in rows}) <= 20 else None),
-        yaxis=dict(title="cross-entropy loss" if metric == "loss" else "accuracy (%)",
-                   rangemode="tozero", **({"range": [0, 102]} if metric == "accuracy" else {})),
-        hovermode="closest", **_LAYOUT,
-    )
-    return fig
-
-
-def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
-    """Best validation accuracy and training time against trainable parameters (log x), one point per run.
-
-    Args:
-        points: :func:`sweep_points` output; runs without results yet are left out.
-    """
-    done = [p for p in points if p.get("trainable_params") and p.get("best_val_accuracy") is not None]
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("Best validation accuracy", "Total training time"))
-    groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
-    for name, scratch, colour, symbol in groups:
-        pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
-        if not pts:
-            continue
-        custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
-                   100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
-        hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
-                 "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
-                 "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
-        text = [_point_text(p) for p in pts]
-        common = dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
-                      mode="markers+text+lines" if not scratch else "markers+text", text=text,
-                      marker=dict(color=colour, size=12, symbol=symbol,
-                                                             line=dict(width=1, color="white")),
-                      line=dict(color=colour, width=1, dash="dot"), legendgroup=name)
-        acc = [100 * float(p["best_val_accuracy"]) for p in pts]
-        secs = [float(p.get("train_seconds") or 0) for p in pts]
-        fig.add_scatter(y=acc, name=name, row=1, col=1, textposition=_label_positions(common["x"], acc, scratch),
-                        **common)
-        fig.add_scatter(y=secs, name=name, showlegend=False, row=1, col=2,
-                        textposition=_label_positions(common["x"], secs, scratch), **common)
-    fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
-    fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 108], row=1, col=1)
-    fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
-    fig.update_layout(hovermode="closest", **{**_LAYOUT, "margin": dict(l=10, r=10, t=40, b=10),
-                                              "legend": dict(orientation="h", yanchor="top", y=-0.18,
-                                                             xanchor="center", x=0.5)})
-    return fig
-
-
-def _label_positions(xs: Sequence[float], ys: Sequence[float], below: bool = False) -> list[str]:
-    """Label above each point, but below it when a close neighbour (on the log x axis) sits higher."""
-    out = []
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        near_higher = any(j != i and abs(math.log10(x) - math.log10(xj)) < 0.2 and yj > y
-                          for j, (xj, yj) in enumerate(zip(xs, ys)))
-        out.append("bottom center" if below or near_higher else "top center")
-    return out
-
-
-def _point_text(p: Mapping[str, Any]) -> str:
-    if p.get("from_scratch"):
-        return "scratch"
-    f = str(p.get("freeze"))
-    return {"head": "probe", "none": "full"}.get(f, f"{f} frozen" if f.isdigit() else f)
-
-
-def drift_figure(rows: Sequence[Mapping[str, Any]], start: str = "pretrained") -> go.Figure:
-    """Per block, how far the weights moved from their start: frozen blocks grey at zero, trainable orange.
-
-    Relative changes use the left axis; the head (which starts at zero, so only its absolute
-    size means something) is hatched on the right axis. BatchNorm running-statistics drift, when
-    measured, is drawn as green diamonds on the left axis.
-
-    Args:
-        rows: :func:`weight_drift` output.
-        start: what the weights started from, for the title (``"pretrained"`` or ``"random"``).
-    """
-    names = [r["block"] for r in rows]
-    fig = go.Figure()
-    rel = [r for r in rows if r["measure"] == "relative"]
-    for frozen, colour, label in ((True, FROZEN, "frozen (kept as loaded)"), (False, TRAINABLE, "trainable")):
-        pts = [r for r in rel if bool(r["frozen"]) == frozen]
-        if not pts:
-            continue
-        fig.add_bar(
-            x=[r["block"] for r in pts], y=[r["drift"] for r in pts], name=label, marker_color=colour,
-            text=["frozen · 0" if frozen and r["drift"] == 0 else f"{r['drift']:.3g}" for r in pts],
-            textposition="outside", cliponaxis=False,
-            customdata=[[f"{r['params']:,}"] for r in pts],
-            hovertemplate="%{x}: relative change %{y:.4g}<br>%{customdata[0]} params<extra>" + label + "</extra>",
-        )
-    heads = [r for r in rows if r["measure"] == "absolute"]
-    if heads:
-        fig.add_bar(
-            x=[r["block"] for r in heads], y=[r["drift"] for r in heads], yaxis="y2",
-            name="head: absolute size (started at 0), right axis", marker_color=TRAINABLE,
-            marker_pattern_shape="/", text=[f"‖w‖ {r['drift']:.3g}" for r in heads], textposition="inside",
-            cliponaxis=False, customdata=[[f"{r['params']:,}"] for r in heads],
-            hovertemplate="%{x}: ‖w_after − w_before‖ = %{y:.4g} (absolute)<br>%{customdata[0]} params<extra></extra>",
-        )
-    bn = [r for r in rows if r.get("bn_drift") is not None]
-    if bn:
-        fig.add_scatter(
-            x=[r["block"] for r in bn], y=[r["bn_drift"] for r in bn], mode="markers",
-            name="BatchNorm running statistics", marker=dict(symbol="diamond", size=11, color=BN_STATS,
-                                                             line=dict(width=1, color="white")),
-            hovertemplate="%{x}: BN running mean/var moved %{y:.4g} (relative)<extra></extra>",
-        )
-    fig.update_layout(
-        title=dict(text=f"How far each block moved from its {start} start "
-                        "<sup>‖w_after − w_before‖ / ‖w_before‖</sup>"),
-        xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
-        yaxis=dict(title="relative change", rangemode="tozero"),
-        yaxis2=dict(title="head: ‖w‖", overlaying="y", side="right", rangemode="tozero", showgrid=False),
-        barmode="overlay", bargap=0.2, hovermode="closest",
-        **{**_LAYOUT, "margin": dict(l=10, r=10, t=90, b=10)},
-    )
-    return fig

@@ -10,7 +10,9 @@ This module never imports streamlit.
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
@@ -20,7 +22,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from PIL import Image, ImageFile, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "DEFAULT_MAX_IMAGE_PIXELS", "DataError", "Sample",
-    "Skipped", "DatasetSplit", "scan_images", "load_rgb", "DecodedImageCache",
+    "Skipped", "DatasetSplit", "scan_images", "check_image", "load_rgb", "to_rgb", "resized_size",
+    "resize_center_square", "DecodedImageCache", "env_number",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -38,7 +41,8 @@ _DEFAULT_CACHE_GB = 4.0
 _VALIDATE_DRAFT = 256
 _SPLIT_DIRS = ("train", "val")
 _HIDDEN_DIRS = ("__MACOSX",)  # macOS zip debris; treated like a dot-folder
-_lock_truncated = threading.Lock()
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
 class DataError(ValueError):
@@ -106,7 +110,16 @@ class _Rejected(Exception):
     """Internal: an image that cannot be used; ``args[0]`` is the skip reason."""
 
 
-def _env_number(name: str, default: float) -> float:
+def env_number(name: str, default: float) -> float:
+    """A positive number from environment variable ``name``, or ``default`` when it is unset or blank.
+
+    Raises:
+        ValueError: The variable is set but is not a positive finite number (the message names it).
+
+    Example:
+        >>> env_number("TL_MAX_CACHE_GB", 4.0)  # unset
+        4.0
+    """
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
@@ -121,14 +134,16 @@ def _env_number(name: str, default: float) -> float:
 
 def _resolve_max_pixels(max_pixels: int | None) -> int:
     if max_pixels is None:
-        return int(_env_number("TL_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS))
+        return int(env_number("TL_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS))
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
         raise ValueError(f"max_pixels={max_pixels!r} must be a positive int (or None for the default).")
     return max_pixels
 
 
-def _short(exc: BaseException, path: Path) -> str:
-    msg = (str(exc) or type(exc).__name__).splitlines()[0].replace(str(path), path.name)
+def _short(exc: BaseException, path: Path | None) -> str:
+    msg = (str(exc) or type(exc).__name__).splitlines()[0]
+    if path is not None:
+        msg = msg.replace(str(path), path.name)
     return msg if len(msg) <= 160 else msg[:157] + "..."
 
 
@@ -151,8 +166,12 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return ((a - lo) * 255 // max(hi - lo, 1)).astype(np.uint8)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparent pixels are composited on white."""
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to RGB, as training sees it.
+
+    Transparent pixels are composited on white; 16-bit and float images are scaled to 8 bits
+    by the range their values use. An RGB image without transparency is returned as is.
+    """
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
@@ -165,10 +184,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
 
 
-def _decode(path: Path, limit: int, draft_size: int | None, min_side: int = 0) -> Image.Image:
+def _decode(source: Path | BinaryIO, limit: int, draft_size: int | None, min_side: int = 0) -> Image.Image:
     """Open, guard, decode, EXIF-rotate and convert one image. Raises _Rejected(reason)."""
+    path = source if isinstance(source, Path) else None
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
             if w * h > limit:
                 raise _Rejected(
@@ -183,7 +203,7 @@ def _decode(path: Path, limit: int, draft_size: int | None, min_side: int = 0) -
                 img = ImageOps.exif_transpose(img)  # a loaded copy, detached from the file
             except Exception:  # malformed EXIF: keep the pixels, ignore the orientation
                 img = img.copy()
-            return _to_rgb(img)
+            return to_rgb(img)
     except _Rejected:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -192,12 +212,13 @@ def _decode(path: Path, limit: int, draft_size: int | None, min_side: int = 0) -
         raise _Rejected(f"unreadable or truncated image: {_short(exc, path)}") from None
 
 
-def load_rgb(path: str | Path, *, max_pixels: int | None = None,
+def load_rgb(source: ImageSource, *, max_pixels: int | None = None,
              draft_size: int | None = None) -> Image.Image:
     """Load any supported image as an EXIF-upright RGB :class:`PIL.Image.Image`.
 
     Args:
-        path: Image file.
+        source: Image file path, the encoded bytes (e.g. a browser upload's ``getvalue()``),
+            or a binary file object (read from where it stands).
         max_pixels: Refuse images with more pixels than this (checked from the header,
             before decoding). ``None``: env ``TL_MAX_IMAGE_PIXELS`` or 64 M.
         draft_size: For JPEGs, let libjpeg decode at a reduced scale whose sides stay
@@ -210,25 +231,76 @@ def load_rgb(path: str | Path, *, max_pixels: int | None = None,
 
     Raises:
         DataError: The file is missing, unreadable, truncated or too large.
+
+    Example:
+        >>> load_rgb(Path("cat.jpg").read_bytes(), draft_size=256).mode
+        'RGB'
     """
-    p = Path(path)
+    limit = _resolve_max_pixels(max_pixels)
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        try:
+            return _decode(p, limit, draft_size)
+        except _Rejected as exc:
+            raise DataError(f"Cannot use image {p}: {exc.args[0]}. Re-scan the data folder or remove the file.") from None
+    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    label = str(getattr(source, "name", "") or "given in memory")
     try:
-        return _decode(p, _resolve_max_pixels(max_pixels), draft_size)
+        return _decode(fp, limit, draft_size)
     except _Rejected as exc:
-        raise DataError(f"Cannot use image {p}: {exc.args[0]}. Re-scan the data folder or remove the file.") from None
+        raise DataError(f"Cannot use the image {label}: {exc.args[0]}. Give a JPEG, PNG or another "
+                        f"supported image ({', '.join(IMAGE_EXTENSIONS)}).") from None
 
 
-def _check_file(path: Path, root_real: str, limit: int) -> str | None:
-    """Cheap checks first, then a full decode. Returns: the skip reason, or None if usable."""
+_checks_lock = threading.Lock()
+_checks_running = 0  # checks in progress, over all threads
+_truncated_flag = False  # LOAD_TRUNCATED_IMAGES as it was before the first of them
+
+
+@contextlib.contextmanager
+def _truncation_detected() -> Iterator[None]:
+    """Keep Pillow's global ``LOAD_TRUNCATED_IMAGES`` off while any check runs; restore it after the last."""
+    global _checks_running, _truncated_flag
+    with _checks_lock:
+        if _checks_running == 0:
+            _truncated_flag = ImageFile.LOAD_TRUNCATED_IMAGES
+            ImageFile.LOAD_TRUNCATED_IMAGES = False  # only matters if someone set it
+        _checks_running += 1
     try:
-        if os.path.islink(path) and not _inside(path, root_real):
-            return "symlink leaves the data folder"
-        suffix = path.suffix.lower()
-        if suffix not in IMAGE_EXTENSIONS:
-            return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
+        yield
+    finally:
+        with _checks_lock:
+            _checks_running -= 1
+            if _checks_running == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _truncated_flag
+
+
+def check_image(path: str | Path, *, max_pixels: int | None = None) -> str | None:
+    """Check that a file is a usable image: a non-empty regular file that fully decodes.
+
+    The checks :func:`scan_images` runs on every file (after its folder and extension checks):
+    the header size against the decompression-bomb limit, at least ``MIN_IMAGE_SIDE`` pixels a
+    side, then a full decode (JPEGs at reduced scale) that catches truncated and fake images
+    even when Pillow's ``LOAD_TRUNCATED_IMAGES`` is set.
+
+    Args:
+        path: The file.
+        max_pixels: Refuse images with more pixels than this. ``None``: env
+            ``TL_MAX_IMAGE_PIXELS`` or 64 M.
+
+    Returns:
+        The one-line reason to skip the file (it names the file by its base name only), or
+        None when it is usable.
+
+    Example:
+        >>> check_image("photos/cats/empty.jpg")
+        'empty file (0 bytes)'
+    """
+    path, limit = Path(path), _resolve_max_pixels(max_pixels)
+    try:
         st = os.stat(path)
     except FileNotFoundError:
-        return "broken symlink"
+        return "broken symlink" if os.path.islink(path) else "file not found"
     except OSError as exc:
         return f"unreadable file: {_short(exc, path)}"
     if not stat.S_ISREG(st.st_mode):
@@ -236,10 +308,24 @@ def _check_file(path: Path, root_real: str, limit: int) -> str | None:
     if st.st_size == 0:
         return "empty file (0 bytes)"
     try:
-        _decode(path, limit, _VALIDATE_DRAFT, MIN_IMAGE_SIDE)
+        with _truncation_detected():
+            _decode(path, limit, _VALIDATE_DRAFT, MIN_IMAGE_SIDE)
     except _Rejected as exc:
         return exc.args[0]
     return None
+
+
+def _check_file(path: Path, root_real: str, limit: int) -> str | None:
+    """A scanned file: folder and extension checks first, then :func:`check_image`. Returns: reason or None."""
+    try:
+        if os.path.islink(path) and not _inside(path, root_real):
+            return "symlink leaves the data folder"
+    except OSError as exc:
+        return f"unreadable file: {_short(exc, path)}"
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
+    return check_image(path, max_pixels=limit)
 
 
 def _inside(path: str | Path, root_real: str) -> bool:
@@ -300,15 +386,9 @@ def _skip_hint(skipped: list[Skipped], folder: Path) -> str:
 
 
 def _validate(files: list[Path], root_real: str, limit: int) -> list[str | None]:
-    """Check ``files`` on 2 threads with truncation detection on. Returns: skip reason or None, per file."""
-    with _lock_truncated:
-        prev = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False  # only matters if someone set it; restored below
-        try:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                return list(pool.map(lambda f: _check_file(f, root_real, limit), files))
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = prev
+    """Check ``files`` on 2 threads. Returns: skip reason or None, per file."""
+    with _truncation_detected(), ThreadPoolExecutor(max_workers=2) as pool:  # one flag flip for the whole scan
+        return list(pool.map(lambda f: _check_file(f, root_real, limit), files))
 
 
 def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
@@ -414,11 +494,48 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "nearest": Image.Resampling.NEAREST}
 
 
+def resized_size(width: int, height: int, load_size: int) -> tuple[int, int]:
+    """The ``(width, height)`` an image is resized to so its shorter side is ``load_size``
+    (as torchvision's ``Resize(int)`` does); the longer side is truncated, never below ``load_size``.
+
+    Example:
+        >>> resized_size(400, 300, 256)
+        (341, 256)
+    """
+    L = load_size
+    return (L, max(L, int(L * height / width))) if width <= height else (max(L, int(L * width / height)), L)
+
+
+def resize_center_square(img: Image.Image, load_size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Resize an image so its shorter side is ``load_size``, then center-crop a square: how every
+    image is prepared for training (:class:`DecodedImageCache`) and prediction.
+
+    Args:
+        img: A PIL image, e.g. from :func:`load_rgb` (other modes go through :func:`to_rgb`).
+        load_size: Side of the square, in pixels.
+        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``; anything else -> bicubic.
+
+    Returns:
+        uint8 tensor ``(3, load_size, load_size)``, channels first.
+
+    Example:
+        >>> resize_center_square(Image.new("RGB", (60, 20)), 20, "nearest").shape
+        torch.Size([3, 20, 20])
+    """
+    img, L = to_rgb(img), int(load_size)
+    size = resized_size(*img.size, L)
+    if size != img.size:
+        img = img.resize(size, _RESAMPLE.get(str(interpolation).lower(), Image.Resampling.BICUBIC))
+    left, top = (size[0] - L) // 2, (size[1] - L) // 2
+    img = img.crop((left, top, left + L, top + L))
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
 class DecodedImageCache:
     """Decode + resize each image once; keep uint8 CHW tensors in memory so epochs never decode JPEGs again.
 
-    Each image is loaded with :func:`load_rgb` (JPEG draft at ``load_size``), resized so
-    its shorter side is ``load_size`` and center-cropped to ``load_size x load_size``.
+    Each image is loaded with :func:`load_rgb` (JPEG draft at ``load_size``) and prepared by
+    :func:`resize_center_square` (shorter side to ``load_size``, center square crop).
 
     Args:
         load_size: Side of the cached square images, in pixels.
@@ -433,13 +550,12 @@ class DecodedImageCache:
         if isinstance(load_size, bool) or not isinstance(load_size, int) or load_size <= 0:
             raise ValueError(f"load_size={load_size!r} must be a positive int, e.g. 224.")
         if max_bytes is None:
-            max_bytes = int(_env_number("TL_MAX_CACHE_GB", _DEFAULT_CACHE_GB) * 2**30)
+            max_bytes = int(env_number("TL_MAX_CACHE_GB", _DEFAULT_CACHE_GB) * 2**30)
         if max_bytes <= 0:
             raise ValueError(f"max_bytes={max_bytes!r} must be positive (or None for the default).")
         self.load_size = load_size
         self.interpolation = str(interpolation).lower()
         self.max_bytes = int(max_bytes)
-        self._resample = _RESAMPLE.get(self.interpolation, Image.Resampling.BICUBIC)
         self._item_bytes = 3 * load_size * load_size
         self._store: dict[Path, torch.Tensor] = {}
         self._lock = threading.Lock()
@@ -461,15 +577,7 @@ class DecodedImageCache:
                 f"{self.max_bytes / 2**30:.2f} GiB. Lower the image size or use fewer images (TL_MAX_CACHE_GB).")
 
     def _decode(self, path: Path) -> torch.Tensor:
-        L = self.load_size
-        img = load_rgb(path, draft_size=L)
-        w, h = img.size  # shorter side -> L, as torchvision's Resize(int) does
-        size = (L, max(L, int(L * h / w))) if w <= h else (max(L, int(L * w / h)), L)
-        if size != img.size:
-            img = img.resize(size, self._resample)
-        left, top = (size[0] - L) // 2, (size[1] - L) // 2
-        img = img.crop((left, top, left + L, top + L))
-        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+        return resize_center_square(load_rgb(path, draft_size=self.load_size), self.load_size, self.interpolation)
 
     def get(self, path: Path) -> torch.Tensor:
         """Return the cached tensor for ``path``, decoding it on first use.

@@ -52,6 +52,8 @@ __all__ = [
     "load_checkpoint",
     "shard_indices",
     "available_devices",
+    "center_crop",
+    "Normalizer",
 ]
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_run_end", "on_log")
@@ -202,7 +204,8 @@ def prepare(config: TrainConfig) -> Prepared:
 
 
 # -- preprocessing on decoded uint8 tensors ------------------------------------------------
-def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size x size`` of image tensors (``(..., H, W)``): a view, no copy."""
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
     return x[..., top:top + size, left:left + size]
@@ -220,10 +223,17 @@ def _augment(x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.stack([tf(img) for img in x])
 
 
-class _Normalizer:
-    def __init__(self, weights: WeightsInfo, device: torch.device) -> None:
-        self.mean = torch.tensor(weights.mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(weights.std, device=device).view(1, 3, 1, 1) * 255
+class Normalizer:
+    """uint8 images ``(N, 3, H, W)`` -> float ``(x / 255 - mean) / std``, per channel, on ``device``.
+
+    Example:
+        >>> Normalizer((0.5,) * 3, (0.5,) * 3)(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).max()
+        tensor(1.)
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu") -> None:
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def __call__(self, x_u8: torch.Tensor) -> torch.Tensor:
         return (x_u8.float() - self.mean) / self.std
@@ -283,11 +293,11 @@ def _cache_decision(cfg: TrainConfig, prep: Prepared, split: _Split) -> tuple[bo
 
 
 @torch.inference_mode()
-def _run_prefix(split: _Split, images: torch.Tensor, norm: _Normalizer, size: int, device: torch.device,
+def _run_prefix(split: _Split, images: torch.Tensor, norm: Normalizer, size: int, device: torch.device,
                 batch: int = 64) -> torch.Tensor:
     outs = []
     for i in range(0, len(images), batch):
-        x = norm(_center_crop(images[i:i + batch], size).to(device))
+        x = norm(center_crop(images[i:i + batch], size).to(device))
         outs.append(split.prefix(x))
     return torch.cat(outs)
 
@@ -473,7 +483,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     model.to(device)
     if cuda:
         model.to(memory_format=torch.channels_last)
-    norm = _Normalizer(prep.weights, device)
+    norm = Normalizer(prep.weights.mean, prep.weights.std, device)
     autocast, amp_dtype, scaler = _amp(device)
 
     cache = DecodedImageCache(prep.load_size, interpolation=prep.weights.interpolation)
@@ -488,7 +498,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     cache_info: dict[str, Any] = {"used": False, "frozen_prefix_blocks": k, "reason": reason}
     if use_cache:
         model.eval()
-        n_bytes, shape = _estimate_cache_bytes(split, norm(_center_crop(x_train[:1], size).to(device)), len(x_train) + len(x_val))
+        n_bytes, shape = _estimate_cache_bytes(split, norm(center_crop(x_train[:1], size).to(device)), len(x_train) + len(x_val))
         cache_info.update(estimated_mb=round(n_bytes / 2**20, 1), feature_shape=list(shape))
         if n_bytes > config.cache_max_mb * 2**20:
             use_cache = False
@@ -551,7 +561,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         if use_cache:
             return f_train[idx].to(device, non_blocking=True)
         xb = x_train[idx]
-        xb = _augment(xb, size) if config.augment else _center_crop(xb, size)
+        xb = _augment(xb, size) if config.augment else center_crop(xb, size)
         xb = norm(xb.to(device, non_blocking=True))
         return xb.contiguous(memory_format=torch.channels_last) if cuda else xb
 
@@ -567,7 +577,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
                 if use_cache:
                     logits = split.suffix(f_val[idx].to(device))
                 else:
-                    logits = model(norm(_center_crop(x_val[idx], size).to(device)))
+                    logits = model(norm(center_crop(x_val[idx], size).to(device)))
             yb = y_val_d[idx.to(device)]
             loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").item()
             correct += (logits.argmax(1) == yb).sum().item()

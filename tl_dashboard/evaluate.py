@@ -15,9 +15,10 @@ crop), centre-cropped to ``image_size`` and normalised ``(x / 255 - mean) / std`
 * :func:`embeddings` - a 2-D PCA of the penultimate features, before (pretrained backbone) and
   after training;
 * :func:`export_run` - ``safetensors``, ``torchscript`` and ``onnx`` files, each with
-  ``labels.json`` and ``preprocessing.json`` beside it, each checked against the run's model;
-* figures (plotly, no torch) for the page: :func:`confusion_figure`, :func:`per_class_figure`,
-  :func:`topk_figure`, :func:`embedding_figure`.
+  ``labels.json`` and ``preprocessing.json`` beside it, each checked against the run's model.
+
+Its results are drawn by :mod:`tl_dashboard.charts` (``confusion_figure``, ``per_class_figure``,
+``topk_figure``, ``embedding_figure``).
 
 Loading an export on its own (every format takes float32 NCHW input, RGB, preprocessed as
 ``preprocessing.json`` says; the output is logits, one per class in ``labels.json`` order)::
@@ -78,8 +79,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import torch
@@ -87,12 +87,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .data import DecodedImageCache, load_rgb, scan_images
-from .engine import TrainConfig, _center_crop, _Normalizer, load_checkpoint
+from .data import DecodedImageCache, load_rgb, resize_center_square, resized_size, scan_images, to_rgb
+from .engine import Normalizer, TrainConfig, center_crop, load_checkpoint
 from .runs import RunStore, atomic_write_json
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -111,10 +108,6 @@ __all__ = [
     "overlay_heatmap",
     "embeddings",
     "export_run",
-    "confusion_figure",
-    "per_class_figure",
-    "topk_figure",
-    "embedding_figure",
 ]
 
 #: Export formats and the file each one writes (``labels.json`` and ``preprocessing.json`` go beside all).
@@ -228,66 +221,42 @@ def run_label(run: dict[str, Any]) -> str:
     return f"{run['id']} · {cfg.get('model', '?')} · {freeze} · {acc}{status}"
 
 
-# -- preprocessing: exactly as in training ----------------------------------------------------
-def _normalizer(meta: dict[str, Any]) -> _Normalizer:
-    # Local wrapper until engine exposes a public normaliser built from a preprocessing meta dict.
-    return _Normalizer(SimpleNamespace(mean=meta["mean"], std=meta["std"]), torch.device("cpu"))
+# -- preprocessing: exactly as in training (data + engine own it) ------------------------------
+def _decoded_cache(meta: dict[str, Any]) -> DecodedImageCache:
+    return DecodedImageCache(int(meta["load_size"]), interpolation=meta.get("interpolation", "bicubic"))
 
 
-def _square_uint8(img: Image.Image, load_size: int, interpolation: str) -> torch.Tensor:
-    """``DecodedImageCache``'s resize + centre crop, for an image already in memory."""
-    resample = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}.get(
-        str(interpolation).lower(), Image.Resampling.BICUBIC)
-    L = load_size
-    w, h = img.size
-    size = (L, max(L, int(L * h / w))) if w <= h else (max(L, int(L * w / h)), L)
-    if size != img.size:
-        img = img.resize(size, resample)
-    left, top = (size[0] - L) // 2, (size[1] - L) // 2
-    img = img.crop((left, top, left + L, top + L))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-def _as_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info:  # composite on white, as data does
-        rgba = img.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return img.convert("RGB")
+def _model_input(x_u8: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """Decoded uint8 squares (N, 3, L, L) -> the normalised centre crops (N, 3, S, S) the model takes."""
+    return Normalizer(meta["mean"], meta["std"])(center_crop(x_u8, int(meta["image_size"])))
 
 
 def _load_inputs(images: Sequence[ImageInput], meta: dict[str, Any]) -> tuple[torch.Tensor, list[Image.Image], list[str]]:
     """Images -> (normalised batch (N, 3, S, S), upright RGB images, names).
 
-    Paths and bytes go through ``DecodedImageCache`` (the training decoder, JPEG draft included);
-    in-memory PIL images get the same resize and crop.
+    Paths and bytes are decoded as training decodes them (``data.load_rgb``, JPEG draft at
+    ``load_size``); every image then gets training's resize and crop (``data.resize_center_square``).
     """
-    cache = DecodedImageCache(int(meta["load_size"]), interpolation=meta.get("interpolation", "bicubic"))
+    L, interpolation = int(meta["load_size"]), meta.get("interpolation", "bicubic")
     u8, shown, names = [], [], []
-    with tempfile.TemporaryDirectory(prefix="tl-predict-") as tmp:
-        for i, item in enumerate(images):
-            if isinstance(item, Image.Image):
-                img = _as_rgb(item)
-                u8.append(_square_uint8(img, cache.load_size, cache.interpolation))
-                shown.append(img)
-                names.append(Path(getattr(item, "filename", "") or f"image {i + 1}").name)
-                continue
-            if isinstance(item, (bytes, bytearray)):
-                path, name = Path(tmp) / f"upload_{i}", f"image {i + 1}"
-                path.write_bytes(bytes(item))
-            elif isinstance(item, (str, Path)):
-                path = Path(item)
-                name = path.name
-            else:
-                raise TypeError(f"images[{i}] is a {type(item).__name__}; give a PIL image, a file path or bytes.")
-            u8.append(cache.get(path))
-            shown.append(load_rgb(path))
-            names.append(name)
+    for i, item in enumerate(images):
+        if isinstance(item, Image.Image):
+            img = to_rgb(item)
+            square = resize_center_square(img, L, interpolation)
+            name = Path(getattr(item, "filename", "") or f"image {i + 1}").name
+        elif isinstance(item, (bytes, bytearray, str, Path)):
+            source = bytes(item) if isinstance(item, (bytes, bytearray)) else Path(item)
+            square = resize_center_square(load_rgb(source, draft_size=L), L, interpolation)
+            img = load_rgb(source)
+            name = source.name if isinstance(source, Path) else f"image {i + 1}"
+        else:
+            raise TypeError(f"images[{i}] is a {type(item).__name__}; give a PIL image, a file path or bytes.")
+        u8.append(square)
+        shown.append(img)
+        names.append(name)
     if not u8:
         raise ValueError("No images given; pass at least one PIL image, path or bytes.")
-    x = _normalizer(meta)(_center_crop(torch.stack(u8), int(meta["image_size"])))
-    return x, shown, names
+    return _model_input(torch.stack(u8), meta), shown, names
 
 
 @torch.inference_mode()
@@ -417,11 +386,9 @@ def evaluate_run(store: RunSource, run_id: str | None = None, *, batch_size: int
     loaded = load_run(store, run_id)
     split = _val_split(loaded.config, loaded.classes, loaded.run_dir)
     meta, n = loaded.meta, len(loaded.classes)
-    cache = DecodedImageCache(int(meta["load_size"]), interpolation=meta.get("interpolation", "bicubic"))
-    x_u8, y = cache.stack(split.val)
-    norm, size = _normalizer(meta), int(meta["image_size"])
+    x_u8, y = _decoded_cache(meta).stack(split.val)
     with _MODEL_LOCK, torch.inference_mode():
-        logits = torch.cat([loaded.model(norm(_center_crop(x_u8[i:i + batch_size], size)))
+        logits = torch.cat([loaded.model(_model_input(x_u8[i:i + batch_size], meta))
                             for i in range(0, len(x_u8), batch_size)]).float()
         losses = F.cross_entropy(logits, y, reduction="none")
         probs = logits.softmax(1)
@@ -517,7 +484,7 @@ def _cam_pass(model: nn.Module, x: torch.Tensor, target: int | None) -> tuple[np
 def _crop_box(width: int, height: int, meta: dict[str, Any]) -> tuple[float, float, float, float]:
     """The part of an image (left, top, right, bottom, in its own pixels) that the model sees."""
     L, S = int(meta["load_size"]), int(meta["image_size"])
-    rw, rh = (L, max(L, int(L * height / width))) if width <= height else (max(L, int(L * width / height)), L)
+    rw, rh = resized_size(width, height, L)
     left, top = (rw - L) // 2 + (L - S) // 2, (rh - L) // 2 + (L - S) // 2
     sx, sy = width / rw, height / rh
     return left * sx, top * sy, (left + S) * sx, (top + S) * sy
@@ -593,7 +560,7 @@ def overlay_heatmap(image: Image.Image, cam: np.ndarray, alpha: float = 0.6, des
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2:
         raise ValueError(f"cam must be a 2-D map, got shape {cam.shape}.")
-    img = _as_rgb(image)
+    img = to_rgb(image)
     if cam.shape != (img.height, img.width):
         cam = np.asarray(Image.fromarray(cam, mode="F").resize(img.size, Image.Resampling.BILINEAR))
     cam = np.clip(cam, 0, 1)
@@ -680,10 +647,9 @@ def _pca2(feats: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
 @torch.inference_mode()
 def _penultimate(model: nn.Module, x_u8: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
-    norm, size = _normalizer(meta), int(meta["image_size"])
     with _MODEL_LOCK:
         return torch.cat([
-            model.forward_head(model.forward_features(norm(_center_crop(x_u8[i:i + _BATCH], size))), pre_logits=True)
+            model.forward_head(model.forward_features(_model_input(x_u8[i:i + _BATCH], meta)), pre_logits=True)
             for i in range(0, len(x_u8), _BATCH)
         ]).float().flatten(1).numpy()
 
@@ -716,8 +682,7 @@ def embeddings(store: RunSource, run_id: str | None = None, *, max_images: int =
     if len(samples) > max_images:
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_images).round().astype(int)]
     meta = loaded.meta
-    cache = DecodedImageCache(int(meta["load_size"]), interpolation=meta.get("interpolation", "bicubic"))
-    x_u8, y = cache.stack(samples)
+    x_u8, y = _decoded_cache(meta).stack(samples)
     cfg = TrainConfig.from_dict(loaded.config)
     before_model, info = create_backbone(cfg.model, len(loaded.classes), cfg.weights)
     before_model.eval()
@@ -895,98 +860,3 @@ def export_run(store: RunSource, run_id: str | None = None,
     atomic_write_json(targets["labels"], list(loaded.classes))
     atomic_write_json(targets["preprocessing"], meta_out)
     return targets
-
-
-# -- figures (plotly only; candidates for tl_dashboard/charts.py) --------------------------------
-def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str]) -> "go.Figure":
-    """Confusion-matrix heatmap: rows = true class, columns = predicted, counts in the cells.
-
-    Args:
-        cm: (C, C) counts, rows = true class (as from :func:`confusion_matrix`).
-        classes: class names, in index order.
-
-    Returns:
-        A plotly ``Figure``.
-    """
-    import plotly.graph_objects as go
-
-    z = np.asarray(cm)
-    names = [str(c) for c in classes]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=names, y=names, text=z, texttemplate="%{text}", colorscale="Blues", showscale=False,
-        hovertemplate="true %{y}, predicted %{x}: %{z} images<extra></extra>"))
-    fig.update_layout(
-        title="Confusion matrix<br><sup>rows = true class, columns = predicted</sup>",
-        xaxis=dict(title="Predicted class", side="bottom", type="category"),
-        yaxis=dict(title="True class", autorange="reversed", type="category"),
-        margin=dict(l=10, r=10, t=50, b=10), height=max(320, 60 * len(names) + 140))
-    return fig
-
-
-def per_class_figure(report: Sequence[dict[str, Any]]) -> "go.Figure":
-    """Grouped bars of precision, recall and F1 per class (from :func:`classification_report`)."""
-    import plotly.graph_objects as go
-
-    names = [str(r["class"]) for r in report]
-    fig = go.Figure([
-        go.Bar(name=label, x=names, y=[r[key] for r in report], text=[f"{r[key]:.2f}" for r in report],
-               textposition="outside", hovertemplate=f"%{{x}}: {label} %{{y:.3f}}<extra></extra>")
-        for key, label in (("precision", "precision"), ("recall", "recall"), ("f1", "F1"))])
-    fig.update_layout(title="Per-class precision, recall and F1", barmode="group",
-                      yaxis=dict(title="score", range=[0, 1.1]), xaxis=dict(title="class", type="category"),
-                      margin=dict(l=10, r=10, t=50, b=10), height=360, legend=dict(orientation="h", y=-0.25))
-    return fig
-
-
-def topk_figure(preds: Prediction | Sequence[tuple[str, float]], title: str | None = None) -> "go.Figure":
-    """Horizontal bars of the top-k classes and their probabilities, most likely on top.
-
-    Args:
-        preds: a :class:`Prediction` or ``[(class name, probability), ...]``.
-        title: figure title; default "Top-k classes".
-    """
-    import plotly.graph_objects as go
-
-    top = list(preds.top if isinstance(preds, Prediction) else preds)
-    names, probs = [str(c) for c, _ in top], [float(p) for _, p in top]
-    fig = go.Figure(go.Bar(x=probs, y=names, orientation="h", text=[f"{p:.1%}" for p in probs],
-                           textposition="outside", cliponaxis=False, hovertemplate="%{y}: %{x:.1%}<extra></extra>"))
-    fig.update_layout(title=title or f"Top-{len(top)} classes", xaxis=dict(title="probability", range=[0, 1],
-                      tickformat=".0%"), yaxis=dict(autorange="reversed", type="category"),
-                      margin=dict(l=10, r=10, t=50, b=10), height=max(220, 48 * len(top) + 120))
-    return fig
-
-
-def embedding_figure(points: np.ndarray | Sequence[Sequence[float]], labels: Sequence[int], classes: Sequence[str],
-                     title: str, explained: Sequence[float] | None = None,
-                     hover: Sequence[str] | None = None) -> "go.Figure":
-    """Scatter of 2-D embedding points coloured by class.
-
-    Args:
-        points: (N, 2) coordinates (e.g. ``embeddings(...)["after"]["points"]``).
-        labels: class index per point.
-        classes: class names.
-        title: figure title.
-        explained: explained-variance ratio of the two axes, shown in the axis titles.
-        hover: text per point (e.g. file names).
-    """
-    import plotly.graph_objects as go
-
-    from plotly.colors import qualitative
-
-    pts, lab = np.asarray(points, dtype=float).reshape(-1, 2), np.asarray(labels)
-    palette = qualitative.D3 + qualitative.Dark24
-    fig = go.Figure()
-    for i, name in enumerate(classes):
-        idx = np.flatnonzero(lab == i)
-        fig.add_trace(go.Scatter(
-            x=pts[idx, 0], y=pts[idx, 1], mode="markers", name=str(name),
-            marker=dict(size=8, opacity=0.8, color=palette[i % len(palette)]),
-            text=[hover[j] for j in idx] if hover is not None else None,
-            hovertemplate=f"{name}" + ("<br>%{text}" if hover is not None else "") + "<extra></extra>"))
-    ex = list(explained) if explained is not None else None
-    fig.update_layout(
-        title=title, height=420, margin=dict(l=10, r=10, t=50, b=10), legend=dict(orientation="h", y=-0.2),
-        xaxis=dict(title=f"PC 1 ({ex[0]:.0%} of variance)" if ex else "PC 1", zeroline=False),
-        yaxis=dict(title=f"PC 2 ({ex[1]:.0%} of variance)" if ex else "PC 2", zeroline=False))
-    return fig

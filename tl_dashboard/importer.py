@@ -3,8 +3,8 @@
 :func:`import_zip` reads the whole central directory before writing a byte: path escapes,
 absolute paths, symlinks, encrypted members, too many members, too many bytes and zip bombs
 refuse the whole archive (a zip bomb: >= 64 MiB expanding over 100:1, per member or in all).
-It then extracts with a running byte budget into a fresh folder,
-validates every image with :func:`tl_dashboard.data.load_rgb` and removes the bad ones.
+It then extracts with a running byte budget into a fresh folder, validates every image with
+:func:`tl_dashboard.data.check_image` (the check ``scan_images`` runs) and removes the bad ones.
 :func:`save_images` does the same for single uploads. :func:`resolve_allowed_path` is the
 shared-server guard for folders typed into the UI.
 
@@ -31,7 +31,7 @@ from typing import BinaryIO, Sequence
 
 from PIL import Image
 
-from .data import IMAGE_EXTENSIONS, DataError, Skipped, _env_number, load_rgb
+from .data import IMAGE_EXTENSIONS, Skipped, check_image, env_number
 
 __all__ = [
     "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
@@ -45,7 +45,6 @@ _RATIO_FLOOR = 64 * 2**20
 _CHUNK = 2**20
 _NAME_MAX = 255  # bytes per path component on common file systems
 _HIDDEN_DIRS = ("__MACOSX",)
-_VALIDATE_DRAFT = 256
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 _FORMAT_EXT = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
 _CLASH = "name clashes with another member (a duplicate, a file where a folder is, or a case-only difference)"
@@ -177,9 +176,9 @@ def resolve_allowed_path(path: str | Path, roots: Sequence[Path] | None = None) 
 
 def _limits(max_total_bytes: int | None, max_files: int | None) -> tuple[int, int]:
     if max_total_bytes is None:
-        max_total_bytes = max(1, int(_env_number("TL_MAX_UPLOAD_GB", DEFAULT_MAX_TOTAL_BYTES / 2**30) * 2**30))
+        max_total_bytes = max(1, int(env_number("TL_MAX_UPLOAD_GB", DEFAULT_MAX_TOTAL_BYTES / 2**30) * 2**30))
     if max_files is None:
-        max_files = max(1, int(_env_number("TL_MAX_UPLOAD_FILES", DEFAULT_MAX_FILES)))
+        max_files = max(1, int(env_number("TL_MAX_UPLOAD_FILES", DEFAULT_MAX_FILES)))
     for key, v in (("max_total_bytes", max_total_bytes), ("max_files", max_files)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise ValueError(f"{key}={v!r} must be a positive int (or None for the default).")
@@ -293,13 +292,9 @@ def _remove(files: Sequence[Path], dirs: Sequence[Path]) -> None:
 
 
 def _check_image(path: Path, shown: str | None = None) -> str | None:
-    """Validate with data.load_rgb. Returns: the one-line skip reason, or None if usable."""
-    try:
-        load_rgb(path, draft_size=_VALIDATE_DRAFT)
-        return None
-    except DataError as exc:
-        msg = str(exc).removeprefix(f"Cannot use image {path}: ").split(". Re-scan the data folder")[0]
-        return msg.replace(path.name, shown) if shown else msg
+    """:func:`data.check_image`, naming the file ``shown`` (e.g. the upload's name, not its temp file)."""
+    reason = check_image(path)
+    return reason.replace(path.name, shown) if reason and shown else reason
 
 
 def _data_root(dest: Path) -> Path:
@@ -480,7 +475,7 @@ def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> Imp
         try:
             with open(tmp, "xb") as f:
                 f.write(payload)
-            reason = "empty file (0 bytes)" if not len(payload) else _check_image(tmp, shown=base)
+            reason = _check_image(tmp, shown=base)
             if reason is None and not suffix:  # e.g. a webcam capture named "image": name it by its format
                 with Image.open(tmp) as img:
                     fmt = img.format or "unknown"
