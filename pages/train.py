@@ -96,6 +96,21 @@ with settings:
     st.caption("Frozen blocks give the same output every epoch, so with *auto* they run once per image and only "
                "the trainable rest runs each epoch (much faster). It cannot be used with augmentation or "
                "BatchNorm set to train.")
+    with st.expander("Unfreeze schedule (optional): start frozen, unfreeze the last blocks later"):
+        st.caption("Train the head first, then let the top of the backbone adapt too, with a smaller learning "
+                   "rate so the pretrained features are nudged, not overwritten (discriminative learning rate). "
+                   "The moment shows as a dashed line on the curves.")
+        on = st.toggle("Use an unfreeze schedule", value=ss.unfreeze_at > 0, key="unfreeze_on")
+        if on:
+            u1, u2, u3 = st.columns(3)
+            ss.unfreeze_at = min(max(2, int(ss.unfreeze_at or max(2, ss.epochs // 2))), max(2, int(ss.epochs)))
+            u1.number_input("At epoch", 2, max(2, int(ss.epochs)), step=1, **ui.bind(ss, "unfreeze_at"))
+            u2.number_input("Last N frozen blocks", 1, 50, step=1, **ui.bind(ss, "unfreeze_blocks"))
+            u3.select_slider("Their LR × ", [0.01, 0.03, 0.1, 0.3, 1.0], **ui.bind(ss, "backbone_lr_scale"))
+            if ss.freeze == "none":
+                st.warning("Nothing is frozen (full fine-tune), so there is nothing to unfreeze. Pick a freeze plan on the Model page.")
+        else:
+            ss.unfreeze_at = 0
     devices = available_devices()
     d1, d2 = st.columns(2)
     if ss.device not in devices["choices"]:
@@ -156,8 +171,8 @@ def show_run(run_id: str, was_active: bool) -> None:
     m[2].metric("Images / s", f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-")
     m[3].metric("Elapsed", ui.format_seconds(ui.run_duration(run)))
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs), key="live_loss")
-    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs), key="live_accuracy")
+    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="live_loss")
+    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="live_accuracy")
     note = ui.feature_cache_note(summary)
     if note:
         st.caption(note)

@@ -127,3 +127,27 @@ def test_center_crop_and_normalizer():
     norm = Normalizer((0.5, 0.25, 0.0), (0.5, 0.25, 1.0))
     out = norm(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert out.dtype == torch.float32 and out[0, :, 0, 0].tolist() == [1.0, 3.0, 1.0]  # (x / 255 - mean) / std
+
+
+def test_unfreeze_schedule_unfreezes_the_last_blocks_at_a_lower_lr(shapes_dir, tmp_path):
+    logs, infos = [], []
+
+    class Rec(Callback):
+        def on_log(self, level, message):
+            logs.append(message)
+
+        def on_run_start(self, info):
+            infos.append(info["unfreeze"])
+
+    cfg = _cfg(shapes_dir, freeze="head", epochs=3, unfreeze_at=2, unfreeze_blocks=2, backbone_lr_scale=0.1)
+    init = {k: v.clone() for k, v in prepare(cfg).model.state_dict().items()}
+    r = train(cfg, [Rec()], out_dir=tmp_path)
+    assert infos == [{"epoch": 2, "blocks": ["blocks.6", "neck"], "lr_scale": 0.1}]
+    assert any("unfroze blocks.6, neck" in str(m) for m in logs)
+    # only the prefix that stays frozen all run is cached
+    assert r.feature_cache["used"] and r.feature_cache["frozen_prefix_blocks"] == 7
+    sd = load_checkpoint(tmp_path)[0].state_dict()
+    assert not torch.equal(sd["conv_head.weight"], init["conv_head.weight"])  # unfrozen, trained
+    assert torch.equal(sd["blocks.5.0.conv_pw.weight"], init["blocks.5.0.conv_pw.weight"])  # still frozen
+    with pytest.raises(ValueError, match="unfreeze-at 1"):
+        train(_cfg(shapes_dir, unfreeze_at=1))

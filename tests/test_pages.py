@@ -272,6 +272,18 @@ def test_train_page_queues_a_freeze_depth_sweep_and_shows_the_device(env, monkey
     assert "42" in texts(at, "error") and at.button(key="queue_sweep").disabled
 
 
+def test_train_page_unfreeze_schedule_reaches_the_config(env):
+    at = open_page("train")
+    at.toggle(key="unfreeze_on").set_value(True).run()
+    assert not at.exception
+    assert at.number_input(key="w_unfreeze_at").value == 5  # half of the 10 default epochs
+    at.number_input(key="w_unfreeze_blocks").set_value(3).run()
+    cfg = ui_state.config_from_state(at.session_state)
+    assert (cfg.unfreeze_at, cfg.unfreeze_blocks, cfg.backbone_lr_scale) == (5, 3, 0.1)
+    at.toggle(key="unfreeze_on").set_value(False).run()
+    assert ui_state.config_from_state(at.session_state).unfreeze_at == 0
+
+
 def test_train_page_shows_failed_run_error(env):
     store = RunStore()
     run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 3}, label="broken")

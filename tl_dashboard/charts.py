@@ -122,8 +122,18 @@ def _epoch_axis(n_epochs: int | None, n_rows: int) -> dict[str, Any]:
     return axis
 
 
+def _unfreeze_marker(fig: go.Figure, unfreeze: Mapping[str, Any] | None) -> None:
+    """A dashed vertical line where an unfreeze schedule unfroze blocks (start of that epoch)."""
+    if unfreeze and unfreeze.get("epoch"):
+        x = float(unfreeze["epoch"]) - 1
+        fig.add_vline(x=x, line=dict(color="#6b7280", dash="dash", width=1.5))
+        fig.add_annotation(x=x, y=1, yref="paper", text=f"unfreeze {len(unfreeze.get('blocks', []))} blocks",
+                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=11, color="#6b7280"))
+
+
 def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]],
-                max_points: int = 1500, n_epochs: int | None = None) -> go.Figure:
+                max_points: int = 1500, n_epochs: int | None = None,
+                unfreeze: Mapping[str, Any] | None = None) -> go.Figure:
     """Training loss per step (thin line) and per epoch, validation loss per epoch.
 
     Args:
@@ -131,6 +141,7 @@ def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str
         epochs: rows with ``epoch``, ``train_loss`` and ``val_loss`` (``RunStore.epochs``).
         max_points: most per-step points drawn; longer runs are thinned evenly (last step kept).
         n_epochs: the run's planned epochs, to fix the x axis while it trains.
+        unfreeze: the run's unfreeze schedule (``{"epoch", "blocks", ...}``), drawn as a marker.
     """
     if len(steps) > max_points:  # a long run: every k-th step keeps the live chart light
         k = -(-len(steps) // max_points)
@@ -144,10 +155,12 @@ def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str
                     mode="lines+markers", name="val loss", line=dict(color=VAL, width=2.5))
     fig.update_layout(title="Loss", yaxis_title="cross-entropy loss", xaxis=_epoch_axis(n_epochs, len(epochs)),
                       yaxis=dict(rangemode="tozero"), **_layout(hovermode="x unified"))
+    _unfreeze_marker(fig, unfreeze)
     return fig
 
 
-def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = None) -> go.Figure:
+def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = None,
+                    unfreeze: Mapping[str, Any] | None = None) -> go.Figure:
     """Train and validation accuracy per epoch, 0-100 %; ``n_epochs`` fixes the x axis as in :func:`loss_figure`."""
     fig = go.Figure()
     for key, colour, name in (("train_acc", TRAIN, "train accuracy"), ("val_acc", VAL, "val accuracy")):
@@ -156,6 +169,7 @@ def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = 
                         mode="lines+markers", name=name, line=dict(color=colour, width=2.5))
     fig.update_layout(title="Accuracy", yaxis_title="accuracy (%)", yaxis=dict(range=[0, 102]),
                       xaxis=_epoch_axis(n_epochs, len(epochs)), **_layout(hovermode="x unified"))
+    _unfreeze_marker(fig, unfreeze)
     return fig
 
 

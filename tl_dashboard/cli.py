@@ -49,6 +49,11 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="cache the frozen prefix's output when valid (default auto)")
     p.add_argument("--cache-max-mb", type=int, default=d.cache_max_mb)
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--unfreeze-at", type=int, default=d.unfreeze_at,
+                   help="unfreeze schedule: at the start of this epoch (0 = never) unfreeze the last frozen blocks")
+    p.add_argument("--unfreeze-blocks", type=int, default=d.unfreeze_blocks, help="how many (default 2)")
+    p.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
+                   help="their learning rate relative to --lr (default 0.1)")
     p.add_argument("--nproc", type=int, default=d.nproc,
                    help="processes for DistributedDataParallel via torchrun (one per GPU; gloo on CPU)")
     p.add_argument("--label", default="", help="a name for the run")
@@ -124,6 +129,7 @@ def _config_from_args(args: argparse.Namespace, freeze: str):
         weight_decay=args.weight_decay, image_size=args.image_size, val_fraction=args.val_fraction,
         seed=args.seed, augment=args.augment, feature_cache=args.feature_cache,
         cache_max_mb=args.cache_max_mb, device=args.device, nproc=args.nproc,
+        unfreeze_at=args.unfreeze_at, unfreeze_blocks=args.unfreeze_blocks, backbone_lr_scale=args.backbone_lr_scale,
     )
 
 
@@ -137,6 +143,8 @@ def _validate_config(config) -> None:
         raise CliError("--nproc must be at least 1.")
     if config.epochs < 1 or config.batch_size < 1:
         raise CliError("--epochs and --batch-size must be at least 1.")
+    if config.unfreeze_at == 1 or config.unfreeze_at > config.epochs:
+        raise CliError(f"--unfreeze-at {config.unfreeze_at}: pick an epoch in 2..{config.epochs} (or 0 for no schedule).")
     if config.lr <= 0:
         raise CliError(f"--lr must be positive, got {config.lr}.")
     import timm

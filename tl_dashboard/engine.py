@@ -81,6 +81,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda > mps > cpu) | "cpu" | "cuda" | "cuda:1" | "mps"
     label_smoothing: float = 0.0
     nproc: int = 1  # >1: DistributedDataParallel over N processes launched with torchrun (one per GPU)
+    unfreeze_at: int = 0  # unfreeze schedule: at the start of this epoch (0 = never) ...
+    unfreeze_blocks: int = 2  # ... unfreeze the last N frozen blocks ...
+    backbone_lr_scale: float = 0.1  # ... and train them at lr x this (discriminative learning rate)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -276,6 +279,16 @@ def _has_bn(model: nn.Module, blocks: Sequence[Block]) -> bool:
         isinstance(m, nn.modules.batchnorm._BatchNorm)
         for b in blocks for name in b.modules if name in mods for m in mods[name].modules()
     )
+
+
+def _late_blocks(config: TrainConfig, blocks: Sequence[Block], plan: FreezePlan) -> list[str]:
+    """The blocks the unfreeze schedule will unfreeze: the last ``unfreeze_blocks`` frozen ones."""
+    if config.unfreeze_at <= 0 or config.unfreeze_blocks <= 0:
+        return []
+    if config.unfreeze_at == 1:
+        raise ValueError("--unfreeze-at 1 would unfreeze before any training; use 2 or later, or freeze less.")
+    frozen_body = [b.name for b in blocks if b.name in plan.frozen]
+    return frozen_body[-config.unfreeze_blocks:]
 
 
 def _cache_decision(cfg: TrainConfig, prep: Prepared, split: _Split) -> tuple[bool, str]:
@@ -498,7 +511,12 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     if cuda:  # pinned host memory: non-blocking copies overlap with compute
         x_train, x_val = x_train.pin_memory(), x_val.pin_memory()
 
-    k = plan.frozen_prefix(blocks)
+    late = _late_blocks(config, blocks, plan)
+    k = 0  # the prefix that stays frozen for the whole run is what can be cached
+    for b in blocks:
+        if b.name not in plan.frozen or b.name in late:
+            break
+        k += 1
     split = _Split(model, blocks, k)
     use_cache, reason = _cache_decision(config, prep, split)
     cache_info: dict[str, Any] = {"used": False, "frozen_prefix_blocks": k, "reason": reason}
@@ -534,8 +552,12 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         step_module = DDP(step_module, device_ids=[device.index] if cuda else None)
-    params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": trainable_parameters(model), "lr": config.lr}]
+    late_names = {n for b in blocks if b.name in late for n in b.param_names(model)}
+    late_params = [p for n, p in model.named_parameters() if n in late_names]
+    if late_params:  # frozen (no grads, untouched) until the unfreeze epoch, then at a lower learning rate
+        groups.append({"params": late_params, "lr": config.lr * config.backbone_lr_scale})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     per_rank_batch = max(1, config.batch_size // dist_.world)
     shard_len = len(shard_indices(len(x_train), 0, config.seed, dist_.rank, dist_.world))
     steps_per_epoch = max(1, math.ceil(shard_len / per_rank_batch))
@@ -559,6 +581,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         "steps_per_epoch": steps_per_epoch, "epochs": config.epochs, "trainable_params": trainable,
         "frozen_params": frozen, "weights": prep.weights.to_dict(), "feature_cache": cache_info,
         "device": device_text, "world_size": dist_.world, "freeze_label": plan.label, "image_size": size,
+        "unfreeze": {"epoch": config.unfreeze_at, "blocks": late, "lr_scale": config.backbone_lr_scale} if late else None,
         "skipped_files": [s.to_dict() for s in split_data.skipped],
         "blocks": [{"name": b.name, "params": b.params, "frozen": b.name in plan.frozen} for b in blocks],
     })
@@ -594,6 +617,16 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     status, step, best = "finished", 0, 0.0
     try:
         for epoch in range(1, config.epochs + 1):
+            if late and epoch == config.unfreeze_at:
+                for p in late_params:
+                    p.requires_grad_(True)
+                plan.frozen = [n for n in plan.frozen if n not in late]
+                if dist_.active:  # DDP fixes its parameter set when built: build it again
+                    from torch.nn.parallel import DistributedDataParallel as DDP
+
+                    step_module = DDP(_Step(model, split, use_cache), device_ids=[device.index] if cuda else None)
+                log("info", f"Epoch {epoch}: unfroze {', '.join(late)} at lr x {config.backbone_lr_scale:g} "
+                            f"({count_params(model, True):,} trainable parameters now).")
             _emit(cbs, "on_epoch_start", epoch)
             model.train()
             set_bn_mode(model, blocks, plan)

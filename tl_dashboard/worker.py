@@ -58,7 +58,7 @@ class StoreCallback(Callback):
                           "total_steps": info["steps_per_epoch"] * info["epochs"], "images_per_sec": None}
         self.store.update_summary(self.run_id, {k: info[k] for k in (
             "classes", "train_images", "val_images", "trainable_params", "frozen_params", "weights",
-            "feature_cache", "device", "freeze_label", "image_size", "skipped_files", "blocks")})
+            "feature_cache", "device", "freeze_label", "image_size", "skipped_files", "blocks", "unfreeze")})
         self.store.heartbeat(self.run_id, self._progress)
 
     def on_log(self, level: str, message: str) -> None:
