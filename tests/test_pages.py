@@ -105,6 +105,22 @@ def test_data_page_bad_folder_shows_one_line_error(env, tmp_path):
     assert "Data folder not found" in texts(at, "error")
 
 
+def test_data_page_refuses_folders_outside_the_allowed_roots(env, tmp_path, monkeypatch):
+    allowed = make_folder(tmp_path / "class-data" / "pets", {"cats": 3, "dogs": 3})
+    outside = make_folder(tmp_path / "private", {"a": 3, "b": 3})
+    (allowed / "escape").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setenv("TL_ALLOWED_ROOTS", str(tmp_path / "class-data"))
+    at = open_page("data")
+    at.button_group(key="w_data_source").set_value("folder").run()
+    for sneaky in (str(outside), str(allowed / ".." / ".." / "private"), str(allowed / "escape")):
+        at.text_input(key="w_data_dir").input(sneaky).run()
+        assert not at.exception and "outside" in texts(at, "error").lower(), sneaky
+        assert at.session_state["data_dir"] != str(outside)
+    at.text_input(key="w_data_dir").input(str(allowed)).run()
+    assert not at.exception and at.session_state["data_dir"] == str(allowed.resolve())
+    assert "cats" in texts(at, "markdown") + texts(at, "caption") + texts(at, "subheader")
+
+
 def test_data_page_warns_and_lists_skipped(env, tmp_path):
     folder = make_folder(tmp_path / "imb", {"many": 20, "few": 3}, junk={"many/notes.txt": b"hi", "few/bad.png": b"xx"})
     at = open_page("data")
