@@ -60,8 +60,11 @@ def ui_run(args, page, url: str, store_dir: Path) -> str:
     page.wait_for_timeout(3000)
     page.get_by_role("link", name="Train", exact=True).first.click()
     page.wait_for_timeout(3000)
-    page.get_by_label("Epochs").fill(str(args.epochs))
-    page.get_by_label("Image size (px)").fill(str(args.image_size))
+    for label, value in (("Epochs", args.epochs), ("Image size (px)", args.image_size)):
+        box = page.get_by_role("spinbutton", name=label, exact=True)
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(1500)
     page.get_by_text("off", exact=True).first.click()  # feature cache off
     page.wait_for_timeout(1500)
     before = {r["id"] for r in RunStore(store_dir).list_runs()}

@@ -147,8 +147,11 @@ with settings:
 
 
 # -- the current run, live -----------------------------------------------------------------------
-@st.fragment(run_every=1.0 if active else None)
-def show_run(run_id: str, was_active: bool) -> None:
+# While a run is live the page polls the store: status and numbers every 2 s, the curves every 4 s.
+# The browser redrawing two plotly charts is what costs the training process CPU on a small machine
+# (benchmarks/bench_ui.py: dashboard within 10% of the CLI's speed on 2 cores).
+@st.fragment(run_every=2.0 if active else None)
+def show_status(run_id: str, was_active: bool) -> None:
     if was_active:
         reap(store)
     run = store.get_run(run_id)
@@ -158,8 +161,6 @@ def show_run(run_id: str, was_active: bool) -> None:
     if was_active and run["status"] not in ACTIVE_STATUSES:
         st.rerun()  # the run ended: redraw the whole page (buttons, no more polling)
     steps, epochs = store.steps(run_id), store.epochs(run_id)
-    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
-    summary = run["summary"]
     kind, text = ui.status_message(run)
     getattr(st, kind)(text)
     prog = ui.progress_info(run, steps, (run["config"] or {}).get("batch_size"))
@@ -170,9 +171,19 @@ def show_run(run_id: str, was_active: bool) -> None:
     m[1].metric("Best val accuracy", f"{max(e['val_acc'] for e in epochs):.1%}" if epochs else "-")
     m[2].metric("Images / s", f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-")
     m[3].metric("Elapsed", ui.format_seconds(ui.run_duration(run)))
+
+
+@st.fragment(run_every=4.0 if active else None)
+def show_curves(run_id: str) -> None:
+    run = store.get_run(run_id)
+    if run is None:
+        return
+    steps, epochs = store.steps(run_id), store.epochs(run_id)
+    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
+    summary = run["summary"]
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="live_loss")
-    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="live_accuracy")
+    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_loss")
+    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_accuracy")
     note = ui.feature_cache_note(summary)
     if note:
         st.caption(note)
@@ -185,7 +196,6 @@ def show_run(run_id: str, was_active: bool) -> None:
         st.code("\n".join(f"{ui.format_time(r['time'])} {r['level']:5} {r['message']}"
                           for r in store.logs(run_id)[-30:]) or "(empty)", language=None)
 
-
 with live:
     if current is None:
         st.info("No runs yet. Check your choices on the left and press **Start training**: with the sample set "
@@ -194,4 +204,5 @@ with live:
         title = "Current run" if active else ("Your last run" if current["id"] == ss.run_id else "Latest run")
         st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
                     f"{ui.format_time(current.get('started') or current['created'])}")
-        show_run(current["id"], active)
+        show_status(current["id"], active)
+        show_curves(current["id"])
