@@ -5,7 +5,7 @@ import streamlit as st
 
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
-from tl_dashboard.data import IMAGE_EXTENSIONS, DataError, load_rgb, scan_images
+from tl_dashboard.data import DataError, IMAGE_EXTENSIONS, load_rgb, scan_images
 
 ss = st.session_state
 ui.require_router(ss, "pages/data.py", st.switch_page)
@@ -107,8 +107,11 @@ def on_folder() -> None:
     typed = ss.w_data_dir.strip().strip("'\"")
     try:
         folder = importer().resolve_allowed_path(typed)
+        scan_images(folder, val_fraction=ss.val_fraction, seed=ss.seed)  # only usable data replaces the choice
     except (PermissionError, ImportError) as exc:  # PathNotAllowed on a shared server
         flash("error", str(exc))
+    except DataError as exc:
+        flash("error", f"{exc} The data is still {Path(ss.data_dir).name}.")
     else:
         ss.data_dir = str(folder)
 

@@ -167,7 +167,10 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
     if active:
         st.caption("Updates every 2 seconds while a run is queued or training.")
     else:
-        st.success("The sweep is done. Open the Compare page to overlay its curves and see what each layer learned.")
+        counts = {st_: sum(p["status"] == st_ for p in points) for st_ in ("finished", "stopped", "cancelled", "failed", "interrupted")}
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+        done = "The sweep is done" if counts["finished"] == len(points) else "The sweep has ended"
+        st.success(f"{done} ({summary}). Open the Compare page to overlay its curves and see what each layer learned.")
         st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
 
 

@@ -106,7 +106,8 @@ m = st.columns(4)
 m[0].metric("Trainable parameters", ui.format_params(trainable))
 m[1].metric("Frozen parameters", ui.format_params(frozen_params))
 m[2].metric("Frozen blocks", f"{len(frozen)} of {len(body)}")
-m[3].metric("Plan", ui.freeze_label(ss.freeze).split(" (")[0])
+m[3].metric("Plan", {"head": "linear probe", "none": "full fine-tune"}.get(ss.freeze, f"{len(frozen)} frozen"),
+            help=ui.freeze_label(ss.freeze))
 st.plotly_chart(charts.blocks_strip_figure(blocks, frozen), key="blocks_strip")
 
 size = f"{ss.image_size} px" if ss.image_size else "the model's default input size"

@@ -64,7 +64,10 @@ with settings:
         l2.page_link("pages/model.py", label="Change model", icon=":material/account_tree:")
 
     b1, b2 = st.columns(2)
-    b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active,
+    data_ok = ui.class_folder_count(ss.data_dir) >= 2
+    if not data_ok:
+        st.error(f"The data folder {ss.data_dir} has fewer than two class folders. Choose the data on the Data page.")
+    b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active or not data_ok,
               on_click=start, key="start_training", width="stretch")
     b2.button("Stop", icon=":material/stop:", disabled=not active, key="stop_training", width="stretch",
               on_click=stop, args=(current["id"] if current else "",))
@@ -169,7 +172,11 @@ def show_status(run_id: str, was_active: bool) -> None:
     m = st.columns(4)
     m[0].metric("Val accuracy", f"{last['val_acc']:.1%}" if last else "-")
     m[1].metric("Best val accuracy", f"{max(e['val_acc'] for e in epochs):.1%}" if epochs else "-")
-    m[2].metric("Images / s", f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-")
+    cached = bool((run["summary"].get("feature_cache") or {}).get("used"))
+    m[2].metric("Images / s" + (" (cached)" if cached else ""), f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-",
+                help="Training images per second in the last epoch. With the feature cache the frozen blocks ran once "
+                     "before epoch 1, so this counts passes of the trainable rest over cached features." if cached else
+                     "Training images per second in the last epoch (forward and backward).")
     m[3].metric("Elapsed", ui.format_seconds(ui.run_duration(run)))
 
 

@@ -105,6 +105,18 @@ def test_data_page_bad_folder_shows_one_line_error(env, tmp_path):
     assert "Data folder not found" in texts(at, "error")
 
 
+def test_a_folder_that_fails_the_check_does_not_replace_the_data(env, tmp_path):
+    one = make_folder(tmp_path / "oneclass", {"cats": 3})
+    at = open_page("data")
+    before = at.session_state["data_dir"]
+    at.button_group(key="w_data_source").set_value("folder").run()
+    at.text_input(key="w_data_dir").input(str(one)).run()
+    assert not at.exception
+    assert "only one class" in texts(at, "error") and at.session_state["data_dir"] == before
+    at = open_page("train", at)
+    assert not at.button(key="start_training").disabled
+
+
 def test_data_page_refuses_folders_outside_the_allowed_roots(env, tmp_path, monkeypatch):
     allowed = make_folder(tmp_path / "class-data" / "pets", {"cats": 3, "dogs": 3})
     outside = make_folder(tmp_path / "private", {"a": 3, "b": 3})

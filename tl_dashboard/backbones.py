@@ -39,13 +39,14 @@ __all__ = [
     "describe_backbone",
 ]
 
-# CPU-friendly backbones shown first in the UI: (timm name, one-line description).
+# CPU-friendly backbones shown first in the UI: (timm name, one-line description). Parameter counts
+# are the backbone's, without ImageNet's 1000-class head (the new head adds features x classes).
 CURATED_BACKBONES: dict[str, str] = {
-    "efficientnet_lite0": "EfficientNet-Lite0 · 4.7 M params · CNN, the default (weights bundled)",
-    "mobilenetv3_small_100": "MobileNetV3-Small · 2.5 M params · fastest CNN",
-    "mobilenetv3_large_100": "MobileNetV3-Large · 5.5 M params · fast CNN",
-    "resnet18": "ResNet-18 · 11.7 M params · the classic CNN with BatchNorm",
-    "vit_tiny_patch16_224": "ViT-Tiny/16 · 5.7 M params · a small Vision Transformer (224 px only)",
+    "efficientnet_lite0": "EfficientNet-Lite0 · 3.4 M params · CNN, the default (weights bundled)",
+    "mobilenetv3_small_100": "MobileNetV3-Small · 1.5 M params · fastest CNN",
+    "mobilenetv3_large_100": "MobileNetV3-Large · 4.2 M params · fast CNN",
+    "resnet18": "ResNet-18 · 11.2 M params · the classic CNN with BatchNorm",
+    "vit_tiny_patch16_224": "ViT-Tiny/16 · 5.5 M params · a small Vision Transformer (224 px only)",
 }
 
 HUB_HOST = "huggingface.co"

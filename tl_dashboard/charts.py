@@ -153,8 +153,11 @@ def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str
                     mode="lines+markers", name="train loss (epoch)", line=dict(color=TRAIN, width=2.5))
     fig.add_scatter(x=[e["epoch"] for e in epochs], y=[e.get("val_loss") for e in epochs],
                     mode="lines+markers", name="val loss", line=dict(color=VAL, width=2.5))
+    values = [v for v in [s["loss"] for s in steps] + [e.get(k) for e in epochs for k in ("train_loss", "val_loss")]
+              if v is not None and math.isfinite(v)]
+    yaxis = dict(range=[0, max(values) * 1.08]) if values else dict(rangemode="tozero")  # room for every series
     fig.update_layout(title="Loss", yaxis_title="cross-entropy loss", xaxis=_epoch_axis(n_epochs, len(epochs)),
-                      yaxis=dict(rangemode="tozero"), **_layout(hovermode="x unified"))
+                      yaxis=yaxis, **_layout(hovermode="x unified"))
     _unfreeze_marker(fig, unfreeze)
     return fig
 
