@@ -171,7 +171,10 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
         done = "The sweep is done" if counts["finished"] == len(points) else "The sweep has ended"
         st.success(f"{done} ({summary}). Open the Compare page to overlay its curves and see what each layer learned.")
-        st.page_link("pages/compare.py", label="Compare the runs", icon=":material/compare_arrows:")
+        if st.button("Compare the runs", icon=":material/compare_arrows:", key="learn_to_compare"):
+            ss.cmp_sweep = group_id  # open Compare on this sweep, with its finished runs picked
+            ss.cmp_runs = [p["run_id"] for p in points if p["status"] in ("finished", "stopped")]
+            st.switch_page("pages/compare.py")
 
 
 sweep_status(group, group_active)

@@ -195,6 +195,10 @@ def test_learn_page_queues_sweep_and_cancels(trained, tmp_path, monkeypatch):
     plan = at.dataframe[0].value
     assert list(plan["run"]) == ["freeze=head", "freeze=7", "freeze=4", "freeze=none", "from scratch"]
     assert at.get("plotly_chart")  # the finished sweep-test group is shown with its chart
+    at.button(key="learn_to_compare").click().run()  # opens Compare on that sweep, its runs picked
+    assert not at.exception, at.exception
+    assert at.session_state["cmp_sweep"] and len(at.session_state["cmp_runs"]) >= 1
+    assert any("Compare runs" in t.value for t in at.title)
 
     monkeypatch.setattr(worker, "start_worker", lambda store: None)  # queue only: no background training here
     empty = tmp_path / "learn-runs"
