@@ -59,12 +59,13 @@ def show_mistakes(result: ev.Evaluation) -> None:
         st.success("Every validation image is classified correctly.")
         return
     st.caption(f"{len(wrong)} misclassified validation images, worst first (highest loss). "
-               "Caption: true class -> predicted class (confidence of the prediction).")
+               "Caption: true class -> predicted class (its probability) · probability given to the true class; "
+               "the lower that last number, the worse the mistake.")
     shown = wrong[:MAX_GALLERY]
     cols = st.columns(4)
     for i, m in enumerate(shown):
         with cols[i % 4]:
-            st.image(m["path"], caption=f"{m['true_name']} -> {m['pred_name']} ({m['confidence']:.0%})")
+            st.image(m["path"], caption=f"{m['true_name']} -> {m['pred_name']} ({m['confidence']:.0%}) · p(true) {m['true_prob']:.0%}")
     if len(wrong) > len(shown):
         st.caption(f"Showing the worst {len(shown)} of {len(wrong)}.")
 

@@ -57,7 +57,7 @@ st.caption("Selects the emoji sample set (3 classes, 180 images), efficientnet_l
            "ImageNet weights and a linear probe, then opens the Train page: press **Start training** "
            "there and the curves move within seconds.")
 
-latest = RunStore().list_runs()
+latest = [r for r in RunStore().list_runs() if r["status"] != "cancelled"]  # a cancelled queue entry never ran
 if latest:
     kind, text = ui.status_message(latest[0])
     st.divider()

@@ -60,9 +60,12 @@ def runs_view(was_active: bool) -> None:
     getattr(st, kind)(text)
     steps, epochs = store.steps(run_id), store.epochs(run_id)
     n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_loss")
-    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_accuracy")
+    if steps or epochs or run["status"] in ACTIVE_STATUSES:
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_loss")
+        c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_accuracy")
+    else:
+        st.caption("This run recorded no training steps, so there are no curves to show.")
     note = ui.feature_cache_note(run["summary"])
     if note:
         st.caption(note)
