@@ -16,13 +16,6 @@ reap(store)
 DIFF_STYLE = "background-color: rgba(242, 142, 43, 0.22); font-weight: 600"
 
 
-def run_name(run: dict) -> str:
-    c, s = run["config"], run["summary"]
-    freeze = s.get("freeze_label") or ui.freeze_label(c.get("freeze", "head"))
-    when = ui.format_time(run["created"])[5:16]
-    return f"{run.get('label') or run['id']} · {c.get('model')} · {freeze} · {when}"
-
-
 @st.cache_data(show_spinner="Rebuilding the starting weights and comparing them with the trained ones…",
                max_entries=16)
 def drift_of(root: str, run_id: str, finished: float | None) -> list[dict]:
@@ -56,7 +49,7 @@ st.header("Runs side by side")
 if "cmp_runs" not in ss:
     ss.cmp_runs = list(by_id)[:2]
 ss.cmp_runs = [i for i in ss.cmp_runs if i in by_id]  # drop deleted runs before the widget sees them
-picked = st.multiselect("Runs to compare", list(by_id), format_func=lambda i: run_name(by_id[i]),
+picked = st.multiselect("Runs to compare", list(by_id), format_func=lambda i: ui.run_title(by_id[i]),
                         placeholder="Pick two or more runs", help="Newest first. Only finished and stopped runs.",
                         **ui.bind(ss, "cmp_runs"))
 if not by_id:
@@ -147,7 +140,7 @@ else:
     if ss.get("cmp_drift_run") not in by_id:  # a partial fine-tune shows frozen and trainable blocks best
         partial = [i for i in (picked or list(by_id)) if str(by_id[i]["config"].get("freeze", "")).isdigit()]
         ss.cmp_drift_run = (partial or picked or list(by_id))[0]
-    rid = st.selectbox("Run", list(by_id), format_func=lambda i: run_name(by_id[i]), **ui.bind(ss, "cmp_drift_run"))
+    rid = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_title(by_id[i]), **ui.bind(ss, "cmp_drift_run"))
     try:
         drift = drift_of(str(store.root), rid, by_id[rid].get("finished"))
     except (ValueError, KeyError, OSError) as exc:

@@ -107,7 +107,8 @@ def on_folder() -> None:
     typed = ss.w_data_dir.strip().strip("'\"")
     try:
         folder = importer().resolve_allowed_path(typed)
-        scan_images(folder, val_fraction=ss.val_fraction, seed=ss.seed)  # only usable data replaces the choice
+        # only usable data replaces the choice; the cached scan is the one the page shows next
+        scan(str(folder), float(ss.val_fraction), int(ss.seed), ui.folder_signature(folder))
     except (PermissionError, ImportError) as exc:  # PathNotAllowed on a shared server
         flash("error", str(exc))
     except DataError as exc:

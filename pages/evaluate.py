@@ -155,7 +155,7 @@ if not runs:
             "stopped runs appear here to evaluate, explain and export.")
     st.stop()
 
-labels = {r["id"]: ev.run_label(r) for r in runs}
+labels = {r["id"]: ui.run_title(r, accuracy=True) for r in runs}
 ids = list(labels)
 start = ids.index(ss.get("run_id")) if ss.get("run_id") in labels else 0  # this session's last run, else the newest
 run_id = st.selectbox("Run (newest first)", ids, index=start, format_func=labels.get, key="ev_run")

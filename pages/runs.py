@@ -54,7 +54,7 @@ def runs_view(was_active: bool) -> None:
         ss["runs_pick"] = ss.get("run_id") if ss.get("run_id") in by_id else runs[0]["id"]
     run_id = st.selectbox(
         "Open a run", list(by_id), key="runs_pick",
-        format_func=lambda i: f"{by_id[i].get('label') or i} · {by_id[i]['status']} · {ui.format_time(by_id[i]['created'])}")
+        format_func=lambda i: ui.run_title(by_id[i], accuracy=True))
     run = by_id[run_id]
     kind, text = ui.status_message(run)
     getattr(st, kind)(text)

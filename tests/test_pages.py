@@ -502,3 +502,14 @@ def test_router_menu_covers_every_page_file():
     menu = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "MENU")
     listed = {elt.elts[0].value for elt in menu.elts}
     assert {p.name for p in (REPO / "pages").glob("*.py")} <= listed
+
+
+def test_run_title_names_a_run_once_in_every_picker():
+    run = {"id": "20261126-070000-ab12", "label": "efficientnet_lite0 · first 3 blocks frozen", "status": "finished",
+           "created": 1_800_000_000.0, "config": {"model": "efficientnet_lite0", "freeze": "3"},
+           "summary": {"freeze_label": "first 3 blocks frozen", "best_val_accuracy": 0.9}}
+    title = ui_state.run_title(run, accuracy=True)
+    assert title.count("efficientnet_lite0") == 1 and title.count("first 3 blocks frozen") == 1
+    assert "best val acc 90.0%" in title and "finished" not in title
+    bare = ui_state.run_title({**run, "label": "", "status": "stopped", "summary": {}})
+    assert bare.startswith(run["id"] + " · efficientnet_lite0 · first 3 blocks frozen · stopped")

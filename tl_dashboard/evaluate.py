@@ -98,7 +98,6 @@ __all__ = [
     "Evaluation",
     "Prediction",
     "list_evaluable_runs",
-    "run_label",
     "load_run",
     "classification_report",
     "confusion_matrix",
@@ -209,16 +208,6 @@ def load_run(source: RunSource, run_id: str | None = None) -> LoadedRun:
 def list_evaluable_runs(store: RunStore) -> list[dict[str, Any]]:
     """Finished and stopped runs that have a checkpoint, newest first (rows of ``store.list_runs``)."""
     return [r for r in store.list_runs(_EVALUABLE_STATUSES) if (store.run_dir(r["id"]) / "model.safetensors").is_file()]
-
-
-def run_label(run: dict[str, Any]) -> str:
-    """One line for a run picker: ``id · model · freeze · best acc``."""
-    cfg, summ = run.get("config") or {}, run.get("summary") or {}
-    best = summ.get("best_val_accuracy")
-    acc = f"best val acc {best:.1%}" if isinstance(best, (int, float)) else "no accuracy yet"
-    freeze = summ.get("freeze_label") or f"freeze {cfg.get('freeze', '?')}"
-    status = "" if run.get("status") == "finished" else f" · {run.get('status')}"
-    return f"{run['id']} · {cfg.get('model', '?')} · {freeze} · {acc}{status}"
 
 
 # -- preprocessing: exactly as in training (data + engine own it) ------------------------------

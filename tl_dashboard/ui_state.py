@@ -28,7 +28,7 @@ __all__ = [
     "config_from_state", "freeze_label", "preset_of", "spec_from_frozen", "frozen_from_spec",
     "class_folder_count", "folder_signature", "data_warnings", "pick_current_run", "progress_info",
     "status_message", "feature_cache_note", "run_rows", "run_duration", "format_params",
-    "format_seconds", "format_time", "default_label", "safe_name",
+    "format_seconds", "format_time", "default_label", "safe_name", "run_title",
 ]
 
 WIDGET_PREFIX = "w_"
@@ -416,6 +416,27 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> lis
 def default_label(state: Mapping[str, Any]) -> str:
     """A short label for a run from the current choices, e.g. 'efficientnet_lite0 · head only'."""
     return f"{state.get('model')} · {freeze_label(state.get('freeze', 'head')).split(' (')[0]}"
+
+
+def run_title(run: Mapping[str, Any], *, accuracy: bool = False) -> str:
+    """One line naming a run in a picker: label (or id), model and plan unless the label already
+    says them, status unless finished, best accuracy if asked, and when it was created."""
+    cfg, summ = run.get("config") or {}, run.get("summary") or {}
+    name = str(run.get("label") or run["id"])
+    parts = [name]
+    model = str(cfg.get("model", "?"))
+    plan = str(summ.get("freeze_label") or freeze_label(str(cfg.get("freeze", "head")))).split(" (")[0]
+    if model not in name:
+        parts.append(model)
+    if plan not in name:
+        parts.append(plan)
+    if run.get("status") and run["status"] != "finished":
+        parts.append(str(run["status"]))
+    best = summ.get("best_val_accuracy")
+    if accuracy and isinstance(best, (int, float)):
+        parts.append(f"best val acc {best:.1%}")
+    parts.append(format_time(run.get("created"))[5:16])
+    return " · ".join(parts)
 
 
 # -- formatting -------------------------------------------------------------------------------
