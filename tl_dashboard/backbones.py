@@ -27,6 +27,8 @@ import timm
 import torch
 from torch import nn
 
+from .errors import UserError
+
 __all__ = [
     "CURATED_BACKBONES",
     "BackboneError",
@@ -59,7 +61,7 @@ _BUNDLED_MEAN = (0.5, 0.5, 0.5)
 _BUNDLED_STD = (0.5, 0.5, 0.5)
 
 
-class BackboneError(ValueError):
+class BackboneError(UserError, ValueError):
     """A model name or weights file that cannot be used; str() names it and the fix."""
 
 

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from .errors import UserError
+
 __all__ = ["main", "build_parser"]
 
 
-class CliError(Exception):
+class CliError(UserError):
     """A user-facing error: printed as one line, exit status 2."""
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from .errors import UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "DEFAULT_MAX_IMAGE_PIXELS", "DataError", "Sample",
     "Skipped", "DatasetSplit", "scan_images", "check_image", "load_rgb", "to_rgb", "resized_size",
@@ -45,7 +47,7 @@ _HIDDEN_DIRS = ("__MACOSX",)  # macOS zip debris; treated like a dot-folder
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data folder; str() is one clear line naming the folder/class and the fix."""
 
 

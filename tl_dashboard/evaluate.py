@@ -89,6 +89,7 @@ from torch import nn
 
 from .data import DecodedImageCache, load_rgb, resize_center_square, resized_size, scan_images, to_rgb
 from .engine import Normalizer, TrainConfig, center_crop, load_checkpoint
+from .errors import UserError
 from .runs import RunStore, atomic_write_json
 
 __all__ = [
@@ -127,7 +128,7 @@ RunSource = Union[RunStore, str, Path]
 _MODEL_LOCK = threading.RLock()
 
 
-class EvaluateError(ValueError):
+class EvaluateError(UserError, ValueError):
     """A run that cannot be evaluated or exported; str() names the run and the fix."""
 
 

@@ -32,6 +32,7 @@ from typing import BinaryIO, Sequence
 from PIL import Image
 
 from .data import IMAGE_EXTENSIONS, Skipped, check_image, env_number
+from .errors import UserError
 
 __all__ = [
     "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
@@ -51,11 +52,11 @@ _CLASH = "name clashes with another member (a duplicate, a file where a folder i
 _MEMBER_FIX = "re-create the zip from inside the data folder so every member has a plain relative path"
 
 
-class ArchiveError(ValueError):
+class ArchiveError(UserError, ValueError):
     """An archive refused for safety or format; str() is one line naming the archive, the member and the fix."""
 
 
-class PathNotAllowed(PermissionError):
+class PathNotAllowed(UserError, PermissionError):
     """A path outside every allowed root (env ``TL_ALLOWED_ROOTS``); str() names the path and the roots."""
 
 

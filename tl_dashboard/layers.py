@@ -24,6 +24,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .errors import UserError
+
 __all__ = [
     "Block",
     "FreezePlan",
@@ -40,7 +42,7 @@ __all__ = [
 Stage = Callable[[torch.Tensor], torch.Tensor]
 
 
-class LayersError(ValueError):
+class LayersError(UserError, ValueError):
     """A freeze plan that does not fit the model; str() names the bad value and the choices."""
 
 

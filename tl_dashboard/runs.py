@@ -67,6 +67,21 @@ CREATE INDEX IF NOT EXISTS run_log_run ON run_log(run_id);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 """
 
+# Columns added after a store was first made: {table: {column: declaration}}. Opening an older
+# store adds the missing ones (ALTER TABLE ... ADD COLUMN), so a store made by any earlier version
+# keeps opening. Add new columns here, never by editing _SCHEMA's CREATE TABLE statements alone.
+_ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "runs": {},
+}
+
+
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        have = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns.items():
+            if name not in have:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+
 
 def default_runs_dir() -> Path:
     """``$TL_RUNS_DIR`` or ``./runs``."""
@@ -105,6 +120,7 @@ class RunStore:
         self.db_path = self.root / "runs.db"
         with self._connect() as con:
             con.executescript(_SCHEMA)
+            _add_missing_columns(con)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
