@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .storage import atomic_write_bytes, atomic_write_json  # re-exported: the store's writers
+
 __all__ = ["RunStore", "default_runs_dir", "ACTIVE_STATUSES", "FINAL_STATUSES", "atomic_write_bytes", "atomic_write_json"]
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -86,21 +88,6 @@ def _add_missing_columns(con: sqlite3.Connection) -> None:
 def default_runs_dir() -> Path:
     """``$TL_RUNS_DIR`` or ``./runs``."""
     return Path(os.environ.get("TL_RUNS_DIR") or "runs")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
 
 
 def _new_run_id() -> str:
