@@ -7,6 +7,8 @@ import streamlit as st
 from tl_dashboard.worker import reap
 from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
+from views import present
+from tl_dashboard import formatting as fmt
 from tl_dashboard.runs import RunStore
 
 ss = st.session_state
@@ -49,7 +51,7 @@ st.header("Runs side by side")
 if "cmp_runs" not in ss:
     ss.cmp_runs = list(by_id)[:2]
 ss.cmp_runs = [i for i in ss.cmp_runs if i in by_id]  # drop deleted runs before the widget sees them
-picked = st.multiselect("Runs to compare", list(by_id), format_func=lambda i: ui.run_title(by_id[i]),
+picked = st.multiselect("Runs to compare", list(by_id), format_func=lambda i: present.run_title(by_id[i]),
                         placeholder="Pick two or more runs", help="Newest first. Only finished and stopped runs.",
                         **ui.bind(ss, "cmp_runs"))
 if not by_id:
@@ -96,7 +98,7 @@ else:
     def sweep_name(gid: str) -> str:
         g = sweep_by_id[gid]
         counts = ", ".join(f"{n} {s}" for s, n in g["counts"].items())
-        return (f"{ui.format_time(g['created'])[5:16]} · {g['model']} on {Path(str(g['data_dir'])).name} · "
+        return (f"{fmt.format_time(g['created'])[5:16]} · {g['model']} on {Path(str(g['data_dir'])).name} · "
                 f"{g['runs']} runs ({counts})")
 
     if ss.get("cmp_sweep") not in sweep_by_id:
@@ -140,7 +142,7 @@ else:
     if ss.get("cmp_drift_run") not in by_id:  # a partial fine-tune shows frozen and trainable blocks best
         partial = [i for i in (picked or list(by_id)) if str(by_id[i]["config"].get("freeze", "")).isdigit()]
         ss.cmp_drift_run = (partial or picked or list(by_id))[0]
-    rid = st.selectbox("Run", list(by_id), format_func=lambda i: ui.run_title(by_id[i]), **ui.bind(ss, "cmp_drift_run"))
+    rid = st.selectbox("Run", list(by_id), format_func=lambda i: present.run_title(by_id[i]), **ui.bind(ss, "cmp_drift_run"))
     try:
         drift = drift_of(str(store.root), rid, by_id[rid].get("finished"))
     except (ValueError, KeyError, OSError) as exc:

@@ -5,6 +5,8 @@ import streamlit as st
 
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
+from tl_dashboard import data
+from tl_dashboard import importer
 from tl_dashboard.data import DataError, IMAGE_EXTENSIONS, load_rgb, scan_images
 
 ss = st.session_state
@@ -36,13 +38,6 @@ def thumbnail(path: str, signature: tuple):
     return img
 
 
-def importer():
-    """The upload helpers; imported here so the rest of the page works without them."""
-    from tl_dashboard import importer as imp
-
-    return imp
-
-
 def flash(kind: str, text: str) -> None:
     ss["data_flash"] = (kind, text)
 
@@ -62,8 +57,7 @@ def on_zip() -> None:
     if f is None:
         return
     try:
-        imp = importer()
-        report = imp.import_zip(f.getvalue(), imp.new_upload_dir(ui.safe_name(Path(f.name).stem, "upload")))
+        report = importer.import_zip(f.getvalue(), importer.new_upload_dir(importer.safe_name(Path(f.name).stem, "upload")))
     except (ValueError, OSError, ImportError) as exc:
         flash("error", f"Could not import {f.name}: {exc}")
     else:
@@ -83,17 +77,16 @@ def on_folder_upload() -> None:
         if len(parts) < 3:  # "folder/image.jpg": not inside a class folder
             loose += 1
             continue
-        by_class.setdefault(ui.safe_name(parts[-2], "class"), []).append((parts[-1], f.getvalue()))
+        by_class.setdefault(importer.safe_name(parts[-2], "class"), []).append((parts[-1], f.getvalue()))
     if not by_class:
         flash("error", "The uploaded folder has no class sub-folders: pick the folder that holds one "
                        "sub-folder of images per class.")
     else:
         try:
-            imp = importer()
-            root = imp.new_upload_dir(ui.safe_name(Path(files[0].name).parts[0], "upload"))
+            root = importer.new_upload_dir(importer.safe_name(Path(files[0].name).parts[0], "upload"))
             written = skipped = 0
             for cls, items in by_class.items():
-                report = imp.save_images(items, root / cls)
+                report = importer.save_images(items, root / cls)
                 written, skipped = written + len(report.written), skipped + len(report.skipped)
         except (ValueError, OSError, ImportError) as exc:
             flash("error", f"Could not save the uploaded folder: {exc}")
@@ -106,9 +99,9 @@ def on_folder_upload() -> None:
 def on_folder() -> None:
     typed = ss.w_data_dir.strip().strip("'\"")
     try:
-        folder = importer().resolve_allowed_path(typed)
+        folder = importer.resolve_allowed_path(typed)
         # only usable data replaces the choice; the cached scan is the one the page shows next
-        scan(str(folder), float(ss.val_fraction), int(ss.seed), ui.folder_signature(folder))
+        scan(str(folder), float(ss.val_fraction), int(ss.seed), data.folder_signature(folder))
     except (PermissionError, ImportError) as exc:  # PathNotAllowed on a shared server
         flash("error", str(exc))
     except DataError as exc:
@@ -120,7 +113,7 @@ def on_folder() -> None:
 def on_reuse() -> None:
     name = ss.get("reuse_dataset")
     if name:
-        use_folder(importer().datasets_dir() / name, f"Using the data set `{name}`.")
+        use_folder(importer.datasets_dir() / name, f"Using the data set `{name}`.")
 
 
 # -- build your own ----------------------------------------------------------------------------
@@ -130,13 +123,13 @@ def builder_classes() -> list[str]:
 
 
 def on_create_dataset() -> None:
-    names = [ui.safe_name(c, "") for c in ss.get("build_classes", "").split(",")]
+    names = [importer.safe_name(c, "") for c in ss.get("build_classes", "").split(",")]
     names = list(dict.fromkeys(n for n in names if n))
     if len(names) < 2:
         flash("error", "Name at least two classes, separated by commas (e.g. `thumbs_up, thumbs_down`).")
         return
     try:
-        root = importer().new_upload_dir(ui.safe_name(ss.get("build_name", ""), "my_dataset"))
+        root = importer.new_upload_dir(importer.safe_name(ss.get("build_name", ""), "my_dataset"))
         for n in names:
             (root / n).mkdir(parents=True, exist_ok=True)
     except (OSError, ImportError) as exc:
@@ -147,7 +140,7 @@ def on_create_dataset() -> None:
 
 
 def on_add_class() -> None:
-    name = ui.safe_name(ss.get("build_new_class", ""), "")
+    name = importer.safe_name(ss.get("build_new_class", ""), "")
     if name and ss.builder_dir:
         (Path(ss.builder_dir) / name).mkdir(parents=True, exist_ok=True)
     ss["build_new_class"] = ""
@@ -160,7 +153,7 @@ def save_to_class(key: str) -> None:
     if not files or not cls or not ss.builder_dir:
         return
     try:
-        report = importer().save_images([(f.name, f.getvalue()) for f in files], Path(ss.builder_dir) / cls)
+        report = importer.save_images([(f.name, f.getvalue()) for f in files], Path(ss.builder_dir) / cls)
     except (ValueError, OSError, ImportError) as exc:
         flash("error", f"Could not save the images: {exc}")
     else:
@@ -226,7 +219,7 @@ elif source == "folder":
     st.text_input("Folder on this server", help="An absolute path, or relative to where the app was started. "
                   "Press Enter to use it.", key="w_data_dir", on_change=on_folder)
     try:
-        earlier = sorted(p.name for p in importer().datasets_dir().iterdir() if p.is_dir())
+        earlier = sorted(p.name for p in importer.datasets_dir().iterdir() if p.is_dir())
     except (ImportError, OSError):
         earlier = []
     if earlier:
@@ -249,7 +242,7 @@ if "data_flash" in ss:
 st.divider()
 st.subheader(f"Training data: {Path(ss.data_dir).name}")
 st.caption(f"`{ss.data_dir}`")
-sig = ui.folder_signature(ss.data_dir)
+sig = data.folder_signature(ss.data_dir)
 try:
     info = scan(ss.data_dir, float(ss.val_fraction), int(ss.seed), sig)
 except DataError as exc:
@@ -269,7 +262,7 @@ with m[4]:
                   help="Share of each class kept aside to measure accuracy on images the model never trains on.",
                   **ui.bind(ss, "val_fraction"))
 
-for warning in ui.data_warnings(info["counts"]):
+for warning in data.data_warnings(info["counts"]):
     st.warning(warning, icon=":material/warning:")
 
 left, right = st.columns([2, 3])

@@ -12,6 +12,7 @@ import streamlit as st
 from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard import ui_state as ui
+from views import present
 from tl_dashboard.runs import RunStore
 
 ss = st.session_state
@@ -155,7 +156,7 @@ if not runs:
             "stopped runs appear here to evaluate, explain and export.")
     st.stop()
 
-labels = {r["id"]: ui.run_title(r, accuracy=True) for r in runs}
+labels = {r["id"]: present.run_title(r, accuracy=True) for r in runs}
 ids = list(labels)
 start = ids.index(ss.get("run_id")) if ss.get("run_id") in labels else 0  # this session's last run, else the newest
 run_id = st.selectbox("Run (newest first)", ids, index=start, format_func=labels.get, key="ev_run")

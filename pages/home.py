@@ -4,6 +4,10 @@ from pathlib import Path
 import streamlit as st
 
 from tl_dashboard import ui_state as ui
+from views import present
+from tl_dashboard import formatting as fmt
+from tl_dashboard import layers
+from tl_dashboard import data
 from tl_dashboard.backbones import describe_backbone
 from tl_dashboard.runs import RunStore
 
@@ -35,7 +39,7 @@ with steps[2]:
 st.subheader("Your current choices")
 weights = describe_backbone(ss.model) if ss.weights == "auto" else {"weights_source": "none",
                                                                      "weights_text": "random init (chosen on the Model page)"}
-n_classes = ui.class_folder_count(ss.data_dir)
+n_classes = data.class_folder_count(ss.data_dir)
 cols = st.columns(3, border=True)
 with cols[0]:
     st.caption("Data")
@@ -43,11 +47,11 @@ with cols[0]:
     st.caption(f"`{ss.data_dir}`")
 with cols[1]:
     st.caption("Model")
-    st.markdown(f"**{ss.model}** · :{ui.WEIGHT_COLOURS[weights['weights_source']]}-badge[{weights['weights_source']}]")
+    st.markdown(f"**{ss.model}** · :{present.WEIGHT_COLOURS[weights['weights_source']]}-badge[{weights['weights_source']}]")
     st.caption(f"Weights: {weights['weights_text']}")
 with cols[2]:
     st.caption("Freeze plan")
-    st.markdown(f"**{ui.freeze_label(ss.freeze)}**")
+    st.markdown(f"**{layers.freeze_label(ss.freeze)}**")
     st.caption(f"BatchNorm in frozen blocks: {ss.bn_mode}")
 
 if st.button("Start with the sample set", type="primary", icon=":material/rocket_launch:", key="start_sample"):
@@ -59,8 +63,8 @@ st.caption("Selects the emoji sample set (3 classes, 180 images), efficientnet_l
 
 latest = [r for r in RunStore().list_runs() if r["status"] != "cancelled"]  # a cancelled queue entry never ran
 if latest:
-    kind, text = ui.status_message(latest[0])
+    kind, text = present.status_message(latest[0])
     st.divider()
-    st.markdown(f"**Latest run** · {ui.format_time(latest[0]['created'])}")
+    st.markdown(f"**Latest run** · {fmt.format_time(latest[0]['created'])}")
     getattr(st, kind)(text)
     st.page_link("pages/runs.py", label="All runs", icon=":material/history:")

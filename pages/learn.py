@@ -5,7 +5,10 @@ import streamlit as st
 
 from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
-from tl_dashboard.layers import LayersError, describe_blocks
+from views import present
+from tl_dashboard import formatting as fmt
+from tl_dashboard import data
+from tl_dashboard.layers import Block, LayersError, describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import request_stop, reap
 
@@ -16,15 +19,14 @@ reap(store)
 
 
 @st.cache_data(show_spinner="Listing the model's blocks…", max_entries=16)
-def blocks_of(model: str, num_classes: int) -> list[dict]:
-    return [{"name": b.name, "kind": b.kind, "params": b.params}
-            for b in describe_blocks(model, None, max(2, num_classes))]
+def blocks_of(model: str, num_classes: int) -> list[Block]:
+    return describe_blocks(model, None, max(2, num_classes))
 
 
 def data_folder() -> Path:
     """The data chosen on the Data page, else the bundled sample set."""
     chosen = Path(str(ss.get("data_dir") or ""))
-    return chosen if chosen.is_dir() and ui.class_folder_count(chosen) >= 2 else ui.sample_data_dir()
+    return chosen if chosen.is_dir() and data.class_folder_count(chosen) >= 2 else ui.sample_data_dir()
 
 
 def queue(freezes: list[str]) -> None:
@@ -84,7 +86,7 @@ with st.expander("The words, in plain language", expanded=True):
 # -- the experiment ------------------------------------------------------------------------------
 st.header("The experiment")
 folder = data_folder()
-n_classes = ui.class_folder_count(folder)
+n_classes = data.class_folder_count(folder)
 st.markdown(
     "Train the same network on the same images, split and seed several times, changing only **how much of it "
     "learns**: a linear probe, two partial fine-tunes, a full fine-tune, and the full network from scratch. The "
@@ -97,7 +99,7 @@ try:
 except (LayersError, ValueError) as exc:
     st.error(f"Cannot plan the experiment for model {ss.model!r}: {exc} Pick another model on the Model page.")
     st.stop()
-n_body = sum(b["kind"] != "head" for b in blocks)
+n_body = sum(b.kind != "head" for b in blocks)
 freezes = compare.classroom_freezes(n_body)
 
 s1, s2 = st.columns([3, 1])
@@ -149,7 +151,7 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
         c1.markdown(f"**{p['label']}**  \n{p['freeze_label']}" + (" · random weights" if p["from_scratch"] else ""))
         if p["status"] == "running":
             run = store.get_run(p["run_id"])
-            prog = ui.progress_info(run, store.steps(p["run_id"])[-60:], run["config"].get("batch_size"))
+            prog = present.progress_info(run, store.steps(p["run_id"])[-60:], run["config"].get("batch_size"))
             c2.progress(prog["fraction"], text=f"running · {prog['text']}")
             c3.button("Stop", key=f"learn_stop_{p['run_id']}", icon=":material/stop:",
                       on_click=request_stop, args=(store, p["run_id"]))
@@ -159,7 +161,7 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
                       on_click=request_stop, args=(store, p["run_id"]))
         else:
             acc = "" if p["best_val_accuracy"] is None else f" · best val accuracy **{p['best_val_accuracy']:.1%}**"
-            secs = "" if p["train_seconds"] is None else f" · {ui.format_seconds(p['train_seconds'])}"
+            secs = "" if p["train_seconds"] is None else f" · {fmt.format_seconds(p['train_seconds'])}"
             colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
             c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
     if any(p["best_val_accuracy"] is not None and p["trainable_params"] for p in points):

@@ -3,8 +3,12 @@ import streamlit as st
 
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
+from views import present
+from tl_dashboard import formatting as fmt
+from tl_dashboard import layers
+from tl_dashboard import data
 from tl_dashboard.backbones import CURATED_BACKBONES, describe_backbone, list_backbones
-from tl_dashboard.layers import LayersError, describe_blocks
+from tl_dashboard.layers import Block, LayersError, describe_blocks
 
 ss = st.session_state
 ui.require_router(ss, "pages/model.py", st.switch_page)
@@ -16,15 +20,13 @@ def weights_of(name: str) -> dict:
 
 
 @st.cache_data(show_spinner="Building the network to list its blocks…", max_entries=32)
-def blocks_of(name: str, image_size: int, num_classes: int) -> list[dict]:
-    return [{"index": b.index, "name": b.name, "kind": b.kind, "params": b.params,
-             "output_shape": list(b.output_shape) if b.output_shape else None}
-            for b in describe_blocks(name, image_size or None, num_classes)]
+def blocks_of(name: str, image_size: int, num_classes: int) -> list[Block]:
+    return describe_blocks(name, image_size or None, num_classes)
 
 
 def badge(name: str) -> str:
     src = weights_of(name)["weights_source"]
-    return f":{ui.WEIGHT_COLOURS.get(src, 'gray')}-badge[{src}]"
+    return f":{present.WEIGHT_COLOURS.get(src, 'gray')}-badge[{src}]"
 
 
 def set_spec(spec: str) -> None:
@@ -36,9 +38,9 @@ def on_preset(n_body: int) -> None:
     set_spec({"head": "head", "none": "none", "first": first}.get(ss.w_preset, ss.freeze))
 
 
-def on_toggle(blocks: list[dict]) -> None:
-    frozen = [b["name"] for b in blocks if b["kind"] != "head" and ss.get(f"w_frz_{b['name']}")]
-    set_spec(ui.spec_from_frozen(blocks, frozen))
+def on_toggle(blocks: list[Block]) -> None:
+    frozen = [b.name for b in blocks if b.kind != "head" and ss.get(f"w_frz_{b.name}")]
+    set_spec(layers.spec_from_frozen(blocks, frozen))
 
 
 st.title("Model")
@@ -76,38 +78,38 @@ if info["weights_source"] == "none" and ss.weights == "auto":
                icon=":material/warning:")
 
 # -- blocks ------------------------------------------------------------------------------------
-n_classes = max(2, ui.class_folder_count(ss.data_dir))
+n_classes = max(2, data.class_folder_count(ss.data_dir))
 try:
     blocks = blocks_of(ss.model, int(ss.image_size), n_classes)
 except (LayersError, ValueError, RuntimeError) as exc:
     st.error(f"Cannot list the blocks of {ss.model}: {str(exc).splitlines()[0]}")
     st.stop()
-body = [b for b in blocks if b["kind"] != "head"]
-frozen = ui.frozen_from_spec(ss.freeze, blocks)
-if ui.preset_of(ss.freeze, blocks) == "custom" and ui.spec_from_frozen(blocks, frozen) != ss.freeze:
+body = [b for b in blocks if b.kind != "head"]
+frozen = layers.frozen_from_spec(ss.freeze, blocks)
+if layers.preset_of(ss.freeze, blocks) == "custom" and layers.spec_from_frozen(blocks, frozen) != ss.freeze:
     st.info(f"The freeze plan `{ss.freeze}` named blocks this model does not have; it now freezes "
             f"{len(frozen)} of its {len(body)} blocks.")
-    ss.freeze = ui.spec_from_frozen(blocks, frozen)
+    ss.freeze = layers.spec_from_frozen(blocks, frozen)
 
 st.subheader("Freezing")
 p1, p2 = st.columns([3, 2], vertical_alignment="bottom")  # preset | N
-ss.w_preset = ui.preset_of(ss.freeze, blocks)
-presets = [p for p in ui.PRESETS if p != "custom" or ss.w_preset == "custom"]
-p1.segmented_control("Preset", presets, format_func=ui.PRESETS.get, key="w_preset", required=True,
+ss.w_preset = layers.preset_of(ss.freeze, blocks)
+presets = [p for p in layers.FREEZE_PRESETS if p != "custom" or ss.w_preset == "custom"]
+p1.segmented_control("Preset", presets, format_func=layers.FREEZE_PRESETS.get, key="w_preset", required=True,
                      on_change=on_preset, args=(len(body),))
 if ss.w_preset == "first":
     ss.first_n = min(max(1, int(ss.freeze)), len(body) - 1)
     p2.slider("N (frozen blocks from the input side)", 1, max(2, len(body) - 1),
               **ui.bind(ss, "first_n", after=lambda: set_spec(str(ss.first_n))))
 
-trainable = sum(b["params"] for b in blocks if b["name"] not in frozen)
-frozen_params = sum(b["params"] for b in blocks if b["name"] in frozen)
+trainable = sum(b.params for b in blocks if b.name not in frozen)
+frozen_params = sum(b.params for b in blocks if b.name in frozen)
 m = st.columns(4)
-m[0].metric("Trainable parameters", ui.format_params(trainable))
-m[1].metric("Frozen parameters", ui.format_params(frozen_params))
+m[0].metric("Trainable parameters", fmt.format_params(trainable))
+m[1].metric("Frozen parameters", fmt.format_params(frozen_params))
 m[2].metric("Frozen blocks", f"{len(frozen)} of {len(body)}")
 m[3].metric("Plan", {"head": "linear probe", "none": "full fine-tune"}.get(ss.freeze, f"{len(frozen)} frozen"),
-            help=ui.freeze_label(ss.freeze))
+            help=layers.freeze_label(ss.freeze))
 st.plotly_chart(charts.blocks_strip_figure(blocks, frozen), key="blocks_strip")
 
 size = f"{ss.image_size} px" if ss.image_size else "the model's default input size"
@@ -118,17 +120,17 @@ for col, text in zip(head, ["block", "parameters", "output shape", "state", "fre
     col.caption(text)
 for b in blocks:
     row = st.columns(widths, vertical_alignment="center")
-    row[0].markdown(f"`{b['name']}`" + (f" :gray[{b['kind']}]" if b["kind"] not in (b["name"], "body") else ""))
-    row[1].markdown(f"{b['params']:,}")
-    row[2].markdown(" × ".join(str(d) for d in b["output_shape"]) if b["output_shape"] else ":gray[?]")
-    row[3].markdown(":gray-badge[:material/ac_unit: frozen]" if b["name"] in frozen
+    row[0].markdown(f"`{b.name}`" + (f" :gray[{b.kind}]" if b.kind not in (b.name, "body") else ""))
+    row[1].markdown(f"{b.params:,}")
+    row[2].markdown(" × ".join(str(d) for d in b.output_shape) if b.output_shape else ":gray[?]")
+    row[3].markdown(":gray-badge[:material/ac_unit: frozen]" if b.name in frozen
                     else ":orange-badge[:material/local_fire_department: trains]")
-    if b["kind"] == "head":
+    if b.kind == "head":
         row[4].toggle("always trains", value=False, disabled=True, key="w_frz_head_locked",
                       help="The new classifier head is always trained: it starts from zero for your classes.")
     else:
-        ss[f"w_frz_{b['name']}"] = b["name"] in frozen
-        row[4].toggle(f"Freeze {b['name']}", key=f"w_frz_{b['name']}", label_visibility="collapsed",
+        ss[f"w_frz_{b.name}"] = b.name in frozen
+        row[4].toggle(f"Freeze {b.name}", key=f"w_frz_{b.name}", label_visibility="collapsed",
                       on_change=on_toggle, args=(blocks,))
 
 st.subheader("BatchNorm in frozen blocks")

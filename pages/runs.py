@@ -3,6 +3,8 @@ import streamlit as st
 
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
+from views import present
+from tl_dashboard import formatting as fmt
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import request_stop, reap
 
@@ -41,7 +43,7 @@ def runs_view(was_active: bool) -> None:
         st.page_link("pages/train.py", label="Go to Train", icon=":material/play_circle:")
         return
     st.dataframe(
-        ui.run_rows(runs), hide_index=True, key="runs_table",
+        present.run_rows(runs), hide_index=True, key="runs_table",
         column_config={
             "id": st.column_config.TextColumn("run id"),
             "trainable params": st.column_config.NumberColumn(format="compact"),
@@ -54,9 +56,9 @@ def runs_view(was_active: bool) -> None:
         ss["runs_pick"] = ss.get("run_id") if ss.get("run_id") in by_id else runs[0]["id"]
     run_id = st.selectbox(
         "Open a run", list(by_id), key="runs_pick",
-        format_func=lambda i: ui.run_title(by_id[i], accuracy=True))
+        format_func=lambda i: present.run_title(by_id[i], accuracy=True))
     run = by_id[run_id]
-    kind, text = ui.status_message(run)
+    kind, text = present.status_message(run)
     getattr(st, kind)(text)
     steps, epochs = store.steps(run_id), store.epochs(run_id)
     n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
@@ -66,13 +68,13 @@ def runs_view(was_active: bool) -> None:
         c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_accuracy")
     else:
         st.caption("This run recorded no training steps, so there are no curves to show.")
-    note = ui.feature_cache_note(run["summary"])
+    note = present.feature_cache_note(run["summary"])
     if note:
         st.caption(note)
     t1, t2, t3 = st.tabs(["Config", "Summary", "Log"])
     t1.json(run["config"])
     t2.json({k: v for k, v in run["summary"].items() if k not in ("blocks", "skipped_files")}, expanded=False)
-    t3.code("\n".join(f"{ui.format_time(r['time'])} {r['level']:5} {r['message']}" for r in store.logs(run_id))
+    t3.code("\n".join(f"{fmt.format_time(r['time'])} {r['level']:5} {r['message']}" for r in store.logs(run_id))
             or "(empty)", language=None)
 
     st.markdown("**Manage**")

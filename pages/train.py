@@ -5,6 +5,10 @@ import streamlit as st
 
 from tl_dashboard import charts, compare
 from tl_dashboard import ui_state as ui
+from views import present
+from tl_dashboard import formatting as fmt
+from tl_dashboard import layers
+from tl_dashboard import data
 from tl_dashboard.backbones import describe_backbone
 from tl_dashboard.engine import available_devices
 from tl_dashboard.layers import describe_blocks
@@ -22,7 +26,7 @@ def start() -> None:
     if not Path(cfg.data_dir).is_dir():
         ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
         return
-    ss.run_id = submit_run(store, cfg, label=ss.run_label.strip() or ui.default_label(ss))
+    ss.run_id = submit_run(store, cfg, label=ss.run_label.strip() or present.default_label(ss))
 
 
 def start_sweep(depths: list[str]) -> None:
@@ -32,7 +36,7 @@ def start_sweep(depths: list[str]) -> None:
         return
     group, ids = compare.queue_sweep(store, cfg, depths, label_prefix="sweep ")
     ss.run_id = ids[0]
-    ss["train_flash"] = ("success", f"Queued {len(ids)} runs ({', '.join(ui.freeze_label(d) for d in depths)}). "
+    ss["train_flash"] = ("success", f"Queued {len(ids)} runs ({', '.join(layers.freeze_label(d) for d in depths)}). "
                                     "They train one after another; compare them on the Compare page.")
 
 
@@ -42,7 +46,7 @@ def stop(run_id: str) -> None:
 
 
 reap(store)
-current = ui.pick_current_run(store.list_runs(), ss.run_id)
+current = present.pick_current_run(store.list_runs(), ss.run_id)
 active = bool(current and current["status"] in ACTIVE_STATUSES)
 
 st.title("Train")
@@ -55,16 +59,16 @@ with settings:
         weights = describe_backbone(ss.model) if ss.weights == "auto" else {
             "weights_source": "none", "weights_text": "random init (chosen on the Model page)"}
         st.markdown(
-            f"Data: **{Path(ss.data_dir).name}** ({ui.class_folder_count(ss.data_dir)} classes)  \n"
-            f"Model: **{ss.model}** :{ui.WEIGHT_COLOURS.get(weights['weights_source'], 'gray')}-badge"
+            f"Data: **{Path(ss.data_dir).name}** ({data.class_folder_count(ss.data_dir)} classes)  \n"
+            f"Model: **{ss.model}** :{present.WEIGHT_COLOURS.get(weights['weights_source'], 'gray')}-badge"
             f"[{weights['weights_source']}]  \n"
-            f"Freeze plan: **{ui.freeze_label(ss.freeze)}** · BatchNorm {ss.bn_mode}")
+            f"Freeze plan: **{layers.freeze_label(ss.freeze)}** · BatchNorm {ss.bn_mode}")
         l1, l2 = st.columns(2)
         l1.page_link("pages/data.py", label="Change data", icon=":material/photo_library:")
         l2.page_link("pages/model.py", label="Change model", icon=":material/account_tree:")
 
     b1, b2 = st.columns(2)
-    data_ok = ui.class_folder_count(ss.data_dir) >= 2
+    data_ok = data.class_folder_count(ss.data_dir) >= 2
     if not data_ok:
         st.error(f"The data folder {ss.data_dir} has fewer than two class folders. Choose the data on the Data page.")
     b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active or not data_ok,
@@ -92,7 +96,7 @@ with settings:
     h5, h6 = st.columns(2)
     h5.number_input("Seed", 0, 2**31 - 1, step=1, help="Same seed, same data, same settings: the same numbers.",
                     **ui.bind(ss, "seed"))
-    h6.text_input("Run label (optional)", placeholder=ui.default_label(ss), **ui.bind(ss, "run_label"))
+    h6.text_input("Run label (optional)", placeholder=present.default_label(ss), **ui.bind(ss, "run_label"))
     st.toggle("Augmentation (random crop, flip, colour jitter)", **ui.bind(ss, "augment"))
     st.radio("Feature cache", ["auto", "off"], horizontal=True,
              format_func={"auto": "auto", "off": "off"}.get, **ui.bind(ss, "feature_cache"))
@@ -143,7 +147,7 @@ with settings:
                 st.error(str(exc))
                 depths = []
             st.caption(f"{len(depths)} runs with the hyperparameters above: "
-                       + ", ".join(ui.freeze_label(d) for d in depths))
+                       + ", ".join(layers.freeze_label(d) for d in depths))
             st.button("Queue the sweep", icon=":material/stacks:", key="queue_sweep", disabled=not depths,
                       on_click=start_sweep, args=(depths,))
             st.page_link("pages/compare.py", label="See the sweep chart on Compare", icon=":material/compare:")
@@ -164,9 +168,9 @@ def show_status(run_id: str, was_active: bool) -> None:
     if was_active and run["status"] not in ACTIVE_STATUSES:
         st.rerun()  # the run ended: redraw the whole page (buttons, no more polling)
     steps, epochs = store.steps(run_id), store.epochs(run_id)
-    kind, text = ui.status_message(run)
+    kind, text = present.status_message(run)
     getattr(st, kind)(text)
-    prog = ui.progress_info(run, steps, (run["config"] or {}).get("batch_size"))
+    prog = present.progress_info(run, steps, (run["config"] or {}).get("batch_size"))
     st.progress(prog["fraction"], text=prog["text"])
     last = epochs[-1] if epochs else {}
     m = st.columns(4)
@@ -177,7 +181,7 @@ def show_status(run_id: str, was_active: bool) -> None:
                 help="Training images per second in the last epoch. With the feature cache the frozen blocks ran once "
                      "before epoch 1, so this counts passes of the trainable rest over cached features." if cached else
                      "Training images per second in the last epoch (forward and backward).")
-    m[3].metric("Elapsed", ui.format_seconds(ui.run_duration(run)))
+    m[3].metric("Elapsed", fmt.format_seconds(present.run_duration(run)))
 
 
 @st.fragment(run_every=4.0 if active else None)
@@ -191,16 +195,16 @@ def show_curves(run_id: str) -> None:
     c1, c2 = st.columns(2)
     c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_loss")
     c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_accuracy")
-    note = ui.feature_cache_note(summary)
+    note = present.feature_cache_note(summary)
     if note:
         st.caption(note)
     if summary.get("weights"):
         st.caption(f"Weights: {summary['weights'].get('detail')} · device {summary.get('device')} · "
                    f"{summary.get('train_images')} train / {summary.get('val_images')} val images at "
-                   f"{summary.get('image_size')} px · {ui.format_params(summary.get('trainable_params'))} trainable "
+                   f"{summary.get('image_size')} px · {fmt.format_params(summary.get('trainable_params'))} trainable "
                    f"parameters.")
     with st.expander("Log"):
-        st.code("\n".join(f"{ui.format_time(r['time'])} {r['level']:5} {r['message']}"
+        st.code("\n".join(f"{fmt.format_time(r['time'])} {r['level']:5} {r['message']}"
                           for r in store.logs(run_id)[-30:]) or "(empty)", language=None)
 
 with live:
@@ -210,6 +214,6 @@ with live:
     else:
         title = "Current run" if active else ("Your last run" if current["id"] == ss.run_id else "Latest run")
         st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
-                    f"{ui.format_time(current.get('started') or current['created'])}")
+                    f"{fmt.format_time(current.get('started') or current['created'])}")
         show_status(current["id"], active)
         show_curves(current["id"])

@@ -15,8 +15,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_dashboard import charts, ui_state
+from tl_dashboard import charts, data, layers, ui_state
+from tl_dashboard.layers import Block
 from tl_dashboard.runs import RunStore
+from views import present
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -381,20 +383,20 @@ def test_runs_page_never_deletes_an_active_run(env):
 
 
 # -- pure helpers -----------------------------------------------------------------------------------
-BLOCKS = [{"name": n, "kind": k, "params": p, "output_shape": s} for n, k, p, s in [
+BLOCKS = [Block(i, n, k, [n], p, s) for i, (n, k, p, s) in enumerate([
     ("stem", "stem", 900, (32, 8, 8)), ("blocks.0", "body", 1000, (16, 8, 8)),
-    ("blocks.1", "body", 50_000, (24, 4, 4)), ("head", "head", 300, (3,))]]
+    ("blocks.1", "body", 50_000, (24, 4, 4)), ("head", "head", 300, (3,))])]
 
 
 def test_freeze_specs_round_trip():
-    assert ui_state.spec_from_frozen(BLOCKS, ["stem", "blocks.0", "blocks.1"]) == "head"
-    assert ui_state.spec_from_frozen(BLOCKS, []) == "none"
-    assert ui_state.spec_from_frozen(BLOCKS, ["blocks.0", "stem"]) == "2"
-    assert ui_state.spec_from_frozen(BLOCKS, ["blocks.1"]) == "blocks.1"
+    assert layers.spec_from_frozen(BLOCKS, ["stem", "blocks.0", "blocks.1"]) == "head"
+    assert layers.spec_from_frozen(BLOCKS, []) == "none"
+    assert layers.spec_from_frozen(BLOCKS, ["blocks.0", "stem"]) == "2"
+    assert layers.spec_from_frozen(BLOCKS, ["blocks.1"]) == "blocks.1"
     for spec in ("head", "none", "1", "2", "blocks.0,blocks.1"):
-        assert ui_state.spec_from_frozen(BLOCKS, ui_state.frozen_from_spec(spec, BLOCKS)) == spec
-    assert ui_state.preset_of("3", BLOCKS) == "head" and ui_state.preset_of("stem,x") == "custom"
-    assert ui_state.freeze_label("2") == "first 2 blocks frozen"
+        assert layers.spec_from_frozen(BLOCKS, layers.frozen_from_spec(spec, BLOCKS)) == spec
+    assert layers.preset_of("3", BLOCKS) == "head" and layers.preset_of("stem,x") == "custom"
+    assert layers.freeze_label("2") == "first 2 blocks frozen"
 
 
 def test_bind_keeps_canonical_values_across_dropped_widget_state():
@@ -422,38 +424,38 @@ def test_require_router_sends_a_bare_page_through_app_py():
 
 
 def test_data_warnings():
-    assert ui_state.data_warnings({"a": {"train": 40, "val": 10}, "b": {"train": 40, "val": 10}}) == []
-    w = ui_state.data_warnings({"a": {"train": 40, "val": 10}, "b": {"train": 3, "val": 1}})
+    assert data.data_warnings({"a": {"train": 40, "val": 10}, "b": {"train": 40, "val": 10}}) == []
+    w = data.data_warnings({"a": {"train": 40, "val": 10}, "b": {"train": 3, "val": 1}})
     assert len(w) == 2 and "12.5x" in w[0] and "'b' (4)" in w[1]
 
 
 def test_feature_cache_note():
     used = {"feature_cache": {"used": True, "frozen_prefix_blocks": 9, "estimated_mb": 0.9, "build_seconds": 1.234}}
-    assert ui_state.feature_cache_note(used).startswith("Feature cache on: the 9 frozen block(s) ran once per image "
+    assert present.feature_cache_note(used).startswith("Feature cache on: the 9 frozen block(s) ran once per image "
                                                         "(0.9 MB, built in 1.2 s)")
     off = {"feature_cache": {"used": False, "reason": "the feature cache is turned off for this run"}}
-    assert ui_state.feature_cache_note(off) == ("Feature cache off: the feature cache is turned off for this run. "
+    assert present.feature_cache_note(off) == ("Feature cache off: the feature cache is turned off for this run. "
                                                 "Every epoch runs the whole network.")
-    assert ui_state.feature_cache_note({}) is None
+    assert present.feature_cache_note({}) is None
 
 
 def test_pick_current_run_prefers_active_then_own_then_newest():
     runs = [{"id": "c", "status": "finished"}, {"id": "b", "status": "running"}, {"id": "a", "status": "failed"}]
-    assert ui_state.pick_current_run(runs, "a")["id"] == "b"
+    assert present.pick_current_run(runs, "a")["id"] == "b"
     runs[1]["status"] = "stopped"
-    assert ui_state.pick_current_run(runs, "a")["id"] == "a"
-    assert ui_state.pick_current_run(runs, None)["id"] == "c"
-    assert ui_state.pick_current_run([], None) is None
+    assert present.pick_current_run(runs, "a")["id"] == "a"
+    assert present.pick_current_run(runs, None)["id"] == "c"
+    assert present.pick_current_run([], None) is None
 
 
 def test_progress_info_eta_and_text():
     run = {"status": "running", "progress": {"epoch": 2, "epochs": 4, "step": 10, "total_steps": 20},
            "config": {"batch_size": 8}}
     steps = [{"step": i, "time": 100.0 + 0.5 * i} for i in range(1, 11)]
-    p = ui_state.progress_info(run, steps, 8)
+    p = present.progress_info(run, steps, 8)
     assert p["fraction"] == 0.5 and p["eta"] == pytest.approx(5.0) and p["images_per_sec"] == pytest.approx(16)
     assert p["text"] == "epoch 2/4 · step 10/20 · 16 images/s · about 5 s left"
-    assert ui_state.progress_info({"status": "queued", "progress": {}}, [])["text"].startswith("Queued")
+    assert present.progress_info({"status": "queued", "progress": {}}, [])["text"].startswith("Queued")
 
 
 # -- charts -----------------------------------------------------------------------------------------
@@ -508,8 +510,8 @@ def test_run_title_names_a_run_once_in_every_picker():
     run = {"id": "20261126-070000-ab12", "label": "efficientnet_lite0 · first 3 blocks frozen", "status": "finished",
            "created": 1_800_000_000.0, "config": {"model": "efficientnet_lite0", "freeze": "3"},
            "summary": {"freeze_label": "first 3 blocks frozen", "best_val_accuracy": 0.9}}
-    title = ui_state.run_title(run, accuracy=True)
+    title = present.run_title(run, accuracy=True)
     assert title.count("efficientnet_lite0") == 1 and title.count("first 3 blocks frozen") == 1
     assert "best val acc 90.0%" in title and "finished" not in title
-    bare = ui_state.run_title({**run, "label": "", "status": "stopped", "summary": {}})
+    bare = present.run_title({**run, "label": "", "status": "stopped", "summary": {}})
     assert bare.startswith(run["id"] + " · efficientnet_lite0 · first 3 blocks frozen · stopped")

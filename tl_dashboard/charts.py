@@ -17,12 +17,15 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
+
+if TYPE_CHECKING:  # charts only draw: no torch import at run time
+    from .layers import Block
 
 __all__ = [
     "PALETTE", "FROZEN", "TRAINABLE", "TRAIN", "VAL", "BN_STATS",
@@ -50,10 +53,6 @@ def _layout(top: int = 48, legend: Mapping[str, Any] = _LEGEND_ABOVE, hovermode:
     return dict(margin=dict(l=10, r=10, t=top, b=10), legend=dict(legend), hovermode=hovermode)
 
 
-def _get(obj: Any, attr: str, default: Any = None) -> Any:
-    return obj.get(attr, default) if isinstance(obj, Mapping) else getattr(obj, attr, default)
-
-
 def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
     """Images per class, train and validation stacked.
 
@@ -70,20 +69,18 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
     return fig
 
 
-def blocks_strip_figure(blocks: Sequence[Any], frozen_names: Sequence[str]) -> go.Figure:
+def blocks_strip_figure(blocks: Sequence[Block], frozen_names: Sequence[str]) -> go.Figure:
     """The network as bars in forward order: height = parameters, colour = frozen or trainable.
 
     Args:
-        blocks: ``layers.Block`` objects or dicts with ``name``, ``params`` and optionally
-            ``kind`` and ``output_shape``, in forward order.
+        blocks: the model's blocks in forward order (``layers.describe_blocks``).
         frozen_names: names of the frozen blocks (the head is always trainable).
     """
     frozen = set(frozen_names)
-    names = [str(_get(b, "name")) for b in blocks]
-    params = [int(_get(b, "params", 0) or 0) for b in blocks]
-    shapes = [_get(b, "output_shape") for b in blocks]
-    shape_txt = ["x".join(str(d) for d in s) if s else "?" for s in shapes]
-    is_frozen = [n in frozen and _get(b, "kind") != "head" for n, b in zip(names, blocks)]
+    names = [b.name for b in blocks]
+    params = [int(b.params or 0) for b in blocks]
+    shape_txt = ["x".join(str(d) for d in b.output_shape) if b.output_shape else "?" for b in blocks]
+    is_frozen = [b.name in frozen and b.kind != "head" for b in blocks]
     fig = go.Figure()
     for state, colour, label in ((True, FROZEN, "frozen"), (False, TRAINABLE, "trainable")):
         idx = [i for i, f in enumerate(is_frozen) if f == state]

@@ -27,7 +27,8 @@ from typing import Any, Mapping, Sequence
 
 from . import worker
 from .engine import TrainConfig
-from .layers import FreezePlan
+from .formatting import format_seconds
+from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
 from .runs import ACTIVE_STATUSES, RunStore
 
 __all__ = [
@@ -53,10 +54,6 @@ COMPARE_FIELDS = (
 
 
 # -- labels and formatting ----------------------------------------------------------------------
-def _freeze_label(spec: Any) -> str:
-    return FreezePlan([], str(spec)).label
-
-
 def run_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """A unique display name per run: its label (or id); repeated names get the id's suffix.
 
@@ -74,18 +71,6 @@ def run_labels(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         if out.count(name) > 1:
             out[i] = f"{name} #{i + 1}"
     return out
-
-
-def _secs(s: float | None) -> str:
-    if s is None or not math.isfinite(float(s)):
-        return "-"
-    s = float(s)
-    if s < 10:
-        return f"{s:.2f} s"
-    if s < 60:
-        return f"{s:.1f} s"
-    s = int(round(s))
-    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {(s % 3600) // 60:02d} min"
 
 
 def _time_per_epoch(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None) -> float | None:
@@ -122,7 +107,7 @@ def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | 
         "data": str(c.get("data_dir", "")),
         "model": str(c.get("model", "")),
         "weights source": str(weights) + (" (random init)" if weights == "none" else ""),
-        "freeze plan": s.get("freeze_label") or _freeze_label(c.get("freeze", "head")),
+        "freeze plan": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
         "trainable params": "-" if trainable is None else f"{int(trainable):,}",
         "BN mode": str(c.get("bn_mode", "")),
         "learning rate": "-" if c.get("lr") is None else f"{float(c['lr']):g}",
@@ -132,8 +117,8 @@ def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | 
         "seed": str(c.get("seed", "")),
         "epochs": epochs_txt,
         "best val accuracy": "-" if best is None else f"{float(best):.1%}",
-        "time per epoch": _secs(_time_per_epoch(run, epochs)),
-        "total time": _secs(_total_time(run)),
+        "time per epoch": format_seconds(_time_per_epoch(run, epochs)),
+        "total time": format_seconds(_total_time(run)),
     }
 
 
@@ -284,15 +269,6 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
 
 
 # -- sweeps -------------------------------------------------------------------------------------
-def _norm_freeze(token: str) -> str:
-    token = str(token).strip()
-    if token in ("all", "head", "linear"):
-        return "head"
-    if token in ("0", "none"):
-        return "none"
-    return token
-
-
 def sweep_freezes(spec: str, n_body: int) -> list[str]:
     """Freeze specs for a sweep from a comma list of frozen-block counts.
 
@@ -312,7 +288,7 @@ def sweep_freezes(spec: str, n_body: int) -> list[str]:
     """
     out = []
     for tok in [t.strip() for t in str(spec).split(",") if t.strip()]:
-        norm = _norm_freeze(tok)
+        norm = normalize_freeze(tok)
         if norm not in ("head", "none"):
             if not tok.isdigit() or int(tok) > n_body:
                 raise ValueError(f"Sweep depth {tok!r} is not a block count in 0..{n_body}, 'all' or 'none'.")
@@ -335,27 +311,22 @@ def classroom_freezes(n_body: int) -> list[str]:
     return list(dict.fromkeys(["head", *partial, "none"]))
 
 
-def experiment_plan(blocks: Sequence[Any], freezes: Sequence[str], *, from_scratch: bool = False) -> list[dict[str, Any]]:
+def experiment_plan(blocks: Sequence[Block], freezes: Sequence[str], *, from_scratch: bool = False) -> list[dict[str, Any]]:
     """What each run of a sweep will train, before it is queued (for the Learn page's table).
 
     Args:
-        blocks: ``layers.Block`` objects or dicts with ``name``, ``kind`` and ``params``, in
-            forward order (``layers.describe_blocks`` for the right number of classes).
+        blocks: the model's blocks in forward order (``layers.describe_blocks`` for the right
+            number of classes).
         freezes: freeze specs, as for :func:`queue_sweep`.
         from_scratch: add the from-scratch run at the end, as :func:`queue_sweep` does.
 
     Returns:
         ``{"run", "weights", "freeze plan", "trains", "trainable params"}`` per run, in queue order.
     """
-    from .ui_state import frozen_from_spec
-
-    def get(b: Any, k: str) -> Any:
-        return b.get(k) if isinstance(b, Mapping) else getattr(b, k)
-
-    body = [get(b, "name") for b in blocks if get(b, "kind") != "head"]
-    params = {get(b, "name"): int(get(b, "params") or 0) for b in blocks}
-    specs = [(_norm_freeze(f), f"freeze={_norm_freeze(f)}", "pretrained")
-             for f in dict.fromkeys(_norm_freeze(f) for f in freezes)]
+    body = [b.name for b in blocks if b.kind != "head"]
+    params = {b.name: int(b.params or 0) for b in blocks}
+    specs = [(normalize_freeze(f), f"freeze={normalize_freeze(f)}", "pretrained")
+             for f in dict.fromkeys(normalize_freeze(f) for f in freezes)]
     if from_scratch:
         specs.append(("none", "from scratch", "random"))
     rows = []
@@ -369,7 +340,7 @@ def experiment_plan(blocks: Sequence[Any], freezes: Sequence[str], *, from_scrat
         else:
             trains = f"the last {len(training)} blocks ({training[0]} … {training[-1]}) and the head"
         rows.append({"run": label, "weights": weights,
-                     "freeze plan": _freeze_label("head" if len(frozen) == len(body) else spec),
+                     "freeze plan": freeze_label("head" if len(frozen) == len(body) else spec),
                      "trains": trains, "trainable params": sum(p for n, p in params.items() if n not in frozen)})
     return rows
 
@@ -398,7 +369,7 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
     Raises:
         ValueError: nothing to queue.
     """
-    freezes = list(dict.fromkeys(_norm_freeze(d) for d in depths if str(d).strip()))
+    freezes = list(dict.fromkeys(normalize_freeze(d) for d in depths if str(d).strip()))
     if not freezes and not from_scratch:
         raise ValueError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
     group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
@@ -447,7 +418,7 @@ def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
         c, s = r.get("config") or {}, r.get("summary") or {}
         out.append({
             "run_id": r["id"], "label": r.get("label") or r["id"], "status": r["status"],
-            "freeze": c.get("freeze"), "freeze_label": s.get("freeze_label") or _freeze_label(c.get("freeze", "head")),
+            "freeze": c.get("freeze"), "freeze_label": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
             "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
             "trainable_params": s.get("trainable_params"), "best_val_accuracy": s.get("best_val_accuracy"),
             "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,

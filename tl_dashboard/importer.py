@@ -36,7 +36,7 @@ from .errors import UserError
 
 __all__ = [
     "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
-    "datasets_dir", "new_upload_dir", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
+    "datasets_dir", "new_upload_dir", "safe_name", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
 ]
 
 DEFAULT_MAX_TOTAL_BYTES = 2 * 2**30  # uncompressed bytes an import may write; env TL_MAX_UPLOAD_GB overrides
@@ -75,6 +75,17 @@ def datasets_dir() -> Path:
         raise NotADirectoryError(f"Datasets folder {d} is a file; point TL_DATASETS_DIR at a folder.")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def safe_name(text: str, fallback: str = "dataset") -> str:
+    """A folder-safe name for a data set or class: letters, digits, '-' and '_' only, at most 60.
+
+    Example:
+        >>> safe_name("my cats!"), safe_name("...", "upload")
+        ('my_cats', 'upload')
+    """
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(text).strip())
+    return cleaned.strip("_")[:60] or fallback
 
 
 def new_upload_dir(prefix: str = "upload") -> Path:

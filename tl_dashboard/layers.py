@@ -37,6 +37,12 @@ __all__ = [
     "trainable_parameters",
     "count_params",
     "describe_blocks",
+    "FREEZE_PRESETS",
+    "normalize_freeze",
+    "freeze_label",
+    "preset_of",
+    "frozen_from_spec",
+    "spec_from_frozen",
 ]
 
 Stage = Callable[[torch.Tensor], torch.Tensor]
@@ -207,6 +213,83 @@ def _measure_shapes(model: nn.Module, blocks: list[Block], image_size: int) -> N
         model.train(was_training)
 
 
+# -- freeze specs: the words a user types ("head", "none", "3", "stem,blocks.0") -----------------
+# Presets of the Model page, keyed by what preset_of() returns.
+FREEZE_PRESETS = {
+    "head": "Linear probe (head only)",
+    "first": "Freeze first N",
+    "none": "Full fine-tune",
+    "custom": "Custom",
+}
+_HEAD_WORDS = ("head", "all", "linear")
+_NONE_WORDS = ("none", "0", "")
+
+
+def normalize_freeze(spec: str | int) -> str:
+    """A spec in its canonical words: ``all``/``linear`` -> ``head``, ``0``/empty -> ``none``.
+
+    Example:
+        >>> [normalize_freeze(s) for s in ("all", " 0", "3", "stem, blocks.0")]
+        ['head', 'none', '3', 'stem, blocks.0']
+    """
+    spec = str(spec).strip()
+    if spec in _HEAD_WORDS:
+        return "head"
+    return "none" if spec in _NONE_WORDS else spec
+
+
+def freeze_label(spec: str | int) -> str:
+    """Human label of a freeze spec ("head only (linear probe)", "first 3 blocks frozen", ...)."""
+    spec = normalize_freeze(spec)
+    if spec == "head":
+        return "head only (linear probe)"
+    if spec == "none":
+        return "full fine-tune"
+    if spec.isdigit():
+        return f"first {spec} blocks frozen"
+    return f"frozen: {spec}"
+
+
+def _body(blocks: Sequence[Block]) -> list[str]:
+    return [b.name for b in blocks if b.kind != "head"]
+
+
+def preset_of(spec: str | int, blocks: Sequence[Block] | None = None) -> str:
+    """Which preset of :data:`FREEZE_PRESETS` a spec belongs to: ``head``, ``first``, ``none`` or ``custom``."""
+    spec = normalize_freeze(spec)
+    if spec in ("head", "none"):
+        return spec
+    if spec.isdigit():
+        return "head" if blocks is not None and int(spec) >= len(_body(blocks)) else "first"
+    return "custom"
+
+
+def frozen_from_spec(spec: str | int, blocks: Sequence[Block]) -> list[str]:
+    """The frozen block names a spec means for these blocks (unknown names are dropped, never raised)."""
+    body, kind = _body(blocks), preset_of(spec, blocks)
+    if kind == "head":
+        return body
+    if kind == "none":
+        return []
+    if kind == "first":
+        return body[: int(normalize_freeze(spec))]
+    names = {s.strip() for s in str(spec).split(",")}
+    return [n for n in body if n in names]
+
+
+def spec_from_frozen(blocks: Sequence[Block], frozen: Sequence[str]) -> str:
+    """The shortest spec for a set of frozen blocks: ``head``, ``none``, ``N`` or ``a,b``."""
+    body = _body(blocks)
+    chosen = [n for n in body if n in set(frozen)]
+    if not chosen:
+        return "none"
+    if len(chosen) == len(body):
+        return "head"
+    if chosen == body[: len(chosen)]:
+        return str(len(chosen))
+    return ",".join(chosen)
+
+
 @dataclass
 class FreezePlan:
     """Which blocks are frozen. Build one with :func:`parse_freeze`."""
@@ -217,13 +300,7 @@ class FreezePlan:
 
     @property
     def label(self) -> str:
-        if self.spec == "head":
-            return "head only (linear probe)"
-        if self.spec == "none":
-            return "full fine-tune"
-        if self.spec.isdigit():
-            return f"first {self.spec} blocks frozen"
-        return f"frozen: {self.spec}"
+        return freeze_label(self.spec)
 
     def frozen_prefix(self, blocks: Sequence[Block]) -> int:
         """How many leading blocks are frozen (the part whose output can be cached)."""
@@ -247,11 +324,11 @@ def parse_freeze(spec: str | int, blocks: Sequence[Block], bn_mode: str = "froze
     """
     if bn_mode not in ("frozen", "train"):
         raise LayersError(f"Unknown BatchNorm mode {bn_mode!r}: use 'frozen' or 'train'.")
-    spec = str(spec).strip()
-    body = [b.name for b in blocks if b.kind != "head"]
-    if spec in ("head", "all", "linear"):
+    spec = normalize_freeze(spec)
+    body = _body(blocks)
+    if spec == "head":
         return FreezePlan(body, "head", bn_mode)
-    if spec in ("none", "0", ""):
+    if spec == "none":
         return FreezePlan([], "none", bn_mode)
     if spec.isdigit():
         n = int(spec)

@@ -1,0 +1,197 @@
+"""How runs read on the pages: progress, status lines, table rows and picker titles.
+
+Streamlit-free (plain mappings in, strings and dicts out), so it is tested without a browser.
+It belongs to the UI layer: the core (``tl_dashboard``) never imports it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Sequence
+
+from tl_dashboard.formatting import format_seconds, format_time
+from tl_dashboard.layers import freeze_label
+
+__all__ = [
+    "WEIGHT_COLOURS", "ACTIVE", "pick_current_run", "progress_info", "status_message", "feature_cache_note",
+    "run_duration", "run_rows", "default_label", "run_title",
+]
+
+# Badge colour per weights source (describe_backbone()["weights_source"]).
+WEIGHT_COLOURS = {"bundled": "green", "hf-cache": "green", "file": "green", "hub": "blue", "none": "orange"}
+ACTIVE = ("queued", "running")
+
+
+def pick_current_run(runs: Sequence[Mapping[str, Any]], session_run_id: str | None) -> Mapping[str, Any] | None:
+    """The run the Train page shows: newest active run, else this session's last, else the newest.
+
+    ``runs`` is ``RunStore.list_runs()`` (newest first). Every browser and every reload makes the
+    same choice from the store, so a live run is never lost by leaving the page.
+    """
+    for r in runs:
+        if r.get("status") in ACTIVE:
+            return r
+    if session_run_id:
+        for r in runs:
+            if r.get("id") == session_run_id:
+                return r
+    return runs[0] if runs else None
+
+
+def _eta(p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, total: int,
+         batch_size: int | None) -> tuple[float | None, float | None]:
+    """(seconds left, images per second) from the last 50 logged steps, else from the elapsed time."""
+    ips, eta = p.get("images_per_sec"), None
+    if len(steps) >= 2 and total:
+        first, last = steps[max(0, len(steps) - 50)], steps[-1]
+        dt, ds = float(last["time"]) - float(first["time"]), int(last["step"]) - int(first["step"])
+        if ds > 0 and dt > 0:
+            per_step = dt / ds
+            eta = max(0.0, per_step * (total - step))
+            if ips is None and batch_size:
+                ips = batch_size / per_step
+    elif step and total and p.get("elapsed"):
+        eta = float(p["elapsed"]) / step * (total - step)
+    return eta, ips
+
+
+def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
+                  batch_size: int | None = None) -> dict[str, Any]:
+    """Progress of a run for the progress bar.
+
+    Returns:
+        ``{"fraction": 0..1, "text": str, "eta": seconds or None, "images_per_sec": float or None}``.
+    """
+    p = run.get("progress") or {}
+    status = run.get("status")
+    total = int(p.get("total_steps") or 0)
+    step = int(p.get("step") or (steps[-1]["step"] if steps else 0))
+    epochs = int(p.get("epochs") or (run.get("config") or {}).get("epochs") or 0)
+    epoch = int(p.get("epoch") or 0)
+    eta, ips = _eta(p, steps, step, total, batch_size)
+    fraction = 1.0 if status == "finished" else min(1.0, step / total) if total else 0.0
+    parts = []
+    if epochs:
+        parts.append(f"epoch {max(epoch, 1) if step else epoch}/{epochs}")
+    if total:
+        parts.append(f"step {step}/{total}")
+    if ips:
+        parts.append(f"{ips:,.0f} images/s")
+    if status in ACTIVE and eta is not None:
+        parts.append(f"about {format_seconds(eta)} left")
+    if status == "queued":
+        text = "Queued: waiting for the training process to start"
+    elif status == "running" and not step:
+        text = "Preparing: scanning the data, loading the weights, building the feature cache"
+    else:
+        text = " · ".join(parts) or str(status)
+    return {"fraction": fraction, "text": text, "eta": eta, "images_per_sec": ips}
+
+
+def _finished_text(s: Mapping[str, Any]) -> str:
+    acc, best = s.get("val_accuracy"), s.get("best_val_accuracy")
+    bits = []
+    if acc is not None:
+        bits.append(f"final validation accuracy {acc:.1%}")
+    if best is not None:
+        bits.append(f"best {best:.1%}")
+    if s.get("train_seconds") is not None:
+        bits.append(f"in {format_seconds(s['train_seconds'])}")
+    return ", ".join(bits) or "done"
+
+
+def status_message(run: Mapping[str, Any]) -> tuple[str, str]:
+    """(kind, text) for the run's state; kind is one of info, success, warning, error."""
+    status = run.get("status")
+    s = run.get("summary") or {}
+    err = run.get("error") or ""
+    name = run.get("label") or run.get("id")
+    n = s.get("epochs")
+    messages = {
+        "queued": ("info", f"Run {name} is queued; it starts as soon as the training process is up."),
+        "running": ("info", f"Run {name} is training in a background process. You can leave this page; "
+                            "it keeps going."),
+        "finished": ("success", f"Run {name} finished: {_finished_text(s)}."),
+        "stopped": ("warning", f"Run {name} was stopped on request"
+                               + (f" after {n} epoch(s)." if n is not None else ".")),
+        "failed": ("error", f"Run {name} failed: {err or 'no error message was recorded'}"),
+        "interrupted": ("warning", f"Run {name} was interrupted: {err or 'its training process died'}."),
+        "cancelled": ("info", f"Run {name} was cancelled before it started."),
+    }
+    return messages.get(status, ("info", f"Run {name}: {status}"))
+
+
+def feature_cache_note(summary: Mapping[str, Any]) -> str | None:
+    """One sentence on whether the frozen-prefix feature cache was used, and why not."""
+    fc = (summary or {}).get("feature_cache")
+    if not fc:
+        return None
+    if fc.get("used"):
+        k = fc.get("frozen_prefix_blocks")
+        bits = [f"{fc['estimated_mb']} MB" if fc.get("estimated_mb") is not None else "",
+                f"built in {float(fc['build_seconds']):.1f} s" if fc.get("build_seconds") is not None else ""]
+        extra = ", ".join(b for b in bits if b)
+        return (f"Feature cache on: the {k} frozen block(s) ran once per image"
+                f"{f' ({extra})' if extra else ''}; each epoch only trains the rest, so epochs are fast.")
+    reason = fc.get("reason") or "not possible for this plan"
+    return f"Feature cache off: {reason}. Every epoch runs the whole network."
+
+
+def run_duration(run: Mapping[str, Any], now: float | None = None) -> float | None:
+    """Seconds from start to finish (or to now while running)."""
+    start = run.get("started")
+    if not start:
+        return None
+    end = run.get("finished") or (now or time.time() if run.get("status") in ACTIVE else None)
+    return None if end is None else max(0.0, float(end) - float(start))
+
+
+def _plan_label(run: Mapping[str, Any]) -> str:
+    s, c = run.get("summary") or {}, run.get("config") or {}
+    return str(s.get("freeze_label") or freeze_label(c.get("freeze", "head")))
+
+
+def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
+    """One display row per run for the Runs table."""
+    rows = []
+    for r in runs:
+        c, s = r.get("config") or {}, r.get("summary") or {}
+        best = s.get("best_val_accuracy")
+        dur = run_duration(r, now)
+        rows.append({
+            "status": r.get("status"),
+            "label": r.get("label") or "",
+            "model": c.get("model", ""),
+            "freeze plan": _plan_label(r),
+            "trainable params": s.get("trainable_params"),
+            "best val acc": None if best is None else round(100 * float(best), 1),
+            "duration": format_seconds(dur) if dur is not None else "",
+            "created": format_time(r.get("created"), short=True),
+            "id": r.get("id"),
+        })
+    return rows
+
+
+def default_label(state: Mapping[str, Any]) -> str:
+    """A short label for a run from the current choices, e.g. 'efficientnet_lite0 · head only'."""
+    return f"{state.get('model')} · {freeze_label(state.get('freeze', 'head')).split(' (')[0]}"
+
+
+def run_title(run: Mapping[str, Any], *, accuracy: bool = False) -> str:
+    """One line naming a run in a picker: label (or id), model and plan unless the label already
+    says them, status unless finished, best accuracy if asked, and when it was created."""
+    cfg, summ = run.get("config") or {}, run.get("summary") or {}
+    name = str(run.get("label") or run["id"])
+    parts = [name]
+    model = str(cfg.get("model", "?"))
+    plan = _plan_label(run).split(" (")[0]
+    if model not in name:
+        parts.append(model)
+    if plan not in name:
+        parts.append(plan)
+    if run.get("status") and run["status"] != "finished":
+        parts.append(str(run["status"]))
+    best = summ.get("best_val_accuracy")
+    if accuracy and isinstance(best, (int, float)):
+        parts.append(f"best val acc {best:.1%}")
+    parts.append(format_time(run.get("created"), short=True))
+    return " · ".join(parts)
