@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-roots", default=None,
                    help=f"shared server: the Data page may open only folders under these roots ({os.pathsep}-separated; "
                         "sets TL_ALLOWED_ROOTS)")
+    p.add_argument("--admin-password", default=None,
+                   help="teacher mode: this password, typed in the sidebar, unlocks stop/cancel/delete of any run "
+                        "and the queue limit (or set TL_ADMIN_PASSWORD, which keeps it out of the process list)")
+    p.add_argument("--max-queued-per-workspace", type=int, default=None,
+                   help="shared server: queued runs one person may have waiting (sets TL_MAX_QUEUED_PER_WORKSPACE)")
     _add_runs_dir(p)
 
     p = sub.add_parser("train", help="train one run in this process")
@@ -386,8 +391,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import subprocess
-
+    """Serve the dashboard. The process becomes the Streamlit server (exec), so SIGTERM/SIGINT to
+    this pid end the server; training workers run in their own session and keep going."""
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.exists():
         raise CliError(f"app.py not found next to the package ({app}); run from a source checkout.")
@@ -396,7 +401,15 @@ def cmd_app(args: argparse.Namespace) -> int:
         env["TL_RUNS_DIR"] = str(args.runs_dir)
     if args.allowed_roots:
         env["TL_ALLOWED_ROOTS"] = args.allowed_roots
-    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)], env=env)
+    if args.admin_password:  # by environment only: never on a child's command line, never logged
+        env["TL_ADMIN_PASSWORD"] = args.admin_password
+    if args.max_queued_per_workspace is not None:
+        env["TL_MAX_QUEUED_PER_WORKSPACE"] = str(args.max_queued_per_workspace)
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
 
 
 _COMMANDS = {"app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "layers": cmd_layers, "runs": cmd_runs,

@@ -346,7 +346,7 @@ def experiment_plan(blocks: Sequence[Block], freezes: Sequence[str], *, from_scr
 
 
 def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, from_scratch: bool = False,
-                label_prefix: str = "", start: bool = True) -> tuple[str, list[str]]:
+                label_prefix: str = "", start: bool = True, workspace: str | None = None) -> tuple[str, list[str]]:
     """Queue one run per freeze spec, sharing a new group id, for the background worker.
 
     Every run copies ``base`` (same data, split, seed and hyperparameters) and changes only
@@ -362,6 +362,7 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
             the baseline that shows what the pretrained weights are worth.
         label_prefix: put before each run's label (``"freeze=<spec>"`` / ``"from scratch"``).
         start: start the worker process (False only queues; tests use it).
+        workspace: the workspace that owns the runs (see :mod:`tl_dashboard.workspaces`).
 
     Returns:
         ``(group_id, run_ids)`` with the ids in queue order.
@@ -374,10 +375,11 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
         raise ValueError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
     group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     ids = [worker.submit_run(store, replace(base, freeze=f), label=f"{label_prefix}freeze={f}",
-                             group_id=group, start=False) for f in freezes]
+                             group_id=group, start=False, workspace=workspace) for f in freezes]
     if from_scratch:
         ids.append(worker.submit_run(store, replace(base, freeze="none", weights="none"),
-                                     label=f"{label_prefix}from scratch", group_id=group, start=False))
+                                     label=f"{label_prefix}from scratch", group_id=group, start=False,
+                                     workspace=workspace))
     if start:
         worker.start_worker(store)
     return group, ids

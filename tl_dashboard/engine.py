@@ -578,6 +578,7 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
     _emit(cbs, "on_run_start", {
         "classes": split_data.classes, "train_images": len(x_train), "val_images": len(x_val),
+        "data_fingerprint": split_data.fingerprint(),
         "steps_per_epoch": steps_per_epoch, "epochs": config.epochs, "trainable_params": trainable,
         "frozen_params": frozen, "weights": prep.weights.to_dict(), "feature_cache": cache_info,
         "device": device_text, "world_size": dist_.world, "freeze_label": plan.label, "image_size": size,

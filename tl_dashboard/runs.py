@@ -67,13 +67,25 @@ CREATE TABLE IF NOT EXISTS run_log (
 );
 CREATE INDEX IF NOT EXISTS run_log_run ON run_log(run_id);
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', created REAL NOT NULL,
+    updated REAL, state TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    path TEXT PRIMARY KEY, workspace TEXT, name TEXT NOT NULL, classes INTEGER, images INTEGER,
+    fingerprint TEXT, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 # Columns added after a store was first made: {table: {column: declaration}}. Opening an older
 # store adds the missing ones (ALTER TABLE ... ADD COLUMN), so a store made by any earlier version
 # keeps opening. Add new columns here, never by editing _SCHEMA's CREATE TABLE statements alone.
 _ADDED_COLUMNS: dict[str, dict[str, str]] = {
-    "runs": {},
+    "runs": {
+        "workspace": "TEXT",  # owner (tl_dashboard.workspaces); NULL: made before workspaces, or by the CLI
+        "dataset": "TEXT NOT NULL DEFAULT '{}'",  # JSON: name, path, images, classes, fingerprint
+    },
 }
 
 
@@ -143,8 +155,12 @@ class RunStore:
 
     # -- runs -------------------------------------------------------------------------------
     def create_run(self, config: dict[str, Any], *, label: str = "", group_id: str | None = None,
-                   status: str = "queued") -> str:
-        """Add a run (queued by default) and its folder with ``config.json``; return its id."""
+                   status: str = "queued", workspace: str | None = None,
+                   dataset: dict[str, Any] | None = None) -> str:
+        """Add a run (queued by default) and its folder with ``config.json``; return its id.
+
+        ``workspace`` owns the run (None: nobody, e.g. the CLI); ``dataset`` describes its data.
+        """
         run_id = _new_run_id()
         while self.run_dir(run_id).exists():
             run_id = _new_run_id()
@@ -152,15 +168,17 @@ class RunStore:
         atomic_write_json(self.run_dir(run_id) / "config.json", config)
         with self._tx() as con:
             con.execute(
-                "INSERT INTO runs (id, label, status, created, config, group_id) VALUES (?,?,?,?,?,?)",
-                (run_id, label, status, time.time(), json.dumps(config), group_id),
+                "INSERT INTO runs (id, label, status, created, config, group_id, workspace, dataset) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, label, status, time.time(), json.dumps(config), group_id, workspace,
+                 json.dumps(dataset or {})),
             )
         return run_id
 
     @staticmethod
     def _row(row: sqlite3.Row) -> dict[str, Any]:
         d = dict(row)
-        for k in ("config", "summary", "progress"):
+        for k in ("config", "summary", "progress", "dataset"):
             d[k] = json.loads(d[k]) if d.get(k) else {}
         d["stop_requested"] = bool(d.get("stop_requested"))
         return d
@@ -186,22 +204,41 @@ class RunStore:
         return [self._row(r) for r in self._query(sql, tuple(args))]
 
     def claim_next(self, pid: int, host: str, max_running: int = 1) -> dict[str, Any] | None:
-        """Atomically move the oldest queued run to running for this worker, if a slot is free."""
+        """Atomically move the next queued run to running for this worker, if a slot is free.
+
+        The next run is the fair queue's (:func:`tl_dashboard.fairqueue.fair_order`): round-robin
+        across workspaces, oldest first within one.
+        """
+        from .fairqueue import fair_order
+
         with self._tx(immediate=True) as con:
             running = con.execute("SELECT COUNT(*) FROM runs WHERE status='running'").fetchone()[0]
             if running >= max_running:
                 return None
-            row = con.execute(
-                "SELECT * FROM runs WHERE status='queued' ORDER BY created, rowid LIMIT 1"
-            ).fetchone()
-            if row is None:
+            order = fair_order(*self._queue_rows(con))
+            if not order:
                 return None
             now = time.time()
             con.execute(
                 "UPDATE runs SET status='running', started=?, pid=?, host=?, heartbeat=? WHERE id=? AND status='queued'",
-                (now, pid, host, now, row["id"]),
+                (now, pid, host, now, order[0]),
             )
-        return self.get_run(row["id"])
+        return self.get_run(order[0])
+
+    def _queue_rows(self, con: sqlite3.Connection | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+        """(queued runs as ``{id, workspace, created}`` oldest first, ``{workspace: last start}``)."""
+        own = con is None
+        con = con or self._connect()
+        try:
+            queued = [dict(r) for r in con.execute(
+                "SELECT id, workspace, created FROM runs WHERE status='queued' ORDER BY created, rowid")]
+            last = {r[0]: r[1] for r in con.execute(
+                "SELECT COALESCE(workspace, ''), MAX(started) FROM runs WHERE started IS NOT NULL "
+                "GROUP BY COALESCE(workspace, '')")}
+        finally:
+            if own:
+                con.close()
+        return queued, last
 
     def mark_running(self, run_id: str, pid: int, host: str) -> None:
         now = time.time()
@@ -240,6 +277,13 @@ class RunStore:
         merged = {**(run["summary"] if run else {}), **summary}
         with self._tx() as con:
             con.execute("UPDATE runs SET summary=? WHERE id=?", (json.dumps(merged, default=str), run_id))
+
+    def update_dataset(self, run_id: str, dataset: dict[str, Any]) -> None:
+        """Merge ``dataset`` (name, path, images, classes, fingerprint) into the run's data set record."""
+        run = self.get_run(run_id)
+        merged = {**(run["dataset"] if run else {}), **dataset}
+        with self._tx() as con:
+            con.execute("UPDATE runs SET dataset=? WHERE id=?", (json.dumps(merged, default=str), run_id))
 
     def request_stop(self, run_id: str) -> str:
         """Ask a run to stop: a running run stops after its current batch; a queued one is cancelled.

@@ -36,11 +36,10 @@ HEARTBEAT_S = 2.0
 
 
 def max_running() -> int:
-    """How many runs may train at once (``TL_MAX_RUNNING``, default 1)."""
-    try:
-        return max(1, int(os.environ.get("TL_MAX_RUNNING", "1")))
-    except ValueError:
-        return 1
+    """How many runs may train at once (``TL_MAX_RUNNING``; default one per GPU, else 1)."""
+    from .fairqueue import max_running as _max_running
+
+    return _max_running()
 
 
 class StoreCallback(Callback):
@@ -59,6 +58,9 @@ class StoreCallback(Callback):
         self.store.update_summary(self.run_id, {k: info[k] for k in (
             "classes", "train_images", "val_images", "trainable_params", "frozen_params", "weights",
             "feature_cache", "device", "freeze_label", "image_size", "skipped_files", "blocks", "unfreeze")})
+        self.store.update_dataset(self.run_id, {  # what it really trained on (the folder may change later)
+            "images": info["train_images"] + info["val_images"], "classes": len(info["classes"]),
+            **({"fingerprint": info["data_fingerprint"]} if info.get("data_fingerprint") else {})})
         self.store.heartbeat(self.run_id, self._progress)
 
     def on_log(self, level: str, message: str) -> None:
@@ -148,9 +150,12 @@ def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
 
 
 def submit_run(store: RunStore, config: TrainConfig, *, label: str = "", group_id: str | None = None,
-               start: bool = True) -> str:
-    """Queue a run and make sure a worker will pick it up; return the run id."""
-    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id)
+               start: bool = True, workspace: str | None = None) -> str:
+    """Queue a run (owned by ``workspace``, its data set recorded) and make sure a worker will pick it up."""
+    from .datasets import dataset_record
+
+    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id, workspace=workspace,
+                              dataset=dataset_record(store, config.data_dir))
     if start:
         start_worker(store)
     return run_id
@@ -186,7 +191,8 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
     if not queued or len(live_workers(store)) >= max_running():
         return None
     log = open(store.root / "worker.log", "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "TL_ADMIN_PASSWORD"}  # a worker needs no secret
+    env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
