@@ -257,3 +257,20 @@ def test_submitted_runs_record_owner_and_data_set(store, shapes_dir):
     group, ids = workspaces.submit_sweep(store, TrainConfig(data_dir=str(shapes_dir)), ["head", "none"], ws,
                                          start=False)
     assert all(store.get_run(i)["workspace"] == ws for i in ids)
+
+
+def test_a_run_records_what_it_trained_on(store, shapes_dir):
+    from tl_dashboard.data import scan_images
+    from tl_dashboard.engine import TrainConfig
+    from tl_dashboard.worker import run_training
+
+    ws = workspaces.create_workspace(store)
+    run_id = workspaces.submit(store, TrainConfig(data_dir=str(shapes_dir), epochs=1, batch_size=8, image_size=32),
+                               ws, start=False)
+    store.claim_next(1, "h")
+    run_training(store, run_id)
+    d = store.get_run(run_id)["dataset"]
+    split = scan_images(shapes_dir)
+    assert d["images"] == len(split.train) + len(split.val) and d["classes"] == 2
+    assert d["fingerprint"] == split.fingerprint()
+    assert datasets.dataset_label(store.get_run(run_id)) == f"{shapes_dir.name} · {d['images']} images"
