@@ -114,8 +114,7 @@ def import_zip_upload(store: RunStore, ws_id: str | None, data: bytes, filename:
         ArchiveError: the zip is refused (nothing is left on disk).
         DataError: the images do not make a usable data set (the folder is removed again).
     """
-    from .importer import import_zip, new_upload_dir
-    from .ui_state import safe_name
+    from .importer import import_zip, new_upload_dir, safe_name
 
     name = safe_name(Path(filename).stem, "upload")
     folder = new_upload_dir(name)
@@ -136,8 +135,7 @@ def import_folder_upload(store: RunStore, ws_id: str | None, by_class: dict[str,
     Raises:
         DataError: fewer than two classes with usable images (the folder is removed again).
     """
-    from .importer import new_upload_dir, save_images
-    from .ui_state import safe_name
+    from .importer import new_upload_dir, safe_name, save_images
 
     folder = new_upload_dir(safe_name(name, "upload"))
     written = skipped = 0
