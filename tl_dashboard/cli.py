@@ -1,6 +1,6 @@
 """The ``tl-dashboard`` command: everything the UI does, scriptable.
 
-Subcommands: ``app``, ``train``, ``sweep``, ``layers``, ``runs``, ``predict``, ``export``, ``import``.
+Subcommands: ``app``, ``train``, ``sweep``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``.
 Errors exit with status 2 and one line naming the problem and the fix, never a traceback.
 Also runs as ``python -m tl_dashboard.cli``.
 """
@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depths", default="0,2,4,all",
                    help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
     p.add_argument("--background", action="store_true", help="queue the runs for the background worker and return")
+
+    p = sub.add_parser("lr-find", help="learning-rate range test (fastai's lr_find) for these settings")
+    _add_train_options(p)
+    p.add_argument("--freeze", default="head", help="head | none | N (first N blocks) | BLOCK,BLOCK (default head)")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--num-iter", type=int, default=100, help="mini-batches at most (default 100)")
 
     p = sub.add_parser("layers", help="a model's blocks in forward order with parameter counts")
     p.add_argument("model", nargs="?", default="efficientnet_lite0")
@@ -283,6 +290,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "finished" for r in results) else 1
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    from .lr_finder import lr_find
+
+    config = _config_from_args(args, args.freeze)
+    say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
+    res = lr_find(config, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, progress=say)
+    if args.json:
+        print(json.dumps(res.to_dict()))
+    else:
+        print(f"suggested lr {res.suggested_lr:.2e} (valley; steepest {res.steep_lr:.2e}, minimum/10 {res.min_lr:.2e}) "
+              f"for {res.freeze_label}, {res.iterations} iterations in {res.seconds:.1f} s"
+              + (" (stopped when the loss diverged)" if res.stopped_early else ""))
+    return 0
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from .backbones import CURATED_BACKBONES, describe_backbone
     from .layers import describe_blocks
@@ -412,7 +434,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-_COMMANDS = {"app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "layers": cmd_layers, "runs": cmd_runs,
+_COMMANDS = {"app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find, "layers": cmd_layers, "runs": cmd_runs,
              "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
 
 

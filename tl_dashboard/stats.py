@@ -1,0 +1,119 @@
+"""Honest uncertainty for accuracies measured on few images.
+
+With 36 validation images one image is 2.8 points: an accuracy means little without its count
+and interval. :func:`wilson_interval` gives the 95% Wilson score interval of ``k`` correct out of
+``n`` (good for small ``n`` and for accuracies near 0 or 1, unlike the normal approximation);
+:func:`accuracy_text` formats an accuracy the way every page shows it; :func:`intervals_overlap`
+says whether two runs' intervals overlap (then their order is not established by this data);
+:func:`mean_interval` summarises repeated runs (mean and a t-based 95% interval of the mean).
+
+Example:
+    >>> lo, hi = wilson_interval(9, 10)
+    >>> round(lo, 3), round(hi, 3)
+    (0.596, 0.982)
+    >>> accuracy_text(0.9, 10)
+    '90.0% (60-98%, n=10)'
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "Z95",
+    "accuracy_interval",
+    "accuracy_text",
+    "intervals_overlap",
+    "mean_interval",
+    "overlap_note",
+    "run_interval",
+    "wilson_interval",
+]
+
+Z95 = 1.959963984540054
+
+# two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042]
+
+
+def wilson_interval(k: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: ``k`` successes out of ``n`` trials.
+
+    ``n == 0`` gives the uninformative ``(0.0, 1.0)``.
+
+    Raises:
+        ValueError: ``k`` outside ``0..n`` or ``n`` negative.
+    """
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else max(0.0, centre - half)), (1.0 if k == n else min(1.0, centre + half))
+
+
+def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
+    """The Wilson interval of an accuracy measured on ``n`` images (``k = round(accuracy * n)``)."""
+    k = min(max(round(float(accuracy) * n), 0), n) if n else 0
+    return wilson_interval(k, n)
+
+
+def accuracy_text(accuracy: float | None, n: int | None) -> str:
+    """``'90.0% (60-98%, n=10)'``: the accuracy, its 95% interval and the image count; ``'-'`` if unknown."""
+    if accuracy is None or not isinstance(accuracy, (int, float)) or not math.isfinite(float(accuracy)):
+        return "-"
+    if not n:
+        return f"{float(accuracy):.1%}"
+    lo, hi = accuracy_interval(accuracy, int(n))
+    return f"{float(accuracy):.1%} ({lo * 100:.0f}-{hi * 100:.0f}%, n={int(n)})"
+
+
+def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """True when two intervals share any point."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of repeated measurements and a t-based 95% interval of it.
+
+    One value gives ``(v, v, v)`` (no spread known).
+    """
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return m, m, m
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    t = _T975[min(len(vals) - 1, len(_T975)) - 1] if len(vals) - 1 <= len(_T975) else Z95
+    half = t * sd / math.sqrt(len(vals))
+    return m, m - half, m + half
+
+
+def run_interval(summary: Mapping[str, Any], key: str = "val_accuracy") -> tuple[float, float] | None:
+    """The Wilson interval of a run's accuracy from its summary (``val_images`` is the count)."""
+    acc, n = summary.get(key), summary.get("val_images")
+    if not isinstance(acc, (int, float)) or not n:
+        return None
+    return accuracy_interval(float(acc), int(n))
+
+
+def overlap_note(names: Sequence[str], intervals: Sequence[tuple[float, float] | None]) -> str | None:
+    """One sentence naming the pairs of runs whose 95% intervals overlap, or None when none do."""
+    pairs = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            a, b = intervals[i], intervals[j]
+            if a is not None and b is not None and intervals_overlap(a, b):
+                pairs.append(f"{names[i]} and {names[j]}")
+    if not pairs:
+        return None
+    shown = "; ".join(pairs[:6]) + (f" and {len(pairs) - 6} more pairs" if len(pairs) > 6 else "")
+    return (f"95% intervals overlap: {shown}. On this many validation images their difference could be chance; "
+            "do not rank them on it.")
