@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="the runs in the store")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--repair", action="store_true",
+                   help="set runs.db aside and rebuild it from the run folders (done by itself when it is damaged)")
     _add_runs_dir(p)
 
     p = sub.add_parser("predict", help="top-k classes for images with a trained run")
@@ -334,6 +336,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from .worker import reap
 
     store = _store(args)
+    if args.repair and not store.repair_notice:
+        from .records import repair_store
+
+        repair_store(store)
+    for notice in store.pop_notices():
+        print(notice, file=sys.stderr)
     reap(store)
     rows = []
     for r in store.list_runs():
@@ -352,7 +360,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
             print(f"no runs in {store.root}")
         for r in rows:
             acc = f"{r['val_accuracy']:.3f}" if r["val_accuracy"] is not None else "-"
-            print(f"{r['run_id']}  {r['status']:<11} {r['model'] or '-':<22} freeze={r['freeze']:<6} val acc {acc}  {r['label']}")
+            print(f"{r['run_id']}  {r['status']:<11} {r['model'] or '-':<22} freeze={r['freeze'] or '-':<6} val acc {acc}  {r['label']}")
     return 0
 
 

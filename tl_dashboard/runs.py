@@ -76,6 +76,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     fingerprint TEXT, created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS store_notices (time REAL NOT NULL, message TEXT NOT NULL, shown INTEGER NOT NULL DEFAULT 0);
 """
 
 # Columns added after a store was first made: {table: {column: declaration}}. Opening an older
@@ -117,9 +118,35 @@ class RunStore:
         self.root = Path(root) if root is not None else default_runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "runs.db"
-        with self._connect() as con:
+        from .records import open_store
+
+        # A damaged or missing runs.db is moved aside and rebuilt from the run folders (records.py).
+        self.repair_notice = open_store(self)
+
+    def _create_schema(self) -> None:
+        con = self._connect()
+        try:
             con.executescript(_SCHEMA)
             _add_missing_columns(con)
+        finally:
+            con.close()
+
+    def _record(self, run_id: str) -> None:
+        """Rewrite the run folder's ``run.json`` (what a rebuild of the index lists it from)."""
+        from .records import write_record
+
+        write_record(self, run_id)
+
+    def _notify(self, message: str) -> None:
+        with self._tx() as con:
+            con.execute("INSERT INTO store_notices (time, message) VALUES (?, ?)", (time.time(), message))
+
+    def pop_notices(self) -> list[str]:
+        """Notices about the store (e.g. "the run database was rebuilt") not shown yet; each is returned once."""
+        with self._tx(immediate=True) as con:
+            rows = con.execute("SELECT rowid, message FROM store_notices WHERE shown=0 ORDER BY rowid").fetchall()
+            con.execute("UPDATE store_notices SET shown=1 WHERE shown=0")
+        return [r["message"] for r in rows]
 
     # -- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -173,6 +200,7 @@ class RunStore:
                 (run_id, label, status, time.time(), json.dumps(config), group_id, workspace,
                  json.dumps(dataset or {})),
             )
+        self._record(run_id)
         return run_id
 
     @staticmethod
@@ -223,6 +251,7 @@ class RunStore:
                 "UPDATE runs SET status='running', started=?, pid=?, host=?, heartbeat=? WHERE id=? AND status='queued'",
                 (now, pid, host, now, order[0]),
             )
+        self._record(order[0])
         return self.get_run(order[0])
 
     def _queue_rows(self, con: sqlite3.Connection | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -247,6 +276,7 @@ class RunStore:
                 "UPDATE runs SET status='running', started=COALESCE(started, ?), pid=?, host=?, heartbeat=? WHERE id=?",
                 (now, pid, host, now, run_id),
             )
+        self._record(run_id)
 
     def heartbeat(self, run_id: str, progress: dict[str, Any] | None = None) -> None:
         with self._tx() as con:
@@ -271,12 +301,14 @@ class RunStore:
         if self.run_dir(run_id).exists():
             atomic_write_json(self.run_dir(run_id) / "summary.json",
                               {"status": status, "error": error, **merged})
+        self._record(run_id)
 
     def update_summary(self, run_id: str, summary: dict[str, Any]) -> None:
         run = self.get_run(run_id)
         merged = {**(run["summary"] if run else {}), **summary}
         with self._tx() as con:
             con.execute("UPDATE runs SET summary=? WHERE id=?", (json.dumps(merged, default=str), run_id))
+        self._record(run_id)
 
     def update_dataset(self, run_id: str, dataset: dict[str, Any]) -> None:
         """Merge ``dataset`` (name, path, images, classes, fingerprint) into the run's data set record."""
@@ -290,6 +322,12 @@ class RunStore:
 
         Returns the run's status after the request.
         """
+        status = self._request_stop(run_id)
+        if status == "cancelled":
+            self._record(run_id)
+        return status
+
+    def _request_stop(self, run_id: str) -> str:
         with self._tx(immediate=True) as con:
             row = con.execute("SELECT status FROM runs WHERE id=?", (run_id,)).fetchone()
             if row is None:
@@ -348,6 +386,7 @@ class RunStore:
             if run and self.run_dir(run_id).exists():
                 atomic_write_json(self.run_dir(run_id) / "summary.json",
                                   {"status": "interrupted", "error": reason, **run["summary"]})
+            self._record(run_id)
         return [r for r, _ in dead]
 
     # -- metrics and log --------------------------------------------------------------------
@@ -367,6 +406,7 @@ class RunStore:
                 f"INSERT OR REPLACE INTO epoch_metrics (run_id, epoch, {', '.join(cols)}, time) VALUES (?,?,{','.join('?' * len(cols))},?)",
                 (run_id, row["epoch"], *[row.get(c) for c in cols], time.time()),
             )
+        self._record(run_id)
 
     def steps(self, run_id: str, after: int = -1) -> list[dict[str, Any]]:
         return [dict(r) for r in self._query(

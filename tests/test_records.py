@@ -1,0 +1,113 @@
+"""The run database can be rebuilt from the run folders: truncated, not SQLite, missing, on request."""
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from tl_dashboard.cli import main
+from tl_dashboard.records import RECORD_FILE
+from tl_dashboard.runs import RunStore
+
+
+def _train(runs, data, *extra) -> str:
+    code = main(["train", str(data), "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--json",
+                 "--runs-dir", str(runs), *extra])
+    assert code == 0
+    return RunStore(runs).list_runs()[0]["id"]
+
+
+@pytest.fixture(scope="module")
+def trained_store(shapes_dir, tmp_path_factory):
+    """A store with two finished runs (two epochs each) and one cancelled queue entry."""
+    runs = tmp_path_factory.mktemp("store") / "runs"
+    a = _train(runs, shapes_dir, "--label", "first")
+    b = _train(runs, shapes_dir, "--label", "second", "--freeze", "none")
+    store = RunStore(runs)
+    c = store.create_run({"model": "x", "data_dir": str(shapes_dir)}, label="never ran")
+    store.request_stop(c)
+    return runs, {a: store.get_run(a), b: store.get_run(b), c: store.get_run(c)}, {
+        r: store.epochs(r) for r in (a, b)}
+
+
+def _copy(trained_store, tmp_path):
+    src, runs, epochs = trained_store
+    dest = tmp_path / "runs"
+    shutil.copytree(src, dest)
+    return dest, runs, epochs
+
+
+def _truncate(db):
+    data = db.read_bytes()
+    db.write_bytes(data[: len(data) // 2])
+
+
+def _not_sqlite(db):
+    db.write_text("this is not a database, someone copied a text file over it\n" * 50)
+
+
+def _missing(db):
+    db.unlink()
+
+
+@pytest.mark.parametrize("damage", [_truncate, _not_sqlite, _missing], ids=["truncated", "not-sqlite", "missing"])
+def test_damaged_database_is_set_aside_and_rebuilt(trained_store, tmp_path, damage, shapes_dir, capsys):
+    runs, before, epochs = _copy(trained_store, tmp_path)
+    for suffix in ("-wal", "-shm"):
+        (runs / f"runs.db{suffix}").unlink(missing_ok=True)
+    original = (runs / "runs.db").read_bytes()
+    damage(runs / "runs.db")
+    damaged = (runs / "runs.db").read_bytes() if (runs / "runs.db").exists() else None
+
+    assert main(["runs", "--json", "--runs-dir", str(runs)]) == 0
+    out, err = capsys.readouterr()
+    listed = {r["run_id"]: r for r in json.loads(out.strip().splitlines()[-1])}
+    assert set(listed) == set(before)
+    assert err.count("rebuilt it from 3 run folder(s)") == 1, err
+    for run_id, run in before.items():
+        assert listed[run_id]["status"] == run["status"]
+        assert listed[run_id]["label"] == run["label"]
+        assert listed[run_id]["val_accuracy"] == run["summary"].get("val_accuracy")
+    store = RunStore(runs)
+    for run_id, rows in epochs.items():  # the curves of finished runs come back
+        assert [r["val_acc"] for r in store.epochs(run_id)] == [r["val_acc"] for r in rows]
+        assert store.steps(run_id)
+    aside = sorted(runs.glob("runs.db.damaged-*"))
+    if damaged is None:
+        assert aside == []
+    else:
+        assert aside[0].read_bytes() == damaged and damaged != original  # kept, never deleted
+    assert store.pop_notices() == []  # said once, by the command that rebuilt it
+    with sqlite3.connect(runs / "runs.db") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    finished = [r for r, run in before.items() if run["status"] == "finished"]
+    img = next(shapes_dir.glob("circles/*.png"))
+    for run_id in finished:  # the checkpoint is usable for Predict and Export
+        assert main(["predict", run_id, str(img), "--json", "--runs-dir", str(runs)]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]["top_k"]
+        out_dir = tmp_path / f"export-{run_id}"
+        assert main(["export", run_id, "--format", "safetensors", "--out", str(out_dir), "--runs-dir", str(runs)]) == 0
+        assert list(out_dir.glob("*.safetensors"))
+
+
+def test_repair_on_request_salvages_the_log_from_a_healthy_file(trained_store, tmp_path, capsys):
+    runs, before, _ = _copy(trained_store, tmp_path)
+    run_id = next(r for r, run in before.items() if run["status"] == "finished")
+    logs = RunStore(runs).logs(run_id)
+    assert main(["runs", "--repair", "--runs-dir", str(runs)]) == 0
+    err = capsys.readouterr().err
+    assert "repaired on request" in err and "run_log" in err
+    assert len([p for p in runs.glob("runs.db.before-repair-*") if not p.name.endswith(("-wal", "-shm"))]) == 1
+    assert RunStore(runs).logs(run_id) == logs
+
+
+def test_each_run_folder_keeps_its_record(trained_store):
+    runs, before, epochs = trained_store
+    for run_id, run in before.items():
+        rec = json.loads((runs / run_id / RECORD_FILE).read_text())
+        assert rec["run"]["status"] == run["status"] and rec["run"]["config"] == run["config"]
+        if run_id in epochs:
+            assert len(rec["epochs"]) == 2 and rec["steps"]

@@ -1,0 +1,411 @@
+"""The run database can be rebuilt: each run's folder keeps a record, a damaged ``runs.db`` is set aside.
+
+``runs.db`` is an index. What is needed to list a run again lives in its folder too, next to
+the checkpoint: ``config.json`` and ``run.json`` (the run's row: label, status, times, summary,
+error, owner..., its epoch history and its per-step curve thinned to at most
+:data:`MAX_STEPS_KEPT` points), rewritten atomically when the run is created, starts, ends each
+epoch and ends.
+
+Opening a store whose database is damaged (truncated, not SQLite at all) or missing while run
+folders exist moves the file aside as ``runs.db.damaged-<time>`` (never deletes it), salvages
+every table the damaged file still reads in full, and lists each run folder again from its
+record. A notice says so once (:meth:`RunStore.pop_notices`); ``tl-dashboard runs --repair``
+does the same on request.
+
+What a rebuild cannot bring back (when the damaged file no longer reads): the per-step curve
+beyond the thinned copy, and the run log (a line saying the run was rebuilt replaces it).
+
+Example:
+    >>> store = RunStore("runs")        # repairs on open if runs.db is damaged  # doctest: +SKIP
+    >>> repair_store(store, "on request").message  # doctest: +SKIP
+    'Rebuilt the run database from 3 run folders ...'
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .storage import DiskFull, atomic_write_json, disk_full_from, free_bytes, is_disk_full, remove_temp_files
+
+if TYPE_CHECKING:
+    from .runs import RunStore
+
+__all__ = ["RECORD_FILE", "MAX_STEPS_KEPT", "RepairReport", "write_record", "read_record", "run_folders",
+           "check_database", "open_store", "repair_store", "record_failure", "release_reserve"]
+
+log = logging.getLogger("tl_dashboard.records")
+
+RECORD_FILE = "run.json"
+MAX_STEPS_KEPT = 400
+RESERVE_FILE = ".space-reserve"
+RESERVE_BYTES = 1024 * 1024  # freed to record a failure when the disk is full
+_CHECKED: set[tuple[str, int]] = set()  # databases this process already checked (path, inode)
+
+
+@dataclass
+class RepairReport:
+    """What a repair did: where the damaged file went, how many runs came back, what was lost."""
+
+    reason: str
+    moved_to: list[Path] = field(default_factory=list)
+    runs: int = 0
+    salvaged: list[str] = field(default_factory=list)
+    lost: str = ""
+
+    @property
+    def message(self) -> str:
+        kept = f" The old file is kept as {self.moved_to[0].name}." if self.moved_to else ""
+        salv = f" Read back from it: {', '.join(self.salvaged)}." if self.salvaged else ""
+        return (f"The run database was {self.reason}: rebuilt it from {self.runs} run folder(s).{kept}{salv}"
+                f"{' ' + self.lost if self.lost else ''}")
+
+
+# -- the record in each run folder ---------------------------------------------------------------
+def _thinned_steps(con: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]:
+    n, last = con.execute("SELECT COUNT(*), MAX(step) FROM step_metrics WHERE run_id=?", (run_id,)).fetchone()
+    if not n:
+        return []
+    every = -(-n // MAX_STEPS_KEPT)
+    rows = con.execute("SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND "
+                       "(step % ? = 0 OR step = ?) ORDER BY step", (run_id, every, last)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def run_record(store: RunStore, run_id: str) -> dict[str, Any] | None:
+    """The run's row (every column), its epochs and its thinned step curve, as stored now."""
+    con = store._connect()
+    try:
+        row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        run = dict(row)
+        for k, v in run.items():  # JSON columns (config, summary, progress, ...) as objects
+            if isinstance(v, str) and v[:1] in "{[":
+                with contextlib.suppress(ValueError):
+                    run[k] = json.loads(v)
+        epochs = [dict(r) for r in con.execute("SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (run_id,))]
+        return {"format": 1, "run": run, "epochs": epochs, "steps": _thinned_steps(con, run_id),
+                "steps_thinned_to": MAX_STEPS_KEPT}
+    finally:
+        con.close()
+
+
+def write_record(store: RunStore, run_id: str) -> bool:
+    """Rewrite ``<run folder>/run.json`` from the database; False (never an exception) if it could not."""
+    folder = store.run_dir(run_id)
+    if not folder.is_dir():
+        return False
+    try:
+        rec = run_record(store, run_id)
+        if rec is None:
+            return False
+        atomic_write_json(folder / RECORD_FILE, rec)
+        return True
+    except (OSError, sqlite3.Error, DiskFull):  # the database stays the source of truth
+        return False
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """A run folder's record: ``run.json``, else one pieced together from config/summary.json; None if none."""
+    def load(name: str) -> Any:
+        try:
+            return json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    rec = load(RECORD_FILE)
+    if isinstance(rec, dict) and isinstance(rec.get("run"), dict):
+        return rec
+    config = load("config.json")
+    if not isinstance(config, dict):
+        return None
+    summary = load("summary.json") or {}
+    status = summary.pop("status", None) or ("stopped" if (folder / "model.safetensors").exists() else "interrupted")
+    created = _created_from_id(folder.name) or folder.stat().st_mtime
+    run = {"id": folder.name, "label": "", "status": status, "created": created, "config": config,
+           "summary": summary, "error": summary.pop("error", None)}
+    return {"format": 1, "run": run, "epochs": [], "steps": []}
+
+
+def _created_from_id(run_id: str) -> float | None:
+    try:
+        return time.mktime(time.strptime(run_id[:15], "%Y%m%d-%H%M%S"))
+    except ValueError:
+        return None
+
+
+def run_folders(root: Path) -> list[Path]:
+    """Folders under ``root`` that hold a run (a ``config.json``), oldest name first."""
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.json").is_file())
+    except OSError:
+        return []
+
+
+# -- checking and repairing the database ---------------------------------------------------------
+def check_database(db_path: Path, full: bool = True) -> str | None:
+    """Why ``db_path`` cannot serve as the run index ("truncated", "not an SQLite database"...), or None."""
+    try:
+        with open(db_path, "rb") as fh:
+            head = fh.read(100)
+    except FileNotFoundError:
+        return "missing"
+    if len(head) == 0:
+        return None if not full else "empty (0 bytes)"
+    if not head.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite database"
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
+    try:
+        page_size, = con.execute("PRAGMA page_size").fetchone()
+        pages, = con.execute("PRAGMA page_count").fetchone()
+        wal = db_path.with_name(db_path.name + "-wal")
+        if os.path.getsize(db_path) < page_size * pages and not (wal.exists() and wal.stat().st_size):
+            return f"truncated ({os.path.getsize(db_path)} of {page_size * pages} bytes)"
+        if full:
+            res = [r[0] for r in con.execute("PRAGMA quick_check(5)")]
+            if res != ["ok"]:
+                return "damaged (" + "; ".join(res)[:200] + ")"
+    except sqlite3.DatabaseError as exc:
+        if is_disk_full(exc):
+            raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
+        return f"unreadable ({exc})"
+    finally:
+        con.close()
+    return None
+
+
+@contextlib.contextmanager
+def _repair_lock(root: Path) -> Iterator[None]:
+    with open(root / ".runs.db.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def open_store(store: RunStore) -> str | None:
+    """Make ``store``'s database usable: check it once per process, repair it if damaged or missing.
+
+    Returns the repair message, or None when nothing was wrong. Raises :class:`DiskFull` when
+    the database cannot even be created for lack of space.
+    """
+    db = store.db_path
+    reason = None
+    if not db.exists():
+        if run_folders(store.root):
+            reason = "missing"
+    else:
+        key = (str(db.resolve()), db.stat().st_ino)
+        if key not in _CHECKED:
+            reason = check_database(db)
+            if reason and reason.startswith("empty") and not run_folders(store.root):
+                reason = None  # a store being created right now
+            if reason is None:
+                _CHECKED.add(key)
+    notice = None
+    if reason:
+        with _repair_lock(store.root):
+            again = check_database(db) if db.exists() else ("missing" if run_folders(store.root) else None)
+            if again:  # nobody repaired it meanwhile
+                notice = repair_store(store, again).message
+    _create_schema(store)
+    with contextlib.suppress(OSError, sqlite3.Error):
+        _settle_unrecorded_ends(store)
+    _ensure_reserve(store.root)
+    return notice
+
+
+def _create_schema(store: RunStore) -> None:
+    try:
+        store._create_schema()
+    except sqlite3.OperationalError as exc:
+        if is_disk_full(exc):
+            raise disk_full_from(exc, store.root, None, "the run database") from None
+        raise
+
+
+def _move_aside(db: Path, tag: str) -> list[Path]:
+    stamp = tag + "-" + time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        src = db.with_name(db.name + suffix)
+        if src.exists():
+            dest = db.with_name(f"{db.name}.{stamp}{suffix}")
+            n = 1
+            while dest.exists():
+                dest = db.with_name(f"{db.name}.{stamp}.{n}{suffix}")
+                n += 1
+            os.replace(src, dest)
+            moved.append(dest)
+    return moved
+
+
+def repair_store(store: RunStore, reason: str | None = None) -> RepairReport:
+    """Move ``runs.db`` aside (if present) and rebuild the index from the damaged file and the run folders.
+
+    Args:
+        reason: what is wrong with it ("truncated ...", "not an SQLite database"); None: on request.
+    """
+    report = RepairReport(reason=reason or "repaired on request")
+    report.moved_to = _move_aside(store.db_path, "damaged" if reason else "before-repair")
+    _create_schema(store)
+    if report.moved_to:
+        report.salvaged = _salvage(store, report.moved_to[0])
+    con = store._connect()
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        for folder in run_folders(store.root):
+            rec = read_record(folder)
+            if rec and _restore_run(con, rec, folder.name):
+                report.runs += 1
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+    if "run_log" not in report.salvaged or "step_metrics" not in report.salvaged:
+        report.lost = (f"Not recoverable from run folders: the run log, and per-step curves beyond "
+                       f"{MAX_STEPS_KEPT} points per run.")
+    store._notify(report.message)
+    log.warning(report.message)
+    for folder in run_folders(store.root):
+        remove_temp_files(folder)
+    return report
+
+
+def _salvage(store: RunStore, damaged: Path) -> list[str]:
+    """Copy every table the damaged file still reads in full; return their names."""
+    salvaged = []
+    con = store._connect()
+    try:
+        try:
+            con.execute("ATTACH DATABASE ? AS old", (f"file:{damaged}?mode=ro",))
+        except sqlite3.DatabaseError:
+            return []
+        tables = [r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type='table'")]
+        for table in tables:
+            try:
+                cols = [r[1] for r in con.execute(f"PRAGMA main.table_info({table})")]
+                old_cols = {r[1] for r in con.execute(f"PRAGMA old.table_info({table})")}
+                common = [c for c in cols if c in old_cols]
+                if not common:
+                    continue
+                names = ",".join(common)
+                con.execute("SAVEPOINT s")
+                con.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM old.{table}")
+                con.execute("RELEASE s")
+                salvaged.append(table)
+            except sqlite3.DatabaseError:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK TO s")
+                    con.execute("RELEASE s")
+        with contextlib.suppress(sqlite3.Error):
+            con.execute("DETACH DATABASE old")
+    finally:
+        con.close()
+    return salvaged
+
+
+def _insert(con: sqlite3.Connection, table: str, row: dict[str, Any], have: set[str]) -> None:
+    cols = [c for c in row if c in have]
+    vals = [json.dumps(row[c], default=str) if isinstance(row[c], (dict, list)) else row[c] for c in cols]
+    con.execute(f"INSERT OR IGNORE INTO {table} ({','.join(cols)}) VALUES ({','.join('?' * len(cols))})", vals)
+
+
+def _restore_run(con: sqlite3.Connection, rec: dict[str, Any], run_id: str) -> bool:
+    run = {**rec["run"], "id": run_id}
+    if con.execute("SELECT 1 FROM runs WHERE id=?", (run_id,)).fetchone():
+        pass  # salvaged from the damaged file: that row is at least as recent as the record
+    else:
+        run.setdefault("created", time.time())
+        run.setdefault("config", {})
+        _insert(con, "runs", run, {r[1] for r in con.execute("PRAGMA table_info(runs)")})
+        con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)",
+                    (run_id, time.time(), "warning",
+                     "Listed again from its folder after the run database was rebuilt; the log before this line is lost."))
+    for table, key in (("epoch_metrics", "epochs"), ("step_metrics", "steps")):
+        have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+        if con.execute(f"SELECT 1 FROM {table} WHERE run_id=? LIMIT 1", (run_id,)).fetchone():
+            continue
+        for row in rec.get(key) or []:
+            _insert(con, table, {**row, "run_id": run_id}, have)
+    return True
+
+
+def _settle_unrecorded_ends(store: RunStore) -> None:
+    """A run still 'running' in the index whose folder records a final status (the database could not be
+    written when it ended, e.g. on a full disk): take the folder's status."""
+    from .runs import FINAL_STATUSES
+
+    for row in store._query("SELECT id FROM runs WHERE status IN ('queued', 'running')"):
+        rec = read_record(store.run_dir(row["id"])) if (store.run_dir(row["id"]) / RECORD_FILE).exists() else None
+        run = (rec or {}).get("run") or {}
+        if run.get("status") in FINAL_STATUSES:
+            with store._tx() as con:
+                con.execute("UPDATE runs SET status=?, finished=?, error=? WHERE id=? AND status IN ('queued','running')",
+                            (run["status"], run.get("finished") or time.time(), run.get("error"), row["id"]))
+
+
+# -- a failure record that survives a full disk ----------------------------------------------------
+def _ensure_reserve(root: Path) -> None:
+    path = root / RESERVE_FILE
+    with contextlib.suppress(OSError):
+        if not path.exists() and free_bytes(root) > 16 * RESERVE_BYTES:
+            tmp = root / f"{RESERVE_FILE}.{os.getpid()}.tmp"
+            try:
+                with open(tmp, "wb") as fh:
+                    fh.write(b"\0" * RESERVE_BYTES)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+def release_reserve(root: Path) -> bool:
+    """Delete the store's reserve file (room to record a failure on a full disk); True if there was one."""
+    try:
+        (root / RESERVE_FILE).unlink()
+        return True
+    except OSError:
+        return False
+
+
+def record_failure(store: RunStore, run_id: str, message: str, details: str | None = None) -> None:
+    """End ``run_id`` as failed with ``message``, even on a full disk; never raises.
+
+    Temporary files of the run are removed first. If the database cannot be written, the store's
+    reserve file is released and it is tried again; if that fails too, the run folder's ``run.json``
+    records the failure and the next open of the store takes it from there.
+    """
+    remove_temp_files(store.run_dir(run_id))
+    for attempt in range(2):
+        try:
+            if details:
+                store.log(run_id, "error", details)
+            store.log(run_id, "error", message)
+            store.finish_run(run_id, "failed", error=message)
+            return
+        except (OSError, sqlite3.Error, DiskFull) as exc:
+            log.warning("could not record the failure of run %s in the database: %s", run_id, exc)
+            details = None
+            if attempt == 0 and not release_reserve(store.root):
+                break
+    _write_status_file(store.run_dir(run_id), "failed", message)
+
+
+def _write_status_file(folder: Path, status: str, error: str) -> None:
+    rec = read_record(folder) or {"format": 1, "run": {"id": folder.name}, "epochs": [], "steps": []}
+    rec["run"].update(status=status, error=error, finished=time.time())
+    try:
+        atomic_write_json(folder / RECORD_FILE, rec)
+    except (OSError, DiskFull) as exc:
+        log.warning("could not record the failure in %s either: %s", folder, exc)
