@@ -75,6 +75,19 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
+    """No test writes to the user's cache folder: the whole session caches under one tmp dir
+    (subprocesses inherit it; tests that check the cache itself point TL_CACHE_DIR at their own tmp_path)."""
+    import shutil
+    import tempfile
+
+    if not os.environ.get("TL_TEST_CACHE_DIR"):
+        d = tempfile.mkdtemp(prefix="tl-cache-tests-")
+        os.environ["TL_TEST_CACHE_DIR"] = os.environ["TL_CACHE_DIR"] = d
+        config.add_cleanup(lambda: shutil.rmtree(d, ignore_errors=True))
+    _one_torch_thread()
+
+
+def _one_torch_thread():
     """One torch thread in the test process: the runs here are tiny, and on a shared 2-core machine two
     spinning OpenMP threads next to a training worker or a browser made them 15-20x slower."""
     import torch

@@ -218,7 +218,8 @@ def test_load_rgb_raises_data_error_for_bad_files(laced):
         assert name in str(info.value) and "\n" not in str(info.value)
 
 
-def test_validation_drafts_big_jpegs_and_never_decodes_bombs(laced, monkeypatch):
+def test_validation_drafts_big_jpegs_and_never_decodes_bombs(laced, monkeypatch, tmp_path):
+    monkeypatch.setenv("TL_CACHE_DIR", str(tmp_path))  # a fresh scan memo: every file is checked again
     drafted, loaded = [], []
     real_draft, real_load = JpegImagePlugin.JpegImageFile.draft, ImageFile.ImageFile.load
 

@@ -1,6 +1,6 @@
 """The ``tl-dashboard`` command: everything the UI does, scriptable.
 
-Subcommands: ``app``, ``train``, ``sweep``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``.
+Subcommands: ``app``, ``train``, ``sweep``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``.
 Errors exit with status 2 and one line naming the problem and the fix, never a traceback.
 Also runs as ``python -m tl_dashboard.cli``.
 """
@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace earlier exports in --out")
     p.add_argument("--json", action="store_true")
     _add_runs_dir(p)
+
+    p = sub.add_parser("cache", help="the on-disk cache of decoded images and frozen features: size, list, clear")
+    p.add_argument("--list", action="store_true", help="list the entries (default: a summary)")
+    p.add_argument("--clear", action="store_true", help="delete every entry and the scan memo")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("import", help="import a zip of class folders safely")
     p.add_argument("archive", type=Path)
@@ -442,7 +447,14 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-_COMMANDS = {"app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find, "layers": cmd_layers, "runs": cmd_runs,
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import cli_cache
+
+    return cli_cache(args.list, args.clear, args.json)
+
+
+_COMMANDS = {"cache": cmd_cache, "app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find,
+             "layers": cmd_layers, "runs": cmd_runs,
              "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
 
 

@@ -1,4 +1,4 @@
-"""Image-folder scanning, validation, splitting and in-memory decoding.
+"""Image-folder scanning, validation and splitting; loading one image.
 
 A data folder holds one sub-folder per class (``root/cats/1.jpg``), or ``train/`` and
 ``val/`` folders that each hold class sub-folders. :func:`scan_images` accounts for every
@@ -19,21 +19,19 @@ import os
 import random
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Union
 
-import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 from .errors import UserError
+from .imageops import _RESAMPLE, resize_center_square, resized_size, to_rgb  # noqa: F401  (re-exported)
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "DEFAULT_MAX_IMAGE_PIXELS", "DataError", "Sample",
     "Skipped", "DatasetSplit", "scan_images", "check_image", "load_rgb", "to_rgb", "resized_size",
-    "resize_center_square", "DecodedImageCache", "env_number", "class_folder_count", "folder_signature",
+    "resize_center_square", "env_number", "class_folder_count", "folder_signature",
     "data_warnings",
 ]
 
@@ -79,6 +77,7 @@ class DatasetSplit:
     val: list[Sample]
     skipped: list[Skipped]
     presplit: bool
+    digests: dict[Path, str] = field(default_factory=dict, compare=False, repr=False)  # sha256 of each used file
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Returns: ``{class_name: {"train": n, "val": n}}`` for every class, in label order."""
@@ -148,43 +147,6 @@ def _short(exc: BaseException, path: Path | None) -> str:
     if path is not None:
         msg = msg.replace(str(path), path.name)
     return msg if len(msg) <= 160 else msg[:157] + "..."
-
-
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale a 1-channel numeric array to uint8 by the range its values actually use."""
-    if arr.dtype.kind == "f":
-        a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(a.min()), float(a.max())
-        if lo >= 0.0 and hi <= 1.0:
-            a = a * 255.0
-        elif not (lo >= 0.0 and hi <= 255.0):
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
-    a = arr.astype(np.int64)
-    lo, hi = int(a.min()), int(a.max())
-    if lo >= 0 and hi <= 255:  # 8-bit data in a wider container
-        return a.astype(np.uint8)
-    if lo >= 0 and hi <= 65535:  # genuine 16-bit data
-        return (a >> 8).astype(np.uint8)
-    return ((a - lo) * 255 // max(hi - lo, 1)).astype(np.uint8)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode to RGB, as training sees it.
-
-    Transparent pixels are composited on white; 16-bit and float images are scaled to 8 bits
-    by the range their values use. An RGB image without transparency is returned as is.
-    """
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode.startswith("I") or mode == "F":
-        return Image.fromarray(_to_uint8(np.asarray(img))).convert("RGB")
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
 
 
 def _decode(source: Path | BinaryIO, limit: int, draft_size: int | None, min_side: int = 0) -> Image.Image:
@@ -318,8 +280,9 @@ def check_image(path: str | Path, *, max_pixels: int | None = None) -> str | Non
     return None
 
 
-def _check_file(path: Path, root_real: str, limit: int) -> str | None:
-    """A scanned file: folder and extension checks first, then :func:`check_image`. Returns: reason or None."""
+def _check_file(path: Path, root_real: str) -> str | tuple[int, int, int]:
+    """A scanned file's folder, extension and stat checks (no reading). Returns: the skip reason,
+    or the ``(size, mtime_ns, inode)`` the scan memo is keyed by."""
     try:
         if os.path.islink(path) and not _inside(path, root_real):
             return "symlink leaves the data folder"
@@ -328,7 +291,17 @@ def _check_file(path: Path, root_real: str, limit: int) -> str | None:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
-    return check_image(path, max_pixels=limit)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "broken symlink" if os.path.islink(path) else "file not found"
+    except OSError as exc:
+        return f"unreadable file: {_short(exc, path)}"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _inside(path: str | Path, root_real: str) -> bool:
@@ -388,14 +361,52 @@ def _skip_hint(skipped: list[Skipped], folder: Path) -> str:
     return f" ({len(inside)} file(s) skipped there, e.g. '{inside[0].path.name}': {inside[0].reason})"
 
 
-def _validate(files: list[Path], root_real: str, limit: int) -> list[str | None]:
-    """Check ``files`` on 2 threads. Returns: skip reason or None, per file."""
-    with _truncation_detected(), ThreadPoolExecutor(max_workers=2) as pool:  # one flag flip for the whole scan
-        return list(pool.map(lambda f: _check_file(f, root_real, limit), files))
+def _validate(files: list[Path], root_real: str, limit: int,
+              progress: Callable[[int, int], None] | None) -> tuple[list[str | None], dict[Path, str]]:
+    """Check ``files``: cheap checks here, then a full decode on every core of each file content not
+    verified before (remembered in the cache folder, :mod:`.filememo`).
+
+    Returns:
+        The skip reason or None per file, and the sha256 digest of every usable file.
+    """
+    from .filememo import FileMemo
+    from .parallel import verify_files
+
+    reasons: list[str | None] = [None] * len(files)
+    stats: dict[str, tuple[int, int, int]] = {}
+    for i, f in enumerate(files):
+        r = _check_file(f, root_real)
+        if isinstance(r, str):
+            reasons[i] = r
+        else:
+            stats[str(f)] = r
+    memo = FileMemo()
+    try:
+        digests = memo.digests(stats)
+        verdicts = memo.verdicts(digests.values(), limit)
+        todo = [p for p in stats if digests.get(p) not in verdicts]
+        new_digests, new_verdicts = {}, {}
+        for p, (digest, reason) in zip(todo, verify_files(todo, limit, progress)):
+            if digest:
+                new_digests[p] = digests[p] = digest
+                new_verdicts[digest] = verdicts[digest] = reason
+            else:
+                reasons[files.index(Path(p))] = reason
+        memo.remember(stats, new_digests, new_verdicts, limit)
+    finally:
+        memo.close()
+    used: dict[Path, str] = {}
+    for i, f in enumerate(files):
+        d = digests.get(str(f))
+        if reasons[i] is None and d is not None:
+            reasons[i] = verdicts[d]
+            if reasons[i] is None:
+                used[f] = d
+    return reasons, used
 
 
-def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
-                max_pixels: int | None = None) -> DatasetSplit:
+def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, max_pixels: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> DatasetSplit:
     """Find, validate and split the images of a class-per-folder data set.
 
     Every image is fully decoded once (JPEGs at reduced scale) so truncated or fake
@@ -410,6 +421,8 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         seed: Split seed; the split is stratified and deterministic for a given seed.
         max_pixels: Images with more pixels are skipped (header check, no decode).
             ``None``: env ``TL_MAX_IMAGE_PIXELS`` or 64 M.
+        progress: called with ``(checked, to check)`` while new files are decoded (on every core;
+            a file content verified before is remembered in the cache folder and not decoded again).
 
     Returns:
         A :class:`DatasetSplit`; every file under ``root`` is in ``train``, ``val`` or ``skipped``.
@@ -453,13 +466,22 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
         else:
             jobs.append((*where, f))
     usable: dict[tuple[str, str], list[Path]] = collections.defaultdict(list)
-    for (split, c, f), reason in zip(jobs, _validate([j[2] for j in jobs], root_real, limit)):
+    reasons, digests = _validate([j[2] for j in jobs], root_real, limit, progress)
+    for (split, c, f), reason in zip(jobs, reasons):
         if reason is None:
             usable[split, c].append(f)
         else:
             skipped.append(Skipped(f, reason))
     skipped.sort(key=lambda s: s.path.as_posix())
+    train, val = _assign(root, classes, usable, skipped, presplit, float(val_fraction), seed)
+    key = lambda s: (s.label, s.path.as_posix())  # noqa: E731
+    return DatasetSplit(root=root, classes=classes, train=sorted(train, key=key), val=sorted(val, key=key),
+                        skipped=skipped, presplit=presplit, digests=digests)
 
+
+def _assign(root: Path, classes: list[str], usable: dict[tuple[str, str], list[Path]], skipped: list[Skipped],
+            presplit: bool, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """The train and val samples of the usable files; raises DataError on too few images or classes."""
     if not usable:
         raise DataError(f"Found 0 images in subfolders of {root}. Supported extensions are "
                         f"{', '.join(IMAGE_EXTENSIONS)}{_skip_hint(skipped, root)}.")
@@ -485,12 +507,10 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0,
                 f"Class {c!r} has {n} usable image{'' if n == 1 else 's'} in {root}; each class needs at least 2 "
                 f"(one to train, one to validate){_skip_hint(skipped, root / c)}. Add images to {root / c} "
                 "or remove the folder.")
-        tr, va = _split_class(usable["all", c], float(val_fraction), seed, c)
+        tr, va = _split_class(usable["all", c], val_fraction, seed, c)
         train.extend(Sample(f, label) for f in tr)
         val.extend(Sample(f, label) for f in va)
-    key = lambda s: (s.label, s.path.as_posix())  # noqa: E731
-    return DatasetSplit(root=root, classes=classes, train=sorted(train, key=key), val=sorted(val, key=key),
-                        skipped=skipped, presplit=presplit)
+    return train, val
 
 
 # -- cheap folder probes (no image checks): for pages that must answer on every rerun ------------
@@ -552,141 +572,10 @@ def data_warnings(counts: dict[str, dict[str, int]], *, imbalance: float = 3.0, 
     return out
 
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
 
+def __getattr__(name: str) -> Any:
+    if name == "DecodedImageCache":  # moved to imagestore (it needs torch); kept importable from here
+        from .imagestore import DecodedImageCache
 
-def resized_size(width: int, height: int, load_size: int) -> tuple[int, int]:
-    """The ``(width, height)`` an image is resized to so its shorter side is ``load_size``
-    (as torchvision's ``Resize(int)`` does); the longer side is truncated, never below ``load_size``.
-
-    Example:
-        >>> resized_size(400, 300, 256)
-        (341, 256)
-    """
-    L = load_size
-    return (L, max(L, int(L * height / width))) if width <= height else (max(L, int(L * width / height)), L)
-
-
-def resize_center_square(img: Image.Image, load_size: int, interpolation: str = "bicubic") -> torch.Tensor:
-    """Resize an image so its shorter side is ``load_size``, then center-crop a square: how every
-    image is prepared for training (:class:`DecodedImageCache`) and prediction.
-
-    Args:
-        img: A PIL image, e.g. from :func:`load_rgb` (other modes go through :func:`to_rgb`).
-        load_size: Side of the square, in pixels.
-        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``; anything else -> bicubic.
-
-    Returns:
-        uint8 tensor ``(3, load_size, load_size)``, channels first.
-
-    Example:
-        >>> resize_center_square(Image.new("RGB", (60, 20)), 20, "nearest").shape
-        torch.Size([3, 20, 20])
-    """
-    img, L = to_rgb(img), int(load_size)
-    size = resized_size(*img.size, L)
-    if size != img.size:
-        img = img.resize(size, _RESAMPLE.get(str(interpolation).lower(), Image.Resampling.BICUBIC))
-    left, top = (size[0] - L) // 2, (size[1] - L) // 2
-    img = img.crop((left, top, left + L, top + L))
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-
-
-class DecodedImageCache:
-    """Decode + resize each image once; keep uint8 CHW tensors in memory so epochs never decode JPEGs again.
-
-    Each image is loaded with :func:`load_rgb` (JPEG draft at ``load_size``) and prepared by
-    :func:`resize_center_square` (shorter side to ``load_size``, center square crop).
-
-    Args:
-        load_size: Side of the cached square images, in pixels.
-        interpolation: ``"bicubic"``, ``"bilinear"`` or ``"nearest"``; anything else -> bicubic.
-        max_bytes: Memory budget. ``None``: env ``TL_MAX_CACHE_GB`` (GiB) or 4 GiB.
-
-    Raises:
-        ValueError: ``load_size`` or ``max_bytes`` is not positive.
-    """
-
-    def __init__(self, load_size: int, *, interpolation: str = "bicubic", max_bytes: int | None = None):
-        if isinstance(load_size, bool) or not isinstance(load_size, int) or load_size <= 0:
-            raise ValueError(f"load_size={load_size!r} must be a positive int, e.g. 224.")
-        if max_bytes is None:
-            max_bytes = int(env_number("TL_MAX_CACHE_GB", _DEFAULT_CACHE_GB) * 2**30)
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes={max_bytes!r} must be positive (or None for the default).")
-        self.load_size = load_size
-        self.interpolation = str(interpolation).lower()
-        self.max_bytes = int(max_bytes)
-        self._item_bytes = 3 * load_size * load_size
-        self._store: dict[Path, torch.Tensor] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by cached tensors."""
-        return len(self._store) * self._item_bytes
-
-    def __len__(self) -> int:
-        return len(self._store)
-
-    def _check_budget(self, n_images: int) -> None:
-        need = n_images * self._item_bytes
-        if need > self.max_bytes:
-            L = self.load_size
-            raise DataError(
-                f"{n_images} images at {L}x{L} need {need / 2**30:.2f} GiB, above the in-memory cache limit of "
-                f"{self.max_bytes / 2**30:.2f} GiB. Lower the image size or use fewer images (TL_MAX_CACHE_GB).")
-
-    def _decode(self, path: Path) -> torch.Tensor:
-        return resize_center_square(load_rgb(path, draft_size=self.load_size), self.load_size, self.interpolation)
-
-    def get(self, path: Path) -> torch.Tensor:
-        """Return the cached tensor for ``path``, decoding it on first use.
-
-        Args:
-            path: Image file.
-
-        Returns:
-            uint8 tensor ``(3, load_size, load_size)``.
-
-        Raises:
-            DataError: The image cannot be loaded, or caching it would exceed ``max_bytes``.
-        """
-        key = Path(path)
-        hit = self._store.get(key)
-        if hit is not None:
-            return hit
-        self._check_budget(len(self._store) + 1)
-        tensor = self._decode(key)
-        with self._lock:
-            if key not in self._store:
-                self._check_budget(len(self._store) + 1)
-                self._store[key] = tensor
-            return self._store[key]
-
-    def stack(self, samples: Sequence[Sample], *, workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``samples`` from the cache, decoding only images not cached yet.
-
-        Args:
-            samples: Samples to stack, in order.
-            workers: Decode threads for the missing images (PIL releases the GIL).
-
-        Returns:
-            ``(images, labels)``: uint8 ``(N, 3, L, L)`` and int64 ``(N,)``.
-
-        Raises:
-            DataError: An image cannot be loaded, or the cache would exceed ``max_bytes``
-                (checked before any decoding).
-        """
-        missing = list(dict.fromkeys(Path(s.path) for s in samples if Path(s.path) not in self._store))
-        self._check_budget(len(self._store) + len(missing))
-        if missing:
-            with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
-                list(pool.map(self.get, missing))
-        L = self.load_size
-        if not samples:
-            return torch.empty((0, 3, L, L), dtype=torch.uint8), torch.empty((0,), dtype=torch.int64)
-        images = torch.stack([self._store[Path(s.path)] for s in samples])
-        labels = torch.tensor([int(s.label) for s in samples], dtype=torch.int64)
-        return images, labels
+        return DecodedImageCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,9 @@ from typing import Callable
 
 import torch
 
-from .data import DecodedImageCache
 from .engine import Normalizer, TrainConfig, center_crop, prepare
+from .featstore import open_features, prefix_key
+from .imagestore import open_images
 
 __all__ = ["FeatureSet", "head_features"]
 
@@ -41,13 +42,16 @@ class FeatureSet:
 @torch.inference_mode()
 def head_features(config: TrainConfig, *, batch: int = 64,
                   progress: Callable[[int, int], None] | None = None) -> FeatureSet:
-    """Compute the frozen backbone's pooled features for every image of ``config.data_dir``.
+    """The frozen backbone's pooled features for every image of ``config.data_dir``.
+
+    Computed once per image set, model, weights and size, then read from the on-disk cache
+    (:mod:`.featstore`): a second call, or a call after a run that cached the same features, is fast.
 
     Args:
         config: data folder, model, weights, image size, split fraction and seed are used; the
             freeze plan is ignored (the whole backbone is frozen here).
         batch: images per forward pass.
-        progress: called with ``(done, total)`` images after each batch.
+        progress: called with ``(done, total)`` images after each batch (once with the total on a cache hit).
 
     Returns:
         The :class:`FeatureSet`.
@@ -58,21 +62,20 @@ def head_features(config: TrainConfig, *, batch: int = 64,
     prep = prepare(replace(config, freeze="head"))
     model = prep.model.eval()
     norm = Normalizer(prep.weights.mean, prep.weights.std)
-    cache = DecodedImageCache(prep.load_size, interpolation=prep.weights.interpolation)
-    total = len(prep.split.train) + len(prep.split.val)
-    done = 0
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation)
+
+    def compute(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_head(model.forward_features(norm(center_crop(x, prep.image_size))), pre_logits=True).float()
+
+    total = len(store)
+    feats = open_features(store, prefix_key(prep, "head", False), compute, batch=batch, progress=progress)
+    if progress is not None and feats.hit:
+        progress(total, total)
     out = []
     for samples in (prep.split.train, prep.split.val):
-        x, y = cache.stack(samples)
-        feats = []
-        for i in range(0, len(x), batch):
-            xb = norm(center_crop(x[i:i + batch], prep.image_size))
-            feats.append(model.forward_head(model.forward_features(xb), pre_logits=True).float())
-            done += len(xb)
-            if progress is not None:
-                progress(done, total)
-        dim = model.num_features
-        out.append((torch.cat(feats) if feats else torch.empty((0, dim)), y))
+        x = feats.read(store.rows(samples, digests)) if samples else torch.empty((0, model.num_features))
+        out.append((x, torch.tensor([int(s.label) for s in samples], dtype=torch.int64)))
+    store.close()
     (f_train, y_train), (f_val, y_val) = out
     return FeatureSet(f_train, y_train, f_val, y_val, list(prep.split.classes),
                       [str(s.path) for s in prep.split.train], [str(s.path) for s in prep.split.val],
