@@ -15,10 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_dashboard import cache, parallel
+from tl_dashboard import cache, parallel, storage
 from tl_dashboard.data import load_rgb, resize_center_square, scan_images
 from tl_dashboard.featstore import open_features, weights_digest
 from tl_dashboard.imagestore import open_images
+from tl_dashboard.storage import DiskFull
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -190,7 +191,7 @@ def test_disk_full_while_decoding_leaves_no_half_entry(tmp_path, monkeypatch):
         return real(fd, data, offset)
 
     monkeypatch.setattr(parallel.os, "pwrite", full)
-    with pytest.raises(cache.CacheError, match="full"):
+    with pytest.raises(DiskFull, match="Disk full"):
         open_images(split, 24)
     parent = cache.cache_root() / "images"
     assert list(parent.iterdir()) == [] or all(d.name.startswith(".") and d.suffix == ".lock" for d in parent.iterdir())
@@ -201,8 +202,8 @@ def test_disk_full_while_decoding_leaves_no_half_entry(tmp_path, monkeypatch):
 
 def test_not_enough_space_is_refused_before_writing(tmp_path, monkeypatch):
     split = scan_images(_folder(tmp_path / "d"))
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
-    with pytest.raises(cache.CacheError, match="Not enough disk space"):
+    monkeypatch.setattr(storage, "free_bytes", lambda p: 1000)
+    with pytest.raises(DiskFull, match="TL_CACHE_DIR"):
         open_images(split, 24)
     assert cache.list_entries() == []
 

@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -96,13 +95,15 @@ def entry_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
+_FIX = "free some space, run `tl-dashboard cache --clear`, or point TL_CACHE_DIR at a larger disk"
+
+
 def _check_space(folder: Path, need: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if need > 0 and free < need + 256 * 2**20:  # keep 256 MiB for everyone else
-        raise CacheError(
-            f"Not enough disk space for the cache in {folder}: it needs {human_bytes(need)}, "
-            f"{human_bytes(free)} is free. Free some space, run `tl-dashboard cache --clear`, "
-            "or point TL_CACHE_DIR at a bigger disk.")
+    """Raise :class:`~tl_dashboard.storage.DiskFull` unless ``need`` bytes (+256 MiB for others) fit."""
+    from .storage import check_free_space
+
+    if need > 0:
+        check_free_space(folder, need, "the cache entry", _FIX, margin=256 * 2**20)
 
 
 @contextlib.contextmanager
@@ -132,7 +133,8 @@ def build_entry(kind: str, key: str, *, meta: dict[str, Any], need_bytes: int = 
     :class:`CacheError`). Afterwards the cache is trimmed to :func:`max_bytes`, sparing this entry.
 
     Raises:
-        CacheError: not enough free disk space (checked first against ``need_bytes``), or a write failed.
+        storage.DiskFull: not enough free space (checked first against ``need_bytes``), or a write hit a full disk.
+        CacheError: the cache folder cannot be written.
     """
     parent = _kind_dir(kind)
     try:
@@ -157,13 +159,15 @@ def build_entry(kind: str, key: str, *, meta: dict[str, Any], need_bytes: int = 
                 os.fsync(fh.fileno())
             try:
                 os.rename(tmp, parent / key)
-            except OSError as exc:  # someone without the lock published it first: keep theirs
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            except OSError:  # someone without the lock published it first: keep theirs
+                if open_entry(kind, key) is None:
                     raise
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise CacheError(f"The disk holding the cache ({parent}) is full. Free some space, run "
-                                 "`tl-dashboard cache --clear`, or point TL_CACHE_DIR at a bigger disk.") from None
+            from .storage import DiskFull, disk_full_from, is_disk_full
+
+            if is_disk_full(exc) and not isinstance(exc, DiskFull):
+                full = disk_full_from(exc, parent, need_bytes or None, "the cache entry")
+                raise DiskFull(full.folder, full.need, full.free, full.what, _FIX) from None
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
