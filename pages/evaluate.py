@@ -22,19 +22,25 @@ MAX_GALLERY = 24
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 
 
+@st.cache_resource(show_spinner="Loading the run's model...", max_entries=4)
+def loaded_run(root: str, run_id: str) -> ev.LoadedRun:
+    """The one cache of models: every session evaluating this run shares it (read-only)."""
+    return ev.load_run(RunStore(root), run_id)
+
+
 @st.cache_data(show_spinner="Evaluating the model on its validation set...", max_entries=8)
 def evaluation(root: str, run_id: str) -> ev.Evaluation:
-    return ev.evaluate_run(RunStore(root), run_id)
+    return ev.evaluate_run(loaded_run(root, run_id))
 
 
 @st.cache_data(show_spinner="Predicting...", max_entries=32)
 def predictions(root: str, run_id: str, images: tuple, top_k: int) -> list[ev.Prediction]:
-    return ev.predict_images(RunStore(root), list(images), top_k, run_id=run_id)
+    return ev.predict_images(loaded_run(root, run_id), list(images), top_k)
 
 
 @st.cache_data(show_spinner="Computing features before and after training...", max_entries=8)
 def embedding_view(root: str, run_id: str) -> dict:
-    return ev.embeddings(RunStore(root), run_id)
+    return ev.embeddings(loaded_run(root, run_id))
 
 
 def show_metrics(result: ev.Evaluation) -> None:
@@ -123,7 +129,7 @@ def show_embeddings(root: str, run_id: str) -> None:
                                                     view["explained"], hover), key=f"ev_emb_{key}")
 
 
-def show_export(store: RunStore, run_id: str) -> None:
+def show_export(root: str, run_id: str) -> None:
     formats = st.multiselect("Formats", list(ev.EXPORT_FORMATS), default=list(ev.EXPORT_FORMATS), key="ev_formats")
     st.caption("Each file loads on its own (TorchScript in torch, ONNX in onnxruntime, safetensors with timm), "
                "with labels.json and preprocessing.json beside it. From a terminal: "
@@ -132,7 +138,7 @@ def show_export(store: RunStore, run_id: str) -> None:
     if st.button("Export", type="primary", disabled=not formats, key="ev_export"):
         with st.spinner("Exporting and checking each file against the model..."):
             try:
-                exports[run_id] = {k: str(v) for k, v in ev.export_run(store, run_id, formats).items()}
+                exports[run_id] = {k: str(v) for k, v in ev.export_run(loaded_run(root, run_id), formats=formats).items()}
             except (ValueError, OSError, RuntimeError) as exc:
                 st.error(str(exc))
     files = exports.get(run_id)
@@ -200,4 +206,4 @@ if tabs[3].open:
         show_embeddings(root, run_id)
 if tabs[4].open:
     with tabs[4]:
-        show_export(store, run_id)
+        show_export(root, run_id)

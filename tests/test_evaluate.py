@@ -19,6 +19,7 @@ from PIL import Image
 
 from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
+from tl_dashboard import explain, export, inference, metrics
 from tl_dashboard.data import DecodedImageCache, scan_images
 from tl_dashboard.engine import TrainConfig
 from tl_dashboard.runs import RunStore
@@ -168,7 +169,7 @@ def test_grad_cam_map_has_image_size_and_is_not_constant(name, size):
     cam = ev.grad_cam(model, _meta(size), img)
     assert cam.shape == (200, 260) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0
-    l, t, r, b = (round(v) for v in ev._crop_box(260, 200, _meta(size)))
+    l, t, r, b = (round(v) for v in explain._crop_box(260, 200, _meta(size)))
     inside = cam[t:b, l:r]
     assert inside.std() > 0.01  # not constant where the model looks
     assert cam[:, :l].max() == 0 and cam[:, r:].max() == 0  # outside the centre crop: nothing
@@ -252,7 +253,7 @@ def test_export_round_trips_agree_with_the_model_on_every_validation_image(run, 
 
 
 def _docstring_snippet() -> str:
-    doc = ev.__doc__
+    doc = export.__doc__
     start = doc.index("order)::\n\n") + len("order)::\n\n")
     return textwrap.dedent(doc[start:doc.index('\n(``pp["interpolation"]``')])
 
@@ -326,8 +327,9 @@ def test_figures_label_their_axes(evaluation):
 
 
 def test_evaluate_draws_nothing_itself():
-    """Figures have one home, charts.py: evaluate.py computes, it never imports plotly."""
-    assert "plotly" not in Path(ev.__file__).read_text()
+    """Figures have one home, charts.py: evaluation computes, it never imports plotly."""
+    for module in (ev, inference, metrics, explain, export):
+        assert "plotly" not in Path(module.__file__).read_text(), module.__name__
 
 
 # ----------------------------------------------------------------------------- page

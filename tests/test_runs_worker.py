@@ -70,12 +70,13 @@ def test_background_run_finishes_and_a_second_queues_behind_it(shapes_dir, tmp_p
     cfg = TrainConfig(data_dir=str(shapes_dir), epochs=2, batch_size=8, image_size=32)
     a = submit_run(store, cfg, label="a")
     b = submit_run(store, cfg, label="b")  # one training process at a time: b waits
+    assert not store.has_checkpoint(b)
     ra = _wait(store, a, ("finished", "failed"))
     rb = _wait(store, b, ("finished", "failed"))
     assert ra["status"] == rb["status"] == "finished", (ra["error"], rb["error"])
     assert rb["started"] >= ra["finished"] - 0.5
     assert len(store.epochs(a)) == 2 and store.steps(a)
-    assert (store.run_dir(a) / "model.safetensors").exists()
+    assert (store.run_dir(a) / "model.safetensors").exists() and store.has_checkpoint(a)
 
 
 @pytest.mark.slow

@@ -373,7 +373,7 @@ def _finished_run(store, run_id: str) -> dict[str, Any]:
     run = store.get_run(run_id)
     if run is None:
         raise CliError(f"No run {run_id!r} in {store.root}. `tl-dashboard runs` lists them.")
-    if not (store.run_dir(run_id) / "model.safetensors").exists():
+    if not store.has_checkpoint(run_id):
         raise CliError(f"Run {run_id} has no checkpoint yet ({run['status']}). Wait for its first epoch or pick another run.")
     return run
 

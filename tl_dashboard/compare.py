@@ -217,7 +217,7 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     if run is None:
         raise KeyError(f"No run {run_id!r} in {store.root}.")
     run_dir = store.run_dir(run_id)
-    if not (run_dir / "model.safetensors").exists():
+    if not store.has_checkpoint(run_id):
         raise ValueError(f"Run {run_id} has no checkpoint yet ({run['status']}); weight drift needs a trained model.")
     config = TrainConfig.from_dict(run["config"])
     try:

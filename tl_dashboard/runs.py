@@ -30,6 +30,8 @@ from .storage import atomic_write_bytes, atomic_write_json  # re-exported: the s
 
 __all__ = ["RunStore", "default_runs_dir", "ACTIVE_STATUSES", "FINAL_STATUSES", "atomic_write_bytes", "atomic_write_json"]
 
+CHECKPOINT = "model.safetensors"  # the trained weights in a run folder (engine.save_checkpoint writes it)
+
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("finished", "stopped", "failed", "interrupted", "cancelled")
 
@@ -179,6 +181,10 @@ class RunStore:
 
     def run_dir(self, run_id: str) -> Path:
         return self.root / run_id
+
+    def has_checkpoint(self, run_id: str) -> bool:
+        """Whether the run has saved a model (``model.safetensors``, written after its first epoch)."""
+        return (self.run_dir(run_id) / CHECKPOINT).is_file()
 
     # -- runs -------------------------------------------------------------------------------
     def create_run(self, config: dict[str, Any], *, label: str = "", group_id: str | None = None,
