@@ -2,13 +2,17 @@
 
 Each page in ``pages/`` is a short script of one idea. The choices they share live in
 ``st.session_state`` under the keys of ``tl_dashboard.ui_state.DEFAULTS``; the runs live in the
-RunStore (``TL_RUNS_DIR`` or ``./runs``), never in the page.
+RunStore (``TL_RUNS_DIR`` or ``./runs``), never in the page. Around every page run the router
+keeps those choices in the store under the visitor's workspace (``?ws=`` in the URL), so a
+reload, a bookmark or a second tab gets exactly the same ones (``tl_dashboard.workspaces``).
 """
 from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import ui_state
+from tl_dashboard import ui_state, workspaces
+from tl_dashboard.runs import RunStore
+from views import workspace
 
 PAGES = Path(__file__).parent / "pages"
 
@@ -25,16 +29,60 @@ MENU = [
 ]
 
 
+def sidebar(store: RunStore, ws_id: str) -> None:
+    """Your name, what the URL means, and the teacher's password box (when the server has one)."""
+    ss = st.session_state
+    ws = workspaces.get_workspace(store, ws_id) or {}
+
+    def rename() -> None:
+        workspaces.rename_workspace(store, ws_id, ss.ws_name)
+
+    def unlock() -> None:
+        typed, ss.admin_typed = ss.admin_typed, ""
+        if workspaces.is_admin(typed):
+            ss[workspace.ADMIN_KEY] = typed
+        else:
+            ss["admin_flash"] = "Wrong teacher password."
+
+    with st.sidebar:
+        ss.ws_name = ws.get("name", "")
+        st.text_input("Your name (optional)", key="ws_name", on_change=rename, max_chars=60,
+                      help="Shown next to your runs on the Runs and Compare pages.")
+        st.caption("This page's address is your workspace: bookmark it to come back to your choices and runs. "
+                   "Anyone with the link can act as you.")
+        if workspaces.admin_configured():
+            if workspace.admin_password(ss):
+                st.success("Teacher mode: you can stop, cancel and delete any run.", icon=":material/school:")
+                st.button("Leave teacher mode", key="admin_leave", on_click=lambda: ss.pop(workspace.ADMIN_KEY, None))
+            else:
+                st.text_input("Teacher password", type="password", key="admin_typed", on_change=unlock,
+                              help="Unlocks stop, cancel and delete of every run, and the queue limit.")
+                if "admin_flash" in ss:
+                    st.error(ss.pop("admin_flash"))
+
+
 def run() -> None:
     st.set_page_config(page_title="TL Dashboard", page_icon=":material/model_training:", layout="wide")
-    ui_state.init_state(st.session_state)
+    ss = st.session_state
+    ui_state.init_state(ss)
+    store = RunStore()
+    ws_id, note = workspace.attach(store, ss, st.query_params.get("ws"))
+    if st.query_params.get("ws") != ws_id:
+        st.query_params["ws"] = ws_id  # the URL is the key: reload, bookmark and a second tab find it
+    workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="in")
+    if note:
+        st.toast(note, icon=":material/info:")
     page = st.navigation([
         st.Page(PAGES / name, title=title, icon=icon, default=(name == "home.py"))
         for name, title, icon in MENU if (PAGES / name).is_file()
     ])
-    if "_deep_link" in st.session_state:  # a page was opened before the router ran: go back to it
-        st.switch_page(st.session_state.pop("_deep_link"))
-    page.run()
+    sidebar(store, ws_id)
+    if "_deep_link" in ss:  # a page was opened before the router ran: go back to it
+        st.switch_page(ss.pop("_deep_link"))
+    try:
+        page.run()
+    finally:  # also when the page calls st.rerun() or st.stop(): what it changed is kept
+        workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="out")
 
 
 if __name__ == "__main__":

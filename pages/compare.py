@@ -10,6 +10,7 @@ from tl_dashboard import ui_state as ui
 from views import present
 from tl_dashboard import formatting as fmt
 from tl_dashboard.runs import RunStore
+from tl_dashboard import workspaces
 
 ss = st.session_state
 ui.require_router(ss, "pages/compare.py", st.switch_page)
@@ -35,7 +36,9 @@ st.title("Compare runs")
 st.caption("Finished and stopped runs from the store, side by side: curves on the same axes, settings in one "
            "table, the freeze-depth sweeps, and how far each block moved from its pretrained weights.")
 
-done = store.list_runs(("finished", "stopped"))
+whose = st.segmented_control("Runs of", ["everyone", "mine"], key="cmp_whose", default="everyone", required=True,
+                             format_func={"everyone": "everyone (read-only)", "mine": "mine"}.get)
+done = workspaces.list_runs(store, ss.get("ws_id"), mine=whose == "mine", status=("finished", "stopped"))
 by_id = {r["id"]: r for r in done}
 sweeps = compare.list_sweeps(store)
 

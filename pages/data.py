@@ -6,13 +6,17 @@ import streamlit as st
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
 from tl_dashboard import data
-from tl_dashboard import importer
+from tl_dashboard import datasets, importer
+from tl_dashboard.errors import UserError
+from tl_dashboard.runs import RunStore
 from tl_dashboard.data import DataError, IMAGE_EXTENSIONS, load_rgb, scan_images
 
 ss = st.session_state
 ui.require_router(ss, "pages/data.py", st.switch_page)
 IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
 ss.setdefault("upload_nonce", 0)
+store = RunStore()
+ws_id = ss.get("ws_id")  # uploads belong to this workspace (views.workspace)
 
 
 @st.cache_data(show_spinner="Scanning and checking every image…", max_entries=32)
@@ -56,13 +60,13 @@ def on_zip() -> None:
     f = ss.get(f"zip_{ss.upload_nonce}")
     if f is None:
         return
-    try:
-        report = importer.import_zip(f.getvalue(), importer.new_upload_dir(importer.safe_name(Path(f.name).stem, "upload")))
-    except (ValueError, OSError, ImportError) as exc:
+    try:  # only a zip that scans as a usable data set replaces the data in use
+        info = datasets.import_zip_upload(store, ws_id, f.getvalue(), f.name)
+    except (UserError, ValueError, OSError, ImportError) as exc:
         flash("error", f"Could not import {f.name}: {exc}")
     else:
-        use_folder(report.root, f"Imported {len(report.written)} images from {f.name} into `{report.root}`"
-                   + (f" ({len(report.skipped)} file(s) skipped)." if report.skipped else "."))
+        use_folder(info["path"], f"Imported {info['written']} images in {info['classes']} classes from {f.name} "
+                   f"into `{info['path']}`" + (f" ({info['skipped']} file(s) skipped)." if info["skipped"] else "."))
     ss.upload_nonce += 1  # a fresh, empty uploader
 
 
@@ -82,17 +86,14 @@ def on_folder_upload() -> None:
         flash("error", "The uploaded folder has no class sub-folders: pick the folder that holds one "
                        "sub-folder of images per class.")
     else:
-        try:
-            root = importer.new_upload_dir(importer.safe_name(Path(files[0].name).parts[0], "upload"))
-            written = skipped = 0
-            for cls, items in by_class.items():
-                report = importer.save_images(items, root / cls)
-                written, skipped = written + len(report.written), skipped + len(report.skipped)
-        except (ValueError, OSError, ImportError) as exc:
-            flash("error", f"Could not save the uploaded folder: {exc}")
+        try:  # only a folder that scans as a usable data set replaces the data in use
+            info = datasets.import_folder_upload(store, ws_id, by_class, Path(files[0].name).parts[0])
+        except (UserError, ValueError, OSError, ImportError) as exc:
+            flash("error", f"Could not use the uploaded folder: {exc}")
         else:
-            use_folder(root, f"Saved {written} images in {len(by_class)} classes into `{root}`"
-                       + (f"; {skipped + loose} file(s) skipped." if skipped + loose else "."))
+            skipped = info["skipped"] + loose
+            use_folder(info["path"], f"Saved {info['written']} images in {info['classes']} classes into "
+                       f"`{info['path']}`" + (f"; {skipped} file(s) skipped." if skipped else "."))
     ss.upload_nonce += 1
 
 
@@ -111,9 +112,18 @@ def on_folder() -> None:
 
 
 def on_reuse() -> None:
-    name = ss.get("reuse_dataset")
-    if name:
-        use_folder(importer.datasets_dir() / name, f"Using the data set `{name}`.")
+    path = ss.get("reuse_dataset")
+    if path:
+        use_folder(path, f"Using the data set `{Path(path).name}`.")
+
+
+def use_built(root: Path) -> None:
+    try:  # registered (and offered again) only when it scans as usable
+        datasets.register_dataset(store, root, ws_id, root.name, val_fraction=float(ss.val_fraction))
+    except UserError as exc:
+        flash("error", f"{exc} The data is still {Path(ss.data_dir).name}.")
+    else:
+        use_folder(root, f"Using your data set `{root.name}`.")
 
 
 # -- build your own ----------------------------------------------------------------------------
@@ -196,7 +206,7 @@ def builder() -> None:
     ready = len(classes) >= 2 and all(n >= 2 for n in counts.values())
     b1, b2 = st.columns([1, 3], vertical_alignment="center")
     b1.button("Train with this data set", type="primary", disabled=not ready, key="build_use",
-              on_click=use_folder, args=(root, f"Using your data set `{root.name}`."))
+              on_click=use_built, args=(root,))
     b2.caption("Needs at least 2 classes with 2 images each; 20+ per class works much better."
                if not ready else "Each class gets a fifth of its images held out for validation.")
     st.button("Start another data set", key="build_reset", type="tertiary",
@@ -219,12 +229,13 @@ elif source == "folder":
     st.text_input("Folder on this server", help="An absolute path, or relative to where the app was started. "
                   "Press Enter to use it.", key="w_data_dir", on_change=on_folder)
     try:
-        earlier = sorted(p.name for p in importer.datasets_dir().iterdir() if p.is_dir())
-    except (ImportError, OSError):
-        earlier = []
+        earlier = {d["path"]: f"{d['name']} · {d['classes']} classes · {d['images']} images"
+                   for d in datasets.list_datasets(store, ws_id)}
+    except OSError:
+        earlier = {}
     if earlier:
-        st.selectbox("Or reuse a data set uploaded or built earlier", earlier, index=None, key="reuse_dataset",
-                     placeholder="pick one", on_change=on_reuse)
+        st.selectbox("Or reuse a data set you uploaded or built earlier", list(earlier), index=None,
+                     key="reuse_dataset", format_func=earlier.get, placeholder="pick one", on_change=on_reuse)
 elif source == "upload":
     z, d = st.columns(2)
     z.file_uploader("A zip of class folders", type=["zip"], key=f"zip_{ss.upload_nonce}", on_change=on_zip,

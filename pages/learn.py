@@ -10,11 +10,15 @@ from tl_dashboard import formatting as fmt
 from tl_dashboard import data
 from tl_dashboard.layers import Block, LayersError, describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard.worker import request_stop, reap
+from tl_dashboard import workspaces
+from tl_dashboard.errors import UserError
+from tl_dashboard.worker import reap
+from views import workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/learn.py", st.switch_page)
 store = RunStore()
+ws_id, admin_pw = workspace.me(ss)
 reap(store)
 
 
@@ -33,8 +37,8 @@ def queue(freezes: list[str]) -> None:
     cfg = ui.config_from_state(ss)
     cfg.data_dir = str(data_folder())
     try:
-        group, ids = compare.queue_sweep(store, cfg, freezes, from_scratch=True)
-    except (ValueError, OSError) as exc:
+        group, ids = workspaces.submit_sweep(store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw)
+    except (ValueError, OSError, UserError) as exc:
         ss["learn_flash"] = ("error", f"Not queued: {exc}")
         return
     ss.learn_group = group
@@ -42,8 +46,17 @@ def queue(freezes: list[str]) -> None:
                                     "you can leave this page or reload it.")
 
 
+def stop(run_id: str) -> None:
+    try:  # checked in the core: your own runs only, unless you are the teacher
+        workspaces.stop_run(store, run_id, ws_id, admin_pw)
+    except (KeyError, UserError) as exc:
+        ss["learn_flash"] = ("error", f"Not stopped: {exc}")
+
+
 def current_group() -> str | None:
-    sweeps = compare.list_sweeps(store)
+    """Your latest sweep (other people's sweeps are on Compare)."""
+    my_groups = {r.get("group_id") for r in workspaces.list_runs(store, ws_id, mine=True)}
+    sweeps = [g for g in compare.list_sweeps(store) if g["group_id"] in my_groups]
     ids = {g["group_id"] for g in sweeps}
     if ss.get("learn_group") in ids:
         return ss.learn_group
@@ -154,11 +167,11 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
             prog = present.progress_info(run, store.steps(p["run_id"])[-60:], run["config"].get("batch_size"))
             c2.progress(prog["fraction"], text=f"running · {prog['text']}")
             c3.button("Stop", key=f"learn_stop_{p['run_id']}", icon=":material/stop:",
-                      on_click=request_stop, args=(store, p["run_id"]))
+                      on_click=stop, args=(p["run_id"],))
         elif p["status"] == "queued":
             c2.markdown(":gray-badge[queued] waiting for the runs before it")
             c3.button("Cancel", key=f"learn_cancel_{p['run_id']}", icon=":material/close:",
-                      on_click=request_stop, args=(store, p["run_id"]))
+                      on_click=stop, args=(p["run_id"],))
         else:
             acc = "" if p["best_val_accuracy"] is None else f" · best val accuracy **{p['best_val_accuracy']:.1%}**"
             secs = "" if p["train_seconds"] is None else f" · {fmt.format_seconds(p['train_seconds'])}"

@@ -6,19 +6,23 @@ from tl_dashboard import ui_state as ui
 from views import present
 from tl_dashboard import formatting as fmt
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard.worker import request_stop, reap
+from tl_dashboard import workspaces
+from tl_dashboard.errors import UserError
+from tl_dashboard.worker import reap
+from views import workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/runs.py", st.switch_page)
 store = RunStore()
+ws_id, admin_pw = workspace.me(ss)
 reap(store)
 any_active = bool(store.list_runs(ACTIVE_STATUSES))
 
 
 def delete(run_id: str) -> None:
-    try:
-        store.delete_run(run_id)
-    except (KeyError, ValueError) as exc:
+    try:  # checked in the core: your own runs only, unless you are the teacher
+        workspaces.delete_run(store, run_id, ws_id, admin_pw)
+    except (KeyError, ValueError, UserError) as exc:
         ss["runs_flash"] = ("error", f"Not deleted: {exc}")
     else:
         ss["runs_flash"] = ("success", f"Deleted run {run_id} and its files.")
@@ -26,8 +30,18 @@ def delete(run_id: str) -> None:
             ss.run_id = None
 
 
+def stop(run_id: str) -> None:
+    try:
+        workspaces.stop_run(store, run_id, ws_id, admin_pw)
+    except (KeyError, UserError) as exc:
+        ss["runs_flash"] = ("error", f"Not stopped: {exc}")
+
+
 st.title("Runs")
-st.caption(f"Every run in the store at `{store.root.resolve()}`, newest first.")
+st.caption(f"Everyone's runs in the store at `{store.root.resolve()}`, newest first. Other people's runs are "
+           "read-only; yours can be stopped and deleted.")
+st.segmented_control("Show", ["everyone", "mine"], format_func={"everyone": "Everyone's runs", "mine": "My runs"}.get,
+                     key="runs_whose", default="everyone", required=True)
 if "runs_flash" in ss:
     kind, text = ss.pop("runs_flash")
     getattr(st, kind)(text)
@@ -35,15 +49,16 @@ if "runs_flash" in ss:
 
 @st.fragment(run_every=2.0 if any_active else None)
 def runs_view(was_active: bool) -> None:
-    runs = store.list_runs()
+    runs = workspaces.list_runs(store, ws_id, mine=ss.get("runs_whose") == "mine")
     if was_active and not any(r["status"] in ACTIVE_STATUSES for r in runs):
         st.rerun()
     if not runs:
-        st.info("No runs yet. Start one on the Train page.")
+        st.info("No runs yet. Start one on the Train page." if ss.get("runs_whose") != "mine" else
+                "You have no runs yet. Start one on the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/play_circle:")
         return
     st.dataframe(
-        present.run_rows(runs), hide_index=True, key="runs_table",
+        present.run_rows(runs, me=ws_id, names=workspaces.names(store)), hide_index=True, key="runs_table",
         column_config={
             "id": st.column_config.TextColumn("run id"),
             "trainable params": st.column_config.NumberColumn(format="compact"),
@@ -78,9 +93,12 @@ def runs_view(was_active: bool) -> None:
             or "(empty)", language=None)
 
     st.markdown("**Manage**")
-    if run["status"] in ACTIVE_STATUSES:
-        st.button("Stop this run", key="runs_stop", icon=":material/stop:",
-                  on_click=lambda: request_stop(store, run_id))
+    if not workspaces.can_manage(run, ws_id, admin_pw):
+        st.caption("Read-only: this run belongs to someone else" + ("" if run.get("workspace") else
+                   " (it was made before workspaces, or by the command line)") + ". Only its owner or the teacher "
+                   "can stop or delete it.")
+    elif run["status"] in ACTIVE_STATUSES:
+        st.button("Stop this run", key="runs_stop", icon=":material/stop:", on_click=stop, args=(run_id,))
         st.caption("A run that is queued or training cannot be deleted; stop it first.")
     else:
         sure = st.checkbox(f"Yes, delete run {run_id} with its checkpoint and metrics", key=f"runs_confirm_{run_id}")

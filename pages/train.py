@@ -13,11 +13,15 @@ from tl_dashboard.backbones import describe_backbone
 from tl_dashboard.engine import available_devices
 from tl_dashboard.layers import describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard.worker import request_stop, submit_run, reap
+from tl_dashboard.errors import UserError
+from tl_dashboard import fairqueue, workspaces
+from tl_dashboard.worker import reap
+from views import workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/train.py", st.switch_page)
 store = RunStore()
+ws_id, admin_pw = workspace.me(ss)
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
@@ -26,7 +30,11 @@ def start() -> None:
     if not Path(cfg.data_dir).is_dir():
         ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
         return
-    ss.run_id = submit_run(store, cfg, label=ss.run_label.strip() or present.default_label(ss))
+    try:
+        ss.run_id = workspaces.submit(store, cfg, ws_id, label=ss.run_label.strip() or present.default_label(ss),
+                                      admin_password=admin_pw)
+    except UserError as exc:  # QueueFull on a shared server
+        ss["train_flash"] = ("error", str(exc))
 
 
 def start_sweep(depths: list[str]) -> None:
@@ -34,20 +42,31 @@ def start_sweep(depths: list[str]) -> None:
     if not Path(cfg.data_dir).is_dir():
         ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
         return
-    group, ids = compare.queue_sweep(store, cfg, depths, label_prefix="sweep ")
+    try:
+        group, ids = workspaces.submit_sweep(store, cfg, depths, ws_id, label_prefix="sweep ", admin_password=admin_pw)
+    except (UserError, ValueError) as exc:
+        ss["train_flash"] = ("error", str(exc))
+        return
     ss.run_id = ids[0]
     ss["train_flash"] = ("success", f"Queued {len(ids)} runs ({', '.join(layers.freeze_label(d) for d in depths)}). "
                                     "They train one after another; compare them on the Compare page.")
 
 
 def stop(run_id: str) -> None:
-    status = request_stop(store, run_id)
+    try:  # checked in the core: only your own runs, unless you are the teacher
+        status = workspaces.stop_run(store, run_id, ws_id, admin_pw)
+    except (UserError, KeyError) as exc:
+        ss["train_flash"] = ("error", f"Not stopped: {exc}")
+        return
     ss["train_flash"] = ("info", "Stopping after the current batch…" if status == "running" else f"Run {status}.")
 
 
 reap(store)
-current = present.pick_current_run(store.list_runs(), ss.run_id)
+mine = workspaces.list_runs(store, ws_id, mine=True)  # the Train page shows YOUR runs only
+running_mine = [r for r in mine if r["status"] == "running"]
+current = running_mine[0] if running_mine else present.pick_current_run(mine, ss.run_id)
 active = bool(current and current["status"] in ACTIVE_STATUSES)
+any_queued = any(r["status"] == "queued" for r in mine)
 
 st.title("Train")
 settings, live = st.columns([2, 3], gap="large")
@@ -71,12 +90,14 @@ with settings:
     data_ok = data.class_folder_count(ss.data_dir) >= 2
     if not data_ok:
         st.error(f"The data folder {ss.data_dir} has fewer than two class folders. Choose the data on the Data page.")
-    b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=active or not data_ok,
-              on_click=start, key="start_training", width="stretch")
-    b2.button("Stop", icon=":material/stop:", disabled=not active, key="stop_training", width="stretch",
+    b1.button("Start training", type="primary", icon=":material/play_arrow:", disabled=not data_ok,
+              on_click=start, key="start_training", width="stretch",
+              help="Queues a run with these choices; runs of everyone on this server take turns.")
+    b2.button("Stop" if not current or current["status"] != "queued" else "Cancel", icon=":material/stop:",
+              disabled=not active, key="stop_training", width="stretch",
               on_click=stop, args=(current["id"] if current else "",))
     if active:
-        st.caption("A run is in progress; Start is available again when it ends.")
+        st.caption("Your run is in progress; Start queues another one after it.")
     if "train_flash" in ss:
         kind, text = ss.pop("train_flash")
         getattr(st, kind)(text)
@@ -207,12 +228,55 @@ def show_curves(run_id: str) -> None:
         st.code("\n".join(f"{fmt.format_time(r['time'])} {r['level']:5} {r['message']}"
                           for r in store.logs(run_id)[-30:]) or "(empty)", language=None)
 
+@st.fragment(run_every=2.0 if any_queued else None)
+def show_queue(was_queued: bool) -> None:
+    """Your queued runs with their place in line and an estimated wait; the server's load in one line."""
+    waiting = fairqueue.queue_view(store, ws_id)
+    if was_queued and not waiting:
+        st.rerun()
+    everyone = fairqueue.queue_view(store)
+    n_running = len(store.list_runs("running"))
+    people = len({q["workspace"] for q in everyone})
+    st.caption(f"Server: {n_running} run(s) training (at most {fairqueue.max_running()} at once), "
+               f"{len(everyone)} queued from {people} workspace(s). Queued runs take turns across people.")
+    if not waiting:
+        return
+    st.markdown("**Your queued runs**")
+    labels = {r["id"]: r.get("label") or r["id"] for r in mine}
+    for q in waiting:
+        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        wait = "starts next" if q["ahead"] == 0 else f"{q['ahead']} run(s) ahead"
+        eta = "" if q["wait_s"] is None else f" · starts in about {fmt.format_seconds(q['wait_s'])}"
+        c1.markdown(f"{labels.get(q['id'], q['id'])} · place **{q['position']}** in line ({wait}){eta}")
+        c2.button("Cancel", key=f"cancel_{q['id']}", icon=":material/close:", on_click=stop, args=(q["id"],))
+
+
+def teacher_controls() -> None:
+    """Every active run with a Stop button, and the per-person queue limit (teacher mode only)."""
+    names = workspaces.names(store)
+    with st.expander("Teacher controls: every queued or training run", expanded=True, icon=":material/school:"):
+        others = store.list_runs(ACTIVE_STATUSES)
+        if not others:
+            st.caption("Nothing is queued or training.")
+        for r in others:
+            c1, c2 = st.columns([5, 1], vertical_alignment="center")
+            c1.markdown(f"{r.get('label') or r['id']} · {present.owner_text(r, ws_id, names)} · {r['status']}")
+            c2.button("Stop" if r["status"] == "running" else "Cancel", key=f"teacher_stop_{r['id']}",
+                      icon=":material/stop:", on_click=stop, args=(r["id"],))
+        ss.teacher_limit = fairqueue.max_queued_per_workspace(store)
+        st.number_input("Queued runs per person (0 = no limit)", 0, 100, step=1, key="teacher_limit",
+                        on_change=lambda: fairqueue.set_max_queued_per_workspace(store, int(ss.teacher_limit)))
+
+
 with live:
+    if admin_pw:
+        teacher_controls()
+    show_queue(any_queued)
     if current is None:
-        st.info("No runs yet. Check your choices on the left and press **Start training**: with the sample set "
+        st.info("No runs yet in your workspace. Check your choices on the left and press **Start training**: with the sample set "
                 "and the default linear probe the first curves appear within seconds.")
     else:
-        title = "Current run" if active else ("Your last run" if current["id"] == ss.run_id else "Latest run")
+        title = "Your current run" if active else "Your last run"
         st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
                     f"{fmt.format_time(current.get('started') or current['created'])}")
         show_status(current["id"], active)

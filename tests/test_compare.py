@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tl_dashboard import charts, compare, worker
+from tl_dashboard import charts, compare, worker, workspaces
 from tl_dashboard.engine import TrainConfig
 from tl_dashboard.runs import RunStore
 
@@ -152,12 +152,16 @@ def test_queue_sweep_in_order_one_group_survives_restart(tmp_path, monkeypatch):
 
 
 # -- pages ------------------------------------------------------------------------------------------
-def open_page(page: str, runs_dir: Path, monkeypatch) -> AppTest:
-    """The router first (as a browser), then ``pages/<page>.py``, with the store at ``runs_dir``."""
+def open_page(page: str, runs_dir: Path, monkeypatch, ws: str | None = None) -> AppTest:
+    """The router first (as a browser), then ``pages/<page>.py``, with the store at ``runs_dir``
+    (``ws``: in that workspace, as its link would open it)."""
     monkeypatch.setenv("TL_RUNS_DIR", str(runs_dir))
     monkeypatch.setenv("TL_OFFLINE", "1")
     monkeypatch.chdir(REPO)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90).run()
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    if ws:
+        at.query_params["ws"] = ws
+    at.run()
     at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -190,7 +194,11 @@ def test_compare_page_empty_store_says_what_to_do(tmp_path, monkeypatch):
 
 def test_learn_page_queues_sweep_and_cancels(trained, tmp_path, monkeypatch):
     store, _, _ = trained
-    at = open_page("learn", store.root, monkeypatch)
+    assert "No sweep yet" in open_page("learn", store.root, monkeypatch).info[0].value  # not someone else's
+    ws = workspaces.create_workspace(store)
+    with store._tx() as con:  # the sweep-test runs are this workspace's
+        con.execute("UPDATE runs SET workspace=? WHERE group_id='sweep-test'", (ws,))
+    at = open_page("learn", store.root, monkeypatch, ws=ws)
     assert at.button(key="learn_queue") is not None
     plan = at.dataframe[0].value
     assert list(plan["run"]) == ["freeze=head", "freeze=7", "freeze=4", "freeze=none", "from scratch"]

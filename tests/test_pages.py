@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from tl_dashboard import charts, data, layers, ui_state
+from tl_dashboard import charts, data, layers, ui_state, workspaces
 from tl_dashboard.layers import Block
 from tl_dashboard.runs import RunStore
 from views import present
@@ -35,10 +35,15 @@ def env(tmp_path, monkeypatch):
     return tmp_path
 
 
-def open_page(page: str | None = None, at: AppTest | None = None) -> AppTest:
-    """Run the app (router first, as a browser would), then switch to ``pages/<page>.py``."""
+def open_page(page: str | None = None, at: AppTest | None = None, ws: str | None = None) -> AppTest:
+    """Run the app (router first, as a browser would), then switch to ``pages/<page>.py``.
+
+    ``ws``: open that workspace's link (``?ws=...``), as a bookmark or a second tab would.
+    """
     if at is None:
         at = AppTest.from_file(APP, default_timeout=60)
+        if ws:
+            at.query_params["ws"] = ws
         at.run()
     if page:
         at.switch_page(f"pages/{page}.py")
@@ -162,6 +167,30 @@ def test_data_page_zip_upload_becomes_the_data(env):
     data_dir = Path(at.session_state["data_dir"])
     assert data_dir.is_relative_to(env / "datasets") and sorted(p.name for p in data_dir.iterdir()) == ["cats", "dogs"]
     assert [m.value for m in at.metric][0] == "2"
+
+
+def test_data_page_failed_upload_keeps_the_data_and_is_not_offered_again(env):
+    def zipped(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for name, blob in files.items():
+                zf.writestr(name, blob)
+        return buf.getvalue()
+
+    at = open_page("data")
+    at.button_group(key="w_data_source").set_value("upload").run()
+    good = zipped({f"pets/{c}/{i}.png": png(col) for c, col in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
+                   for i in range(3)})
+    at.file_uploader(key="zip_0").set_value(("pets.zip", good, "application/zip")).run()
+    in_use = at.session_state["data_dir"]
+    for n, bad in enumerate([zipped({"notes.txt": b"no images"}), zipped({"cats/1.png": png(), "cats/2.png": png()})]):
+        at.file_uploader(key=f"zip_{n + 1}").set_value(("bad.zip", bad, "application/zip")).run()
+        assert not at.exception and "data in use is unchanged" in texts(at, "error")
+        assert at.session_state["data_dir"] == in_use
+    at.button_group(key="w_data_source").set_value("folder").run()
+    options = at.selectbox(key="reuse_dataset").options
+    assert options == ["pets · 2 classes · 6 images"]  # the zip's class folders, not failed uploads
+    assert Path(in_use).name == "pets"
 
 
 def test_data_page_folder_upload_keeps_class_folders(env):
@@ -316,21 +345,28 @@ def test_train_page_unfreeze_schedule_reaches_the_config(env):
 
 def test_train_page_shows_failed_run_error(env):
     store = RunStore()
-    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 3}, label="broken")
+    ws = workspaces.create_workspace(store)
+    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 3}, label="broken", workspace=ws)
     store.finish_run(run_id, "failed", error="Data folder not found: /nowhere. Pick an existing folder.")
-    at = open_page("train")
+    at = open_page("train", ws=ws)
     assert "failed: Data folder not found: /nowhere" in texts(at, "error")
     assert not at.button(key="start_training").disabled
 
 
 def test_a_live_run_survives_a_new_session(env):
-    """A second browser (a fresh session) sees the active run from the store, with Stop enabled."""
+    """A second browser on the same workspace link sees its active run from the store, with Stop enabled;
+    a browser in another workspace does not see it as its own and cannot stop it."""
     store = RunStore()
-    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 2}, label="elsewhere", status="running")
+    ws = workspaces.create_workspace(store)
+    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 2}, label="elsewhere", status="running",
+                              workspace=ws)
     store.heartbeat(run_id, {"epoch": 1, "epochs": 2, "step": 3, "total_steps": 10})
-    at = open_page("train")
-    assert "Current run" in texts(at, "markdown") and "elsewhere" in texts(at, "markdown")
-    assert at.button(key="start_training").disabled and not at.button(key="stop_training").disabled
+    other = open_page("train")  # a first visit: a workspace of its own
+    assert other.query_params["ws"] != [ws] and "elsewhere" not in texts(other, "markdown")
+    assert other.button(key="stop_training").disabled
+    at = open_page("train", ws=ws)
+    assert "Your current run" in texts(at, "markdown") and "elsewhere" in texts(at, "markdown")
+    assert not at.button(key="start_training").disabled and not at.button(key="stop_training").disabled
     assert at.progress[0].value == 30  # percent
     at.button(key="stop_training").click().run()
     assert store.stop_requested(run_id)
@@ -371,10 +407,14 @@ def test_train_a_real_run_then_find_and_delete_it_on_runs_page(env):
 
 def test_runs_page_never_deletes_an_active_run(env):
     store = RunStore()
-    done = store.create_run({"model": "resnet18"}, label="done")
+    ws = workspaces.create_workspace(store)
+    done = store.create_run({"model": "resnet18"}, label="done", workspace=ws)
     store.finish_run(done, "stopped")
-    active = store.create_run({"model": "efficientnet_lite0"}, label="waiting")  # queued
-    at = open_page("runs")
+    active = store.create_run({"model": "efficientnet_lite0"}, label="waiting", workspace=ws)  # queued
+    stranger = open_page("runs")  # everyone's runs are visible, read-only
+    assert len(stranger.dataframe[0].value) == 2 and list(stranger.dataframe[0].value["owner"]) == ["someone"] * 2
+    assert not any(b.key in ("runs_stop", "runs_delete") for b in stranger.button)
+    at = open_page("runs", ws=ws)
     assert len(at.dataframe[0].value) == 2
     assert at.selectbox(key="runs_pick").value == active
     assert at.button(key="runs_stop") and not any(b.key == "runs_delete" for b in at.button)

@@ -47,7 +47,7 @@ __all__ = [
 
 # The rows of the comparison table, in display order.
 COMPARE_FIELDS = (
-    "data", "model", "weights source", "freeze plan", "trainable params", "BN mode", "learning rate",
+    "data", "data set", "model", "weights source", "freeze plan", "trainable params", "BN mode", "learning rate",
     "batch size", "augmentation", "image size", "seed", "epochs", "best val accuracy", "time per epoch",
     "total time",
 )
@@ -92,6 +92,14 @@ def _total_time(run: Mapping[str, Any]) -> float | None:
     return None
 
 
+def _data_set_text(run: Mapping[str, Any]) -> str:
+    """Name, image count and the start of the content fingerprint (same text: same images)."""
+    from .datasets import dataset_label
+
+    fp = str((run.get("dataset") or {}).get("fingerprint") or "")
+    return dataset_label(run) + (f" · {fp[:8]}" if fp else "")
+
+
 def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
     c, s = run.get("config") or {}, run.get("summary") or {}
     best = s.get("best_val_accuracy")
@@ -105,6 +113,7 @@ def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | 
     trainable = s.get("trainable_params")
     return {
         "data": str(c.get("data_dir", "")),
+        "data set": _data_set_text(run),
         "model": str(c.get("model", "")),
         "weights source": str(weights) + (" (random init)" if weights == "none" else ""),
         "freeze plan": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),

@@ -61,11 +61,12 @@ __all__ = [
     "submit_sweep",
     "sync_state",
     "valid_workspace_id",
+    "names",
 ]
 
 ADMIN_ENV = "TL_ADMIN_PASSWORD"
 _ID_RE = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_SNAPSHOT = "_ws_snapshot"  # the choices as last read from / written to the store, in the session
+_SNAPSHOT = "_ws_snapshot:"  # + workspace id: the choices as last read from / written to the store
 
 
 class NotYourRun(UserError, PermissionError):
@@ -137,6 +138,11 @@ def rename_workspace(store: RunStore, ws_id: str, name: str) -> None:
         raise UnknownWorkspace(f"No workspace {ws_id!r} in this store; open the dashboard without ?ws= for a new one.")
 
 
+def names(store: RunStore) -> dict[str, str]:
+    """``{workspace id: display name}`` of the workspaces that have one."""
+    return {r["id"]: r["name"] for r in store._query("SELECT id, name FROM workspaces WHERE name != ''")}
+
+
 def load_state(store: RunStore, ws_id: str) -> dict[str, Any]:
     """The choices stored for a workspace (``{}`` for a new or unknown one)."""
     ws = get_workspace(store, ws_id)
@@ -170,8 +176,8 @@ def sync_state(store: RunStore, ws_id: str, state: MutableMapping[str, Any], key
     Returns:
         The keys copied (``in``) or stored (``out``).
     """
-    keys = list(keys)
-    snap: dict[str, Any] = state.get(_SNAPSHOT) if isinstance(state.get(_SNAPSHOT), dict) else {}
+    keys, skey = list(keys), _SNAPSHOT + ws_id
+    snap: dict[str, Any] = state.get(skey) if isinstance(state.get(skey), dict) else {}
     if phase == "in":
         stored = load_state(store, ws_id)
         moved = [k for k in keys if k in stored and (k not in snap or stored[k] != snap[k])]
@@ -179,13 +185,13 @@ def sync_state(store: RunStore, ws_id: str, state: MutableMapping[str, Any], key
             state[k] = stored[k]
         missing = {k: state[k] for k in keys if k in state and k not in stored}
         save_state(store, ws_id, missing)  # a new workspace (or a new key) stores the session's values once
-        state[_SNAPSHOT] = {**snap, **{k: stored[k] for k in keys if k in stored}, **missing}
+        state[skey] = {**snap, **{k: stored[k] for k in keys if k in stored}, **missing}
         return moved
     if phase != "out":
         raise ValueError(f"phase={phase!r}; use 'in' or 'out'.")
     changed = {k: state[k] for k in keys if k in state and (k not in snap or snap[k] != state[k])}
     save_state(store, ws_id, changed)
-    state[_SNAPSHOT] = {**snap, **changed}
+    state[skey] = {**snap, **changed}
     return list(changed)
 
 
@@ -264,9 +270,10 @@ def submit(store: RunStore, config: TrainConfig, ws_id: str | None, *, label: st
 
 
 def submit_sweep(store: RunStore, base: TrainConfig, depths: list[str], ws_id: str | None, *,
-                 label_prefix: str = "", admin_password: str | None = None, start: bool = True) -> tuple[str, list[str]]:
-    """:func:`tl_dashboard.compare.queue_sweep` for a workspace, within its queue limit."""
+                 admin_password: str | None = None, **kwargs: Any) -> tuple[str, list[str]]:
+    """:func:`tl_dashboard.compare.queue_sweep` (same keyword arguments) for a workspace, within its queue limit."""
     from . import compare, fairqueue
 
-    fairqueue.check_queue_limit(store, ws_id, len(set(depths)), admin=is_admin(admin_password))
-    return compare.queue_sweep(store, base, depths, label_prefix=label_prefix, start=start, workspace=ws_id)
+    n = len(set(map(str, depths))) + (1 if kwargs.get("from_scratch") else 0)
+    fairqueue.check_queue_limit(store, ws_id, n, admin=is_admin(admin_password))
+    return compare.queue_sweep(store, base, depths, workspace=ws_id, **kwargs)

@@ -13,7 +13,7 @@ from tl_dashboard.layers import freeze_label
 
 __all__ = [
     "WEIGHT_COLOURS", "ACTIVE", "pick_current_run", "progress_info", "status_message", "feature_cache_note",
-    "run_duration", "run_rows", "default_label", "run_title",
+    "run_duration", "run_rows", "owner_text", "default_label", "run_title",
 ]
 
 # Badge colour per weights source (describe_backbone()["weights_source"]).
@@ -150,8 +150,21 @@ def _plan_label(run: Mapping[str, Any]) -> str:
     return str(s.get("freeze_label") or freeze_label(c.get("freeze", "head")))
 
 
-def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> list[dict[str, Any]]:
-    """One display row per run for the Runs table."""
+def owner_text(run: Mapping[str, Any], me: str | None, names: Mapping[str, str] | None = None) -> str:
+    """Whose run: 'you', the owner's display name, 'someone' or '-' (no owner: made before workspaces)."""
+    ws = run.get("workspace")
+    if not ws:
+        return "-"
+    if ws == me:
+        return "you"
+    return (names or {}).get(ws) or "someone"
+
+
+def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me: str | None = None,
+             names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """One display row per run for the Runs table (``me``: this visitor's workspace id)."""
+    from tl_dashboard.datasets import dataset_label
+
     rows = []
     for r in runs:
         c, s = r.get("config") or {}, r.get("summary") or {}
@@ -160,6 +173,8 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None) -> lis
         rows.append({
             "status": r.get("status"),
             "label": r.get("label") or "",
+            "owner": owner_text(r, me, names),
+            "data set": dataset_label(r),
             "model": c.get("model", ""),
             "freeze plan": _plan_label(r),
             "trainable params": s.get("trainable_params"),
@@ -188,6 +203,9 @@ def run_title(run: Mapping[str, Any], *, accuracy: bool = False) -> str:
         parts.append(model)
     if plan not in name:
         parts.append(plan)
+    data_name = str((run.get("dataset") or {}).get("name") or "")
+    if data_name and data_name not in name:
+        parts.append(data_name)
     if run.get("status") and run["status"] != "finished":
         parts.append(str(run["status"]))
     best = summ.get("best_val_accuracy")
