@@ -1,6 +1,7 @@
 """The ``tl-dashboard`` command: everything the UI does, scriptable.
 
 Subcommands: ``app``, ``train``, ``sweep``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``.
+Label review and data efficiency (:mod:`.cli_peers`): ``label-issues``, ``data-curve``.
 Errors exit with status 2 and one line naming the problem and the fix, never a traceback.
 Also runs as ``python -m tl_dashboard.cli``.
 """
@@ -112,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average 10 flips and crops (top_k_plain = without)")
     p.add_argument("--json", action="store_true")
     _add_runs_dir(p)
 
@@ -132,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("archive", type=Path)
     p.add_argument("--into", type=Path, default=None, help="a new folder (default: a fresh folder under ./datasets)")
     p.add_argument("--json", action="store_true")
+
+    from . import cli_peers
+
+    cli_peers.add_parsers(sub, _add_train_options)
     return ap
 
 
@@ -386,9 +392,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     missing = [p for p in args.images if not p.is_file()]
     if missing:
         raise CliError(f"Image not found: {missing[0]}.")
-    preds = predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k, cam=False)
-    rows = [{"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in pr.top]}
-            for p, pr in zip(args.images, preds)]
+    if args.tta:
+        from .tta import predict_tta
+
+        preds = [(t["top_k"], t["top_k_plain"]) for t in predict_tta(store.run_dir(args.run_id), [str(p) for p in args.images], args.top_k)]
+    else:
+        preds = [(pr.top, None) for pr in predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k, cam=False)]
+    rows = [{"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in top]}
+            | ({"top_k_plain": [{"label": c, "prob": round(float(q), 6)} for c, q in plain]} if plain else {})
+            for p, (top, plain) in zip(args.images, preds)]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -458,10 +470,16 @@ _COMMANDS = {"cache": cmd_cache, "app": cmd_app, "train": cmd_train, "sweep": cm
              "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
 
 
+def _command(name: str):
+    from . import cli_peers
+
+    return _COMMANDS.get(name) or cli_peers.COMMANDS[name]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        return _command(args.command)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

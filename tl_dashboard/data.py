@@ -25,6 +25,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Union
 
 from PIL import Image, ImageFile, ImageOps
 
+from .curation import filter_excluded
 from .errors import UserError
 from .imageops import _RESAMPLE, resize_center_square, resized_size, to_rgb  # noqa: F401  (re-exported)
 
@@ -458,6 +459,8 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, m
 
     files: list[Path] = []
     _walk(root, root_real, files, skipped)
+    files, excluded = filter_excluded(root, files)  # label review: .tl-exclude.json in the data folder
+    skipped.extend(Skipped(f, "excluded in label review (.tl-exclude.json)") for f in excluded)
     jobs: list[tuple[str, str, Path]] = []
     for f in files:
         where = _place(f.relative_to(root).parts, presplit)
