@@ -43,14 +43,19 @@ TRAIN = PALETTE[0]  # blue: train split / train curves
 VAL = PALETTE[2]  # orange-red: validation split / validation curves
 BN_STATS = PALETTE[4]  # green: BatchNorm running statistics
 
-_LEGEND_ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0)
-_LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.2, xanchor="center", x=0.5)
+# Legends sit under the plot, left-aligned: they never meet the title (top left) or plotly's
+# toolbar (top right, shown on hover), and a long legend on a narrow chart wraps downwards.
+_LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.16, xanchor="left", x=0, yref="paper")
+# The toolbar keeps only what helps here: download, zoom, pan, reset (four icons, top right).
+_MODEBAR = dict(remove=["select2d", "lasso2d", "zoomin", "zoomout", "autoscale", "togglespikelines",
+                        "hoverclosest", "hovercompare"])
 
 
-def _layout(top: int = 48, legend: Mapping[str, Any] = _LEGEND_ABOVE, hovermode: str = "closest") -> dict[str, Any]:
-    """The layout every chart shares: thin margins (``top`` leaves room for a title and subtitle), a
-    horizontal legend (above the plot on the right, or :data:`_LEGEND_BELOW`), and the hover mode."""
-    return dict(margin=dict(l=10, r=10, t=top, b=10), legend=dict(legend), hovermode=hovermode)
+def _layout(top: int = 48, legend: Mapping[str, Any] = _LEGEND_BELOW, hovermode: str = "closest") -> dict[str, Any]:
+    """The layout every chart shares: thin margins (``top`` leaves room for a title and subtitle,
+    on the left), the legend under the plot, the hover mode, and a short toolbar."""
+    return dict(margin=dict(l=10, r=10, t=top, b=10), legend=dict(legend), hovermode=hovermode,
+                title_x=0, title_xref="paper", modebar=_MODEBAR)
 
 
 def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
@@ -65,7 +70,7 @@ def class_counts_figure(counts: Mapping[str, Mapping[str, int]]) -> go.Figure:
         fig.add_bar(x=classes, y=[int(counts[c].get(split, 0)) for c in classes], name=name,
                     marker_color=colour, hovertemplate="%{x}: %{y} " + name + " images<extra></extra>")
     fig.update_layout(barmode="stack", title="Images per class", xaxis_title="class",
-                      yaxis_title="images", **_layout(legend={**_LEGEND_ABOVE, "traceorder": "normal"}))
+                      yaxis_title="images", **_layout(legend={**_LEGEND_BELOW, "traceorder": "normal"}))
     return fig
 
 
@@ -125,7 +130,8 @@ def _unfreeze_marker(fig: go.Figure, unfreeze: Mapping[str, Any] | None) -> None
         x = float(unfreeze["epoch"]) - 1
         fig.add_vline(x=x, line=dict(color="#6b7280", dash="dash", width=1.5))
         fig.add_annotation(x=x, y=1, yref="paper", text=f"unfreeze {len(unfreeze.get('blocks', []))} blocks",
-                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=11, color="#6b7280"))
+                           showarrow=False, xanchor="left", yanchor="top", bgcolor="rgba(255,255,255,0.75)",
+                           font=dict(size=11, color="#6b7280"))  # inside the plot: clear of title and toolbar
 
 
 def loss_figure(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]],
@@ -222,40 +228,65 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
     done = [p for p in points if p.get("trainable_params") and p.get("best_val_accuracy") is not None]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=("Best validation accuracy", "Total training time"))
+    for title in fig.layout.annotations:  # subplot titles on the left of each plot: the toolbar is top right
+        title.update(x=fig.layout.xaxis.domain[0] if title.text.startswith("Best") else fig.layout.xaxis2.domain[0],
+                     xanchor="left")
+    acc = {id(p): 100 * float(p["best_val_accuracy"]) for p in done}
+    secs = {id(p): float(p.get("train_seconds") or 0) for p in done}
     groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
-    for name, scratch, colour, symbol in groups:
-        pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
-        if not pts:
-            continue
-        custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
-                   100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
-        hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
-                 "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
-                 "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
-        common = dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
-                      mode="markers+text+lines" if not scratch else "markers+text", text=[_point_text(p) for p in pts],
-                      marker=dict(color=colour, size=12, symbol=symbol, line=dict(width=1, color="white")),
-                      line=dict(color=colour, width=1, dash="dot"), legendgroup=name)
-        acc = [100 * float(p["best_val_accuracy"]) for p in pts]
-        secs = [float(p.get("train_seconds") or 0) for p in pts]
-        fig.add_scatter(y=acc, name=name, row=1, col=1, textposition=_label_positions(common["x"], acc, scratch),
-                        **common)
-        fig.add_scatter(y=secs, name=name, showlegend=False, row=1, col=2,
-                        textposition=_label_positions(common["x"], secs, scratch), **common)
+    for col, values in ((1, acc), (2, secs)):
+        labels = _point_labels(done, values)
+        for name, scratch, colour, symbol in groups:
+            pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
+            if pts:
+                fig.add_scatter(y=[values[id(p)] for p in pts], name=name, showlegend=col == 1, row=1, col=col,
+                                text=[labels[id(p)][0] for p in pts],
+                                textposition=[labels[id(p)][1] for p in pts],
+                                **_sweep_trace(pts, colour, symbol, name, scratch))
     fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
-    fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 108], row=1, col=1)
+    fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 112], row=1, col=1)
     fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
-    fig.update_layout(**_layout(top=40, legend=_LEGEND_BELOW))
+    fig.update_layout(**_layout(top=40))
     return fig
 
 
-def _label_positions(xs: Sequence[float], ys: Sequence[float], below: bool = False) -> list[str]:
-    """Label above each point, but below it when a close neighbour (on the log x axis) sits higher."""
-    out = []
-    for i, (x, y) in enumerate(zip(xs, ys)):
-        near_higher = any(j != i and abs(math.log10(x) - math.log10(xj)) < 0.2 and yj > y
-                          for j, (xj, yj) in enumerate(zip(xs, ys)))
-        out.append("bottom center" if below or near_higher else "top center")
+def _sweep_trace(pts: Sequence[Mapping[str, Any]], colour: str, symbol: str, name: str, scratch: bool) -> dict[str, Any]:
+    """What both panels of the sweep chart share for one group of runs: x, markers, line and hover."""
+    custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
+               100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
+    hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
+             "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
+             "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
+    return dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
+                mode="markers+text" if scratch else "markers+text+lines",
+                marker=dict(color=colour, size=12, symbol=symbol, line=dict(width=1, color="white")),
+                line=dict(color=colour, width=1, dash="dot"), legendgroup=name, cliponaxis=False)
+
+
+def _point_labels(points: Sequence[Mapping[str, Any]], ys: Mapping[int, float]) -> dict[int, tuple[str, str]]:
+    """Text and position of each point's label in one panel, so that no two labels print on top of
+    each other: points at the same spot share one label ("4 frozen · full", the others show none);
+    of two labelled points close together (on the log x axis and the y range), the lower one's
+    label goes below it (the later one's, at equal height). Keyed by ``id(point)``."""
+    span = (max(ys.values()) - min(ys.values())) if ys else 0.0
+    span = span or 1.0
+    spots = sorted(((math.log10(p["trainable_params"]), ys[id(p)], p) for p in points), key=lambda t: (t[0], -t[1]))
+    units: list[list[Any]] = []  # [x, y, text, position, points]
+    for x, y, p in spots:
+        same = next((u for u in units if abs(u[0] - x) < 0.06 and abs(u[1] - y) < 0.05 * span), None)
+        if same is not None:
+            same[2], same[4] = f"{same[2]} · {_point_text(p)}", [*same[4], p]
+        else:
+            units.append([x, y, _point_text(p), "top center", [p]])
+    for k, u in enumerate(units):
+        for v in units[:k]:
+            if abs(u[0] - v[0]) < 0.45 and abs(u[1] - v[1]) < 0.15 * span:
+                lower = u if u[1] <= v[1] else v
+                lower[3] = "bottom center"
+    out: dict[int, tuple[str, str]] = {}
+    for _x, _y, text, position, members in units:
+        for n, p in enumerate(members):
+            out[id(p)] = (text if n == 0 else "", position)
     return out
 
 

@@ -36,7 +36,7 @@ from .errors import UserError
 
 __all__ = [
     "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
-    "datasets_dir", "new_upload_dir", "safe_name", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
+    "datasets_dir", "new_upload_dir", "safe_name", "sort_folder_upload", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
 ]
 
 DEFAULT_MAX_TOTAL_BYTES = 2 * 2**30  # uncompressed bytes an import may write; env TL_MAX_UPLOAD_GB overrides
@@ -456,6 +456,33 @@ def _publish(tmp: Path, folder: Path, base: str) -> Path:
                 continue
             os.replace(tmp, target)
             return target
+
+
+def sort_folder_upload(files: Sequence[tuple[str, bytes]]) -> tuple[str, dict[str, list[tuple[str, bytes]]], int]:
+    """Sort a browser folder upload into classes by the folder each file sits in.
+
+    Args:
+        files: ``(relative name, payload)`` pairs as a browser sends a picked folder, e.g.
+            ``("pets/cats/1.jpg", b"...")``: the picked folder, a class folder, the file.
+
+    Returns:
+        ``(folder name, {class: [(file name, payload), ...]}, loose)``: class names made folder-safe
+        (:func:`safe_name`), and how many files sat outside every class folder (they are left out).
+
+    Example:
+        >>> sort_folder_upload([("pets/cats/1.jpg", b"a"), ("pets/dogs/2.jpg", b"b"), ("pets/x.jpg", b"c")])
+        ('pets', {'cats': [('1.jpg', b'a')], 'dogs': [('2.jpg', b'b')]}, 1)
+    """
+    by_class: dict[str, list[tuple[str, bytes]]] = {}
+    loose = 0
+    for name, payload in files:
+        parts = PurePosixPath(str(name).replace("\\", "/")).parts
+        if len(parts) < 3:  # "folder/image.jpg": not inside a class folder
+            loose += 1
+            continue
+        by_class.setdefault(safe_name(parts[-2], "class"), []).append((parts[-1], payload))
+    top = PurePosixPath(str(files[0][0]).replace("\\", "/")).parts[0] if files else ""
+    return safe_name(top, "upload"), by_class, loose
 
 
 def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> ImportReport:

@@ -1,0 +1,126 @@
+"""The Streamlit pieces several pages share: flash messages, live polling, the curve pair, errors.
+
+Pages stay thin: widgets in, one core call, figures out. What more than one page draws lives here
+once (the flash message, the fragment that polls the store while runs are live, the loss and
+accuracy charts side by side, and how an error reaches the user).
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import streamlit as st
+
+from tl_dashboard import charts
+from tl_dashboard.errors import UserError
+
+__all__ = ["PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported"]
+
+# Plotly's toolbar shows only while the pointer is over a chart, so it never hides a title or legend.
+PLOTLY_CONFIG = {"displayModeBar": "hover", "displaylogo": False}
+
+
+def flash(page: str, kind: str, text: str) -> None:
+    """Keep a message for the next run of ``page`` (callbacks run before the page draws).
+
+    Args:
+        page: the page's short name; the message lives in ``st.session_state[f"{page}_flash"]``.
+        kind: ``success``, ``info``, ``warning`` or ``error``.
+        text: the message (Markdown).
+    """
+    st.session_state[f"{page}_flash"] = (kind, text)
+
+
+def show_flash(page: str) -> None:
+    """Show (once) the message :func:`flash` or :func:`reported` kept for ``page``."""
+    if f"{page}_flash" in st.session_state:
+        _show(*st.session_state.pop(f"{page}_flash"))
+
+
+def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., bool]], Callable[..., None]]:
+    """Decorator: a fragment that polls every ``every`` seconds while ``active``.
+
+    The decorated body returns whether anything is still live; when a live view finds that it is
+    not any more, the whole page reruns once (buttons change, polling stops). Decorate inside the
+    page script, so ``active`` is read on each full run::
+
+        @widgets.live_fragment(any_active)
+        def runs_view() -> bool:
+            ...
+            return any(r["status"] in ACTIVE_STATUSES for r in runs)
+    """
+    def wrap(body: Callable[..., bool]) -> Callable[..., None]:
+        @st.fragment(run_every=every if active else None)
+        @functools.wraps(body)  # the fragment's id comes from the body's name, one per view
+        def view(*args: Any, **kwargs: Any) -> None:
+            still_active = body(*args, **kwargs)
+            if active and not still_active:
+                st.rerun()  # it ended: redraw the whole page once, and stop polling
+
+        return view
+
+    return wrap
+
+
+def plot(fig: Any, key: str, where: Any = st) -> None:
+    """``st.plotly_chart`` with the toolbar on hover only (every chart of the app goes through here)."""
+    where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+
+
+def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], run: Mapping[str, Any],
+           key: str, live: bool = False) -> None:
+    """The loss and accuracy charts of one run, side by side.
+
+    Args:
+        steps, epochs: ``RunStore.steps`` and ``RunStore.epochs`` of the run.
+        run: the run's row (its config gives the planned epochs, its summary the unfreeze marker).
+        key: prefix of the two charts' widget keys (``{key}_loss``, ``{key}_accuracy``).
+        live: fix the x axis to the planned epochs, so a growing curve does not rescale it.
+    """
+    n_epochs = (run.get("config") or {}).get("epochs") if live else None
+    unfreeze = (run.get("summary") or {}).get("unfreeze")
+    left, right = st.columns(2)
+    plot(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_loss", left)
+    plot(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_accuracy", right)
+
+
+def unexpected(exc: BaseException, what: str) -> None:
+    """Show an error that is not the user's doing: one line, and the traceback one click away."""
+    st.error(f"{what}: an unexpected error ({type(exc).__name__}: {exc}). This is not something you did; "
+             "the details below help whoever runs this server.")
+    with st.expander("Details (traceback)"):
+        st.exception(exc)
+
+
+@contextmanager
+def reported(what: str, page: str | None = None) -> Iterator[None]:
+    """Run a block; if it fails, tell the user and go on with the page.
+
+    A :class:`~tl_dashboard.errors.UserError` (a bad folder, a full disk, a run without a model...) is
+    shown as ``"{what}: {its one-line message}"``; anything else is :func:`unexpected`, with its
+    traceback, never passed off as the user's mistake. With ``page``, the message is kept for that
+    page's next run instead (for ``on_click``/``on_change`` callbacks, which run before the page draws).
+    """
+    try:
+        yield
+    except UserError as exc:
+        _say(page, ("error", f"{what}: {exc}"))
+    except Exception as exc:  # a bug, or the machine: shown as such, with its traceback
+        _say(page, ("exception", (what, exc)))
+
+
+def _say(page: str | None, message: tuple[str, Any]) -> None:
+    if page is not None:
+        st.session_state[f"{page}_flash"] = message
+    else:
+        _show(*message)
+
+
+def _show(kind: str, payload: Any) -> None:
+    if kind == "exception":
+        what, exc = payload
+        unexpected(exc, what)
+    else:
+        getattr(st, kind)(payload)
