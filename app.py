@@ -24,6 +24,7 @@ MENU = [
     ("train.py", "Train", ":material/play_circle:"),
     ("runs.py", "Runs", ":material/history:"),
     ("evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("labels.py", "Label issues", ":material/rule:"),
     ("compare.py", "Compare", ":material/compare_arrows:"),
     ("learn.py", "Learn", ":material/school:"),
 ]

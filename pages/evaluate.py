@@ -12,7 +12,7 @@ import streamlit as st
 from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard import ui_state as ui
-from views import present
+from views import present, review
 from tl_dashboard.runs import RunStore
 
 ss = st.session_state
@@ -50,14 +50,13 @@ def show_metrics(result: ev.Evaluation) -> None:
     config["support"] = st.column_config.NumberColumn("Images", help="validation images of this class")
     st.dataframe(result.report, hide_index=True, key="ev_report", column_config=config)
     per_class = charts.per_class_figure(result.report)
-    confusion = charts.confusion_figure(result.confusion, result.classes)
     if len(result.classes) <= 6:  # side by side while the cells stay readable
         left, right = st.columns(2)
         left.plotly_chart(per_class, key="ev_per_class")
-        right.plotly_chart(confusion, key="ev_confusion")
+        review.confusion_with_cells(result, right)  # a click on a cell lists its images below
     else:
         st.plotly_chart(per_class, key="ev_per_class")
-        st.plotly_chart(confusion, key="ev_confusion")
+        review.confusion_with_cells(result)
 
 
 def show_mistakes(result: ev.Evaluation) -> None:
@@ -78,13 +77,15 @@ def show_mistakes(result: ev.Evaluation) -> None:
 
 
 def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes: int) -> None:
-    sources = ["Upload images", "A validation image"] if result else ["Upload images"]
-    source = st.radio("Images", sources, horizontal=True, key="ev_source", index=len(sources) - 1)
+    sources = ["Upload images", "Camera", "A validation image"] if result else ["Upload images", "Camera"]
+    source = st.radio("Images", sources, horizontal=True, key="ev_source", index=len(sources) - 1 if result else 0)
     images: list = []
     if source == "Upload images":
         files = st.file_uploader("Images to classify", type=UPLOAD_TYPES, accept_multiple_files=True, key="ev_upload")
         images = [f.getvalue() for f in files or []]
         names = [f.name for f in files or []]
+    elif source == "Camera":
+        names = []
     else:
         wrong = {m["path"] for m in result.misclassified}
         order = [m["path"] for m in result.misclassified] + [p for p in result.paths if p not in wrong]
@@ -93,6 +94,9 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
                             + ("  (misclassified)" if p in wrong else ""))
         images, names = [path], [Path(path).name]
     top_k = st.slider("Top-k classes", 1, n_classes, min(3, n_classes), key="ev_topk")
+    if source == "Camera":  # the photo stays in memory: predicted once, never cached or saved
+        review.camera_predict(loaded_run(root, run_id), top_k)
+        return
     if not images:
         st.info("Upload one or more images to see the model's top classes and where it looked.")
         return
@@ -108,6 +112,8 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
         with right:
             st.image(ev.overlay_heatmap(p.image, p.cam),
                      caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
+    if st.toggle("Also with test-time augmentation (flips and crops averaged)", key="ev_predict_tta"):
+        review.tta_predictions(loaded_run(root, run_id), images, names, top_k)
 
 
 def show_embeddings(root: str, run_id: str) -> None:
@@ -190,6 +196,7 @@ if tabs[0].open:
     with tabs[0]:
         if result:
             show_metrics(result)
+            review.tta_panel(root, run_id)
         else:
             st.info("Metrics need the run's validation set (see the error above).")
 if tabs[1].open:

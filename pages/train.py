@@ -16,7 +16,7 @@ from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.errors import UserError
 from tl_dashboard import fairqueue, workspaces
 from tl_dashboard.worker import reap
-from views import workspace
+from views import review, workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/train.py", st.switch_page)
@@ -119,6 +119,7 @@ with settings:
                     **ui.bind(ss, "seed"))
     h6.text_input("Run label (optional)", placeholder=present.default_label(ss), **ui.bind(ss, "run_label"))
     st.toggle("Augmentation (random crop, flip, colour jitter)", **ui.bind(ss, "augment"))
+    review.augmentation_panel(ui.config_from_state(ss))  # what the network will see, drawn on open
     st.radio("Feature cache", ["auto", "off"], horizontal=True,
              format_func={"auto": "auto", "off": "off"}.get, **ui.bind(ss, "feature_cache"))
     st.caption("Frozen blocks give the same output every epoch, so with *auto* they run once per image and only "

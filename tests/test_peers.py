@@ -231,3 +231,51 @@ def test_tta_evaluation_and_prediction_show_both_with_and_without(tiny_run, caps
     assert main(["predict", run_id, str(img), "--tta", "--top-k", "2", "--json", "--runs-dir", str(store.root)]) == 0
     [row] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(row["top_k"]) == 2 and len(row["top_k_plain"]) == 2
+
+
+# ----------------------------------------------------------------------------- pages (AppTest)
+@pytest.fixture
+def page_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("TL_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TL_DATASETS_DIR", str(tmp_path / "datasets"))
+    monkeypatch.delenv("TL_ALLOWED_ROOTS", raising=False)
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    return tmp_path
+
+
+def _open(page: str, data_dir: Path, **state):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120)
+    at.run()
+    at.session_state["data_dir"] = str(data_dir)
+    for k, v in state.items():
+        at.session_state[k] = v
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_label_issues_page_relabels_excludes_and_undoes(page_env, shapes):
+    at = _open("labels", shapes, image_size=32)
+    at.button(key="li_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "18 images ranked" in "\n".join(c.value for c in at.caption)
+    first = at.session_state["li_report"]["suspects"][0]["path"]
+    at.button(key="li_relabel_0").click().run()
+    assert not Path(first).exists() and len(curation.relabel_log(shapes)) == 1
+    second = at.session_state["li_report"]["suspects"][1]["path"]
+    at.button(key="li_exclude_1").click().run()
+    assert Path(second).relative_to(shapes).as_posix() in curation.excluded_paths(shapes)
+    move_id = curation.relabel_log(shapes)[0]["id"]
+    at.button(key=f"li_undo_{move_id}").click().run()
+    assert Path(first).exists() and not at.exception
+
+
+def test_train_page_previews_the_augmentation(page_env, shapes):
+    at = _open("train", shapes, image_size=32, augment=True)
+    at.toggle(key="aug_preview_on").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    shown = [e for e in at.main if type(e).__name__ == "Image"]
+    assert len(shown) == 4 * 5  # 4 images x (centre crop + 4 augmented views)

@@ -352,18 +352,29 @@ def drift_figure(rows: Sequence[Mapping[str, Any]], start: str = "pretrained") -
 
 
 # -- evaluation: confusion matrix, per-class scores, top-k, embeddings -----------------------------
-def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str]) -> go.Figure:
+def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str],
+                     selectable: bool = False) -> go.Figure:
     """Confusion-matrix heatmap: rows = true class, columns = predicted, counts in the cells.
 
     Args:
         cm: (C, C) counts, rows = true class (as from ``evaluate.confusion_matrix``).
         classes: class names, in index order.
+        selectable: overlay one invisible marker per cell (``customdata`` = ``[true, predicted]``)
+            so a click selects the cell (heatmaps alone emit no plotly selection events).
     """
     z = np.asarray(cm)
     names = [str(c) for c in classes]
     fig = go.Figure(go.Heatmap(
         z=z, x=names, y=names, text=z, texttemplate="%{text}", colorscale="Blues", showscale=False,
         hovertemplate="true %{y}, predicted %{x}: %{z} images<extra></extra>"))
+    if selectable:
+        ii, jj = np.meshgrid(range(len(names)), range(len(names)), indexing="ij")
+        fig.add_trace(go.Scatter(
+            x=[names[j] for j in jj.ravel()], y=[names[i] for i in ii.ravel()], mode="markers",
+            customdata=np.stack([ii.ravel(), jj.ravel()], 1), showlegend=False,
+            marker=dict(size=max(24, 240 // max(1, len(names))), symbol="square", color="rgba(0,0,0,0.01)"),
+            hovertemplate="true %{y}, predicted %{x}: click to see the images<extra></extra>"))
+        fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_layout(
         title="Confusion matrix<br><sup>rows = true class, columns = predicted</sup>",
         xaxis=dict(title="Predicted class", side="bottom", type="category"),
@@ -429,4 +440,36 @@ def embedding_figure(points: np.ndarray | Sequence[Sequence[float]], labels: Seq
         title=title, height=420, **_layout(top=50, legend=_LEGEND_BELOW),
         xaxis=dict(title=f"PC 1 ({ex[0]:.0%} of variance)" if ex else "PC 1", zeroline=False),
         yaxis=dict(title=f"PC 2 ({ex[1]:.0%} of variance)" if ex else "PC 2", zeroline=False))
+    return fig
+
+
+def data_curve_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
+    """Validation accuracy against training images per class, one line per plan, the draws' spread as a band.
+
+    Args:
+        points: ``data_curve.DataCurve.points`` rows: ``{"plan", "n_per_class", "mean", "min", "max",
+            "std", "accuracies"}``.
+    """
+    fig = go.Figure()
+    plans = list(dict.fromkeys(str(p["plan"]) for p in points))
+    names = {"head": "linear probe (frozen backbone)", "none": "fine-tune everything", "scratch": "from scratch"}
+    for k, plan in enumerate(plans):
+        rows = sorted((p for p in points if str(p["plan"]) == plan), key=lambda p: p["n_per_class"])
+        x = [p["n_per_class"] for p in rows]
+        colour = PALETTE[k % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=[p["max"] for p in rows] + [p["min"] for p in rows][::-1],
+                                 fill="toself", fillcolor=colour, opacity=0.18, line=dict(width=0),
+                                 hoverinfo="skip", showlegend=False))
+        label = names.get(plan, f"{plan} blocks frozen" if plan.isdigit() else plan)
+        fig.add_trace(go.Scatter(
+            x=x, y=[p["mean"] for p in rows], mode="lines+markers", name=label, line=dict(color=colour),
+            error_y=dict(type="data", array=[p["std"] for p in rows], visible=True, thickness=1),
+            customdata=[[len(p["accuracies"]), p["min"], p["max"]] for p in rows],
+            hovertemplate="%{x} images per class: %{y:.1%} mean of %{customdata[0]} draws "
+                          "(min %{customdata[1]:.1%}, max %{customdata[2]:.1%})<extra></extra>"))
+    fig.update_layout(title="How much data do I need?<br><sup>validation accuracy against training images per "
+                            "class; band = min to max of the draws, bars = 1 std</sup>",
+                      xaxis=dict(title="training images per class", type="log"),
+                      yaxis=dict(title="validation accuracy", range=[0, 1.05], tickformat=".0%"),
+                      height=420, **_layout(top=60))
     return fig

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .inference import BATCH, RunSource, as_loaded, decoded_cache, model_input, val_split
 
-__all__ = ["confusion_matrix", "classification_report", "Evaluation", "evaluate_run"]
+__all__ = ["confusion_matrix", "classification_report", "Evaluation", "evaluate_run", "cell_images"]
 
 
 def _check_labels(y_true: Any, y_pred: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,3 +161,21 @@ def evaluate_run(store: RunSource, run_id: str | None = None, *, batch_size: int
         confusion=confusion_matrix(y_true, y_pred, len(classes)),
         misclassified=_mistakes(paths, classes, y_true, y_pred, probs, losses), notes=notes,
     )
+
+
+def cell_images(result: Evaluation, true: int, pred: int) -> list[dict[str, Any]]:
+    """The validation images in one confusion-matrix cell, least sure first.
+
+    Args:
+        result: an :class:`Evaluation`.
+        true: the cell's row (true class index).
+        pred: the cell's column (predicted class index).
+
+    Returns:
+        ``[{"path", "true_name", "pred_name", "confidence" (p of the predicted class), "true_prob"}]``,
+        lowest ``confidence`` first.
+    """
+    idx = np.flatnonzero((result.y_true == true) & (result.y_pred == pred))
+    rows = [{"path": result.paths[i], "true_name": result.classes[true], "pred_name": result.classes[pred],
+             "confidence": float(result.probs[i, pred]), "true_prob": float(result.probs[i, true])} for i in idx]
+    return sorted(rows, key=lambda r: r["confidence"])
