@@ -1,12 +1,15 @@
 """Atomic writes and the named disk-full error, on a real small file system (tmpfs) where we may mount one."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tl_dashboard.cli import main
 from tl_dashboard.errors import UserError
 from tl_dashboard.storage import (DiskFull, atomic_open, atomic_write_bytes, atomic_write_json,
                                   check_free_space, is_disk_full, remove_temp_files)
@@ -25,10 +28,11 @@ def mount_small_fs(path: Path, size_mb: int) -> str | None:
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A 16 MB tmpfs (skips, saying why, where mounting is not allowed); unmounted in a finally."""
+def small_fs(tmp_path, request):
+    """A size-limited tmpfs (16 MB, or the test's ``size_mb`` param) where the tests run as root, as CI does;
+    skips, saying why, where mounting is not allowed. Unmounted in a finally."""
     mnt = tmp_path / "small"
-    why = mount_small_fs(mnt, 16)
+    why = mount_small_fs(mnt, getattr(request, "param", 16))
     if why:
         pytest.skip(why)
     try:
@@ -82,3 +86,71 @@ def test_disk_full_on_a_real_small_file_system(small_fs):
     assert target.read_bytes() == b"old"
     assert _temp_files(small_fs) == []
     atomic_write_bytes(target, os.urandom(1024 * 1024))  # space is there again: writes work
+
+
+def _fill(folder: Path) -> Path:
+    """Write a ballast file until the disk is full (someone else's upload); return it."""
+    ballast = folder / "ballast.bin"
+    with open(ballast, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return ballast
+
+
+def _error_lines(err: str) -> list[str]:
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_train_refused_before_it_starts_when_the_checkpoints_cannot_fit(small_fs, shapes_dir, capsys):
+    runs = small_fs / "runs"
+    code = main(["train", str(shapes_dir), "--epochs", "2", "--image-size", "32", "--runs-dir", str(runs)])
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert line.startswith("error: Disk full: a run of 2 epoch(s)") and str(runs) in line
+    assert re.search(r"needs [\d.]+ MB, [\d.]+ MB free", line) and "TL_RUNS_DIR" in line
+    assert _temp_files(small_fs) == []
+    assert main(["runs", "--json", "--runs-dir", str(runs)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == []
+
+
+@pytest.mark.parametrize("small_fs", [64], indirect=True)
+def test_a_run_that_fills_the_disk_ends_failed_and_the_store_recovers(small_fs, shapes_dir, capsys, monkeypatch):
+    """The disk fills during the run (another writer takes all the rest when epoch 1 ends): the run ends
+    failed with one line naming its folder, no temporary file stays, `runs` answers on the full disk, and
+    once space is freed a new run trains."""
+    import tl_dashboard.cli as cli
+
+    runs = small_fs / "runs"
+    filled: list[Path] = []
+    say = cli._Progress.say
+
+    def say_and_fill(self, msg: str) -> None:  # the CLI prints "epoch 1: ..." when epoch 1 ends
+        say(self, msg)
+        if msg.startswith("epoch 1:") and not filled:
+            filled.append(_fill(small_fs))
+
+    monkeypatch.setattr(cli._Progress, "say", say_and_fill)
+    code = main(["train", str(shapes_dir), "--epochs", "3", "--image-size", "32", "--batch-size", "4",
+                 "--runs-dir", str(runs)])
+    monkeypatch.setattr(cli._Progress, "say", say)
+    err = capsys.readouterr().err
+    assert code == 2
+    [line] = _error_lines(err)
+    assert line.startswith("error: Disk full:") and str(runs) in line and "Fix:" in line
+    assert _temp_files(small_fs) == []
+
+    assert main(["runs", "--json", "--runs-dir", str(runs)]) == 0  # still answers on the full disk
+    [run] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert run["status"] == "failed" and run["error"] == line.removeprefix("error: ")
+
+    filled[0].unlink()  # space is freed
+    code = main(["train", str(shapes_dir), "--epochs", "1", "--image-size", "32", "--json", "--runs-dir", str(runs)])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and out["status"] == "finished"
+    assert (runs / out["run_id"] / "model.safetensors").exists() and _temp_files(small_fs) == []

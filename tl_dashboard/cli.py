@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import socket
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -255,7 +256,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     _validate_config(config)
     from .layers import LayersError, describe_blocks, parse_freeze
 
-    parse_freeze(config.freeze, describe_blocks(config.model, None), config.bn_mode)  # fail before recording a run
+    blocks = describe_blocks(config.model, None)
+    parse_freeze(config.freeze, blocks, config.bn_mode)  # fail before recording a run
+    _check_space(args, config, sum(b.params for b in blocks))
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: other ranks train their shards, rank 0 records
         from .engine import train
 
@@ -271,8 +274,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"  skipped {s['path']}: {s['reason']}")
     if out["status"] == "failed":
         print(f"error: {out['error']}", file=sys.stderr)
-        return 1
+        return 2 if str(out["error"]).startswith("Disk full") else 1
     return 0
+
+
+def _check_space(args: argparse.Namespace, config, total_params: int) -> None:
+    """Refuse, before a run is recorded, a run whose checkpoints cannot fit in the runs folder."""
+    from .limits import check_run_space, run_bytes_needed
+    from .runs import default_runs_dir
+
+    check_run_space(args.runs_dir or default_runs_dir(), run_bytes_needed(total_params, epochs=config.epochs),
+                    config.epochs)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -483,11 +495,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CliError, ValueError, OSError) as exc:
+    except (UserError, ValueError, OSError, sqlite3.Error) as exc:
         # DataError, BackboneError, LayersError, ArchiveError are ValueErrors with one clear line.
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(exc, args)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
+    from .storage import disk_full_from, is_disk_full
+
+    folder = getattr(args, "runs_dir", None) or os.environ.get("TL_RUNS_DIR") or "runs"
+    if is_disk_full(exc) and not isinstance(exc, UserError):
+        exc = disk_full_from(exc, Path(folder), None, "the run store")
+    elif isinstance(exc, sqlite3.DatabaseError):
+        return (f"the run database in {folder} cannot be read ({exc}); run `tl-dashboard runs --repair "
+                f"--runs-dir {folder}` to rebuild it from the run folders")
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 if __name__ == "__main__":

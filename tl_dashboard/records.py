@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .runs import RunStore
 
 __all__ = ["RECORD_FILE", "MAX_STEPS_KEPT", "RepairReport", "write_record", "read_record", "run_folders",
-           "check_database", "open_store", "repair_store", "record_failure", "release_reserve"]
+           "check_database", "open_store", "repair_store", "record_failure", "record_end", "release_reserve"]
 
 log = logging.getLogger("tl_dashboard.records")
 
@@ -175,11 +175,50 @@ def check_database(db_path: Path, full: bool = True) -> str | None:
                 return "damaged (" + "; ".join(res)[:200] + ")"
     except sqlite3.DatabaseError as exc:
         if is_disk_full(exc):
-            raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
+            return None  # cannot check it now (no room for SQLite's -shm file); checked at the next open
         return f"unreadable ({exc})"
     finally:
         con.close()
     return None
+
+
+def read_only_connection(db_path: Path, exc: sqlite3.OperationalError) -> sqlite3.Connection:
+    """A read-only connection when the disk is too full for SQLite's shared-memory file (``-shm``).
+
+    Correct only when no write-ahead log is pending (no ``-wal`` with content): then the database
+    file holds every committed write and ``immutable=1`` reads it without the ``-shm`` file.
+    Otherwise ``exc`` is raised as :class:`DiskFull`, or as it is when the disk is not full.
+    """
+    if not is_disk_full(exc):
+        raise exc
+    wal = db_path.with_name(db_path.name + "-wal")
+    if db_path.exists() and not (wal.exists() and wal.stat().st_size):
+        log.warning("disk full under %s: reading the run database read-only", db_path.parent)
+        return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True, isolation_level=None,
+                               factory=_ReadOnlyOnFullDisk)
+    raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
+
+
+class _ReadOnlyOnFullDisk(sqlite3.Connection):
+    """Reads work; a write fails as the full disk it is ("database or disk is full"), not as "read-only"."""
+
+    def _run(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(super(), method)(*args)
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc):
+                raise sqlite3.OperationalError("database or disk is full (the run database is read-only "
+                                               "until space is freed)") from None
+            raise
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        return self._run("execute", *args)
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        return self._run("executemany", *args)
+
+    def executescript(self, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
+        return self._run("executescript", *args)
 
 
 @contextlib.contextmanager
@@ -209,7 +248,7 @@ def open_store(store: RunStore) -> str | None:
             reason = check_database(db)
             if reason and reason.startswith("empty") and not run_folders(store.root):
                 reason = None  # a store being created right now
-            if reason is None:
+            if reason is None and free_bytes(store.root) > RESERVE_BYTES:  # else it may not have been checked
                 _CHECKED.add(key)
     notice = None
     if reason:
@@ -228,6 +267,8 @@ def _create_schema(store: RunStore) -> None:
     try:
         store._create_schema()
     except sqlite3.OperationalError as exc:
+        if "read-only until space" in str(exc) and store.db_path.exists():
+            return  # read-only on a full disk: the schema is there, new columns come at the next open
         if is_disk_full(exc):
             raise disk_full_from(exc, store.root, None, "the run database") from None
         raise
@@ -360,7 +401,7 @@ def _settle_unrecorded_ends(store: RunStore) -> None:
 def _ensure_reserve(root: Path) -> None:
     path = root / RESERVE_FILE
     with contextlib.suppress(OSError):
-        if not path.exists() and free_bytes(root) > 16 * RESERVE_BYTES:
+        if not path.exists() and free_bytes(root) > 8 * RESERVE_BYTES:
             tmp = root / f"{RESERVE_FILE}.{os.getpid()}.tmp"
             try:
                 with open(tmp, "wb") as fh:
@@ -387,22 +428,29 @@ def record_failure(store: RunStore, run_id: str, message: str, details: str | No
     records the failure and the next open of the store takes it from there.
     """
     remove_temp_files(store.run_dir(run_id))
+    record_end(store, run_id, "failed", error=message, details=details)
+
+
+def record_end(store: RunStore, run_id: str, status: str, *, error: str | None = None,
+               summary: dict[str, Any] | None = None, details: str | None = None) -> None:
+    """:meth:`RunStore.finish_run` that survives a full disk (see :func:`record_failure`); never raises."""
     for attempt in range(2):
         try:
             if details:
                 store.log(run_id, "error", details)
-            store.log(run_id, "error", message)
-            store.finish_run(run_id, "failed", error=message)
+            if error:
+                store.log(run_id, "error", error)
+            store.finish_run(run_id, status, summary=summary, error=error)
             return
-        except (OSError, sqlite3.Error, DiskFull) as exc:
-            log.warning("could not record the failure of run %s in the database: %s", run_id, exc)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("could not record the end of run %s in the database: %s", run_id, exc)
             details = None
-            if attempt == 0 and not release_reserve(store.root):
+            if attempt == 0 and not (is_disk_full(exc) and release_reserve(store.root)):
                 break
-    _write_status_file(store.run_dir(run_id), "failed", message)
+    _write_status_file(store.run_dir(run_id), status, error)
 
 
-def _write_status_file(folder: Path, status: str, error: str) -> None:
+def _write_status_file(folder: Path, status: str, error: str | None) -> None:
     rec = read_record(folder) or {"format": 1, "run": {"id": folder.name}, "epochs": [], "steps": []}
     rec["run"].update(status=status, error=error, finished=time.time())
     try:

@@ -145,16 +145,27 @@ class RunStore:
 
     def pop_notices(self) -> list[str]:
         """Notices about the store (e.g. "the run database was rebuilt") not shown yet; each is returned once."""
-        with self._tx(immediate=True) as con:
-            rows = con.execute("SELECT rowid, message FROM store_notices WHERE shown=0 ORDER BY rowid").fetchall()
-            con.execute("UPDATE store_notices SET shown=1 WHERE shown=0")
+        try:
+            with self._tx(immediate=True) as con:
+                rows = con.execute("SELECT rowid, message FROM store_notices WHERE shown=0 ORDER BY rowid").fetchall()
+                con.execute("UPDATE store_notices SET shown=1 WHERE shown=0")
+        except sqlite3.OperationalError:  # read-only on a full disk: say it next time
+            return []
         return [r["message"] for r in rows]
 
     # -- plumbing ---------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
-        con.execute("PRAGMA journal_mode=WAL")
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:  # a full disk: read-only (records.py), so listing still works
+            from .records import read_only_connection
+
+            con.close()
+            con = read_only_connection(self.db_path, exc)
+            con.row_factory = sqlite3.Row
+            return con
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute("PRAGMA busy_timeout=30000")
         return con

@@ -39,8 +39,11 @@ _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno
 MARGIN_BYTES = 4 * 1024 * 1024
 
 
-class DiskFull(UserError):
+class DiskFull(UserError, OSError):
     """Not enough free space to write something; names the folder, the bytes needed/free and the fix.
+
+    It is also an ``OSError`` with ``errno == ENOSPC``, so code that already handles failed writes
+    (``except OSError``) shows its one line.
 
     Attributes:
         folder: the folder that could not be written.
@@ -56,6 +59,7 @@ class DiskFull(UserError):
         fix = fix or ("free space there (delete old runs or data sets) or point TL_RUNS_DIR / "
                       "TL_DATASETS_DIR at a larger disk, then try again")
         super().__init__(f"Disk full: {what} in {self.folder} {needed}{free_s}. Fix: {fix}.")
+        self.errno = errno.ENOSPC
 
 
 def human_bytes(n: float | None) -> str:

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
+from .errors import UserError
+from .limits import check_run_start
+from .records import record_end, record_failure
 from .runs import RunStore
+from .storage import DiskFull, disk_full_from, is_disk_full
 
 __all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap", "live_workers"]
 
@@ -90,6 +94,16 @@ class StoreCallback(Callback):
         self.flush()
 
 
+class SpaceCheck(Callback):
+    """Refuse to train, before the first batch, when the run's checkpoints cannot fit in its folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_run_start(self, info: dict[str, Any]) -> None:
+        check_run_start(self.run_dir, info)
+
+
 def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None) -> TrainResult | None:
     """Train the run ``run_id`` (already marked running) in this process and record the outcome.
 
@@ -102,7 +116,8 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     config = TrainConfig.from_dict(run["config"])
     if config.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _run_distributed(store, run_id, config.nproc)
-    callbacks: list[Callback] = [StoreCallback(store, run_id), StopCheck(lambda: store.stop_requested(run_id))]
+    callbacks: list[Callback] = [SpaceCheck(store.run_dir(run_id)), StoreCallback(store, run_id),
+                                 StopCheck(lambda: store.stop_requested(run_id))]
     callbacks += extra_callbacks or []
     beating = threading.Event()
 
@@ -117,21 +132,21 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     try:
         result = train(config, callbacks, out_dir=store.run_dir(run_id))
     except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
+        msg, details = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, None
+        if is_disk_full(exc):  # one line naming the folder, the space and the fix; even the record survives it
+            msg = str(exc if isinstance(exc, DiskFull) else disk_full_from(exc, store.run_dir(run_id), None, "the run"))
+        elif isinstance(exc, MemoryError) or "out of memory" in msg.lower():
             msg = (f"Out of memory while training (batch size {config.batch_size}, image size "
                    f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again.")
-        elif not isinstance(exc, (ValueError, OSError)):  # not bad input: keep the traceback for the log
-            store.log(run_id, "error", traceback.format_exc())
-            msg = f"{type(exc).__name__}: {msg}"
-        store.log(run_id, "error", msg)
-        store.finish_run(run_id, "failed", error=msg)
+        elif not isinstance(exc, (UserError, ValueError, OSError)):  # not bad input: keep the traceback for the log
+            details, msg = traceback.format_exc(), f"{type(exc).__name__}: {msg}"
+        record_failure(store, run_id, msg, details)
         return None
     finally:
         beating.set()
     summary = result.to_dict()
     summary.pop("history", None)
-    store.finish_run(run_id, result.status, summary=summary)
+    record_end(store, run_id, result.status, summary=summary)
     return result
 
 
