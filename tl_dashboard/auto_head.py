@@ -200,3 +200,50 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
 
 class _Stop(Exception):
     pass
+
+
+def _emit(cbs: Sequence[Any], event: str, *args: Any) -> None:
+    for cb in cbs:
+        getattr(cb, event)(*args)
+
+
+def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: torch.Tensor, f_val: torch.Tensor,
+                      y_val: torch.Tensor, cbs: Sequence[Any], *, seed: int = 0, t_start: float | None = None,
+                      weight_decay: float | None = None,
+                      log: Callable[[str, str], None] | None = None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """The engine's automatic head phase: fit, emit one epoch per L-BFGS iteration, load the solution into ``head``.
+
+    ``head`` must be an ``nn.Linear`` on the pooled features (``model.get_classifier()``). Callbacks
+    receive the usual ``on_epoch_start`` / ``on_step_end`` / ``on_epoch_end`` per iteration; any
+    ``should_stop()`` ends the fit with the last iterate kept. Returns ``(history, status, chosen)``.
+    """
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"the automatic head needs a linear classifier, not {type(head).__name__}")
+    t_start = time.perf_counter() if t_start is None else t_start
+    n = len(f_train)
+    rows: list[dict[str, Any]] = []
+
+    def on_epoch(row: dict[str, Any]) -> None:
+        row = {**row, "lr": 0.0, "images_per_sec": n / max(row["seconds"], 1e-9)}
+        _emit(cbs, "on_epoch_start", row["epoch"])
+        _emit(cbs, "on_step_end", {"step": row["epoch"], "epoch": float(row["epoch"]), "loss": row["train_loss"],
+                                   "lr": 0.0, "images": n, "total_steps": 0,
+                                   "elapsed": time.perf_counter() - t_start})
+        rows.append(row)
+        _emit(cbs, "on_epoch_end", row)
+
+    fit = fit_head(f_train, y_train.cpu(), head.out_features, f_val=f_val, y_val=y_val.cpu(), seed=seed,
+                   weight_decay=weight_decay, on_epoch=on_epoch,
+                   should_stop=lambda: any(cb.should_stop() for cb in cbs))
+    with torch.no_grad():
+        head.weight.copy_(fit.weight.to(head.weight))
+        head.bias.copy_(fit.bias.to(head.bias))
+    c = fit.chosen
+    if log is not None:
+        cv = ", ".join(f"C={r['C']:.3g}: {r['accuracy']:.3f}" for r in c["cv"])
+        log("info", f"Automatic head: multinomial logistic regression by full-batch L-BFGS on the cached features; "
+                    f"weight decay {c['weight_decay']:.3g} (C={c['C']:.3g}) chosen by {c['selected_by']}"
+                    + (f" (mean fold accuracy {cv})" if cv else "") + f"; converged in {c['iterations']} iterations "
+                    f"({c['seconds']:.2f} s, {c['cv_seconds']:.2f} s of it cross-validation). "
+                    "Each iteration is one pass over the training features, shown as one epoch.")
+    return rows, "stopped" if c["stopped"] else "finished", c
