@@ -77,3 +77,55 @@ def test_lr_find_cli_returns_a_finite_lr_inside_its_range_on_the_sample_set(caps
     assert math.isfinite(lr) and 1e-6 <= lr <= 1
     assert out["curve"] and all({"lr", "loss"} <= set(p) for p in out["curve"])
     assert all(math.isfinite(p["loss"]) for p in out["curve"])
+
+
+def _pt(freeze, acc, seed, secs=10.0, shared=False, scratch=False):
+    return {"run_id": f"r{freeze}{seed}", "label": f"freeze={freeze}", "status": "finished", "freeze": freeze,
+            "freeze_label": freeze, "from_scratch": scratch, "trainable_params": {"head": 4000, "none": 4_000_000}[freeze],
+            "best_val_accuracy": acc, "train_seconds": secs, "epochs": 3, "seed": seed, "val_images": 36,
+            "gflops_per_epoch": 1.5, "shared_machine": shared}
+
+
+def test_sweep_repeats_merge_into_mean_with_error_bars_and_mark_shared_timings():
+    from tl_dashboard import charts
+
+    pts = [_pt("head", 0.90, 0), _pt("head", 0.94, 1), _pt("head", 0.92, 2, shared=True), _pt("none", 0.70, 0)]
+    merged = {p["freeze"]: p for p in stats.group_repeats(pts)}
+    assert merged["head"]["repeats"] == 3 and merged["head"]["best_val_accuracy"] == pytest.approx(0.92)
+    assert merged["head"]["acc_low"] < 0.92 < merged["head"]["acc_high"] and merged["head"]["shared_machine"]
+    lo, hi = stats.accuracy_interval(0.70, 36)  # one run: its Wilson interval
+    assert (merged["none"]["acc_low"], merged["none"]["acc_high"]) == pytest.approx((lo, hi))
+    fig = charts.sweep_figure(pts)
+    acc_trace = next(t for t in fig.data if t.xaxis == "x")
+    assert acc_trace.error_y.array is not None and len(acc_trace.x) == 2
+    time_trace = next(t for t in fig.data if t.xaxis == "x2")
+    assert any(str(s).endswith("-open") for s in time_trace.marker.symbol)
+    assert any("GFLOP" in t for t in time_trace.text if t)
+    note = stats.sweep_overlap_note(list(merged.values()))
+    assert note is None or "overlap" in note
+
+
+def test_compare_table_shows_interval_count_cost_and_shared_timing():
+    from tl_dashboard import compare
+
+    runs = [{"id": "a-1", "label": "a", "config": {"epochs": 3}, "summary": {
+                "best_val_accuracy": 0.9, "val_images": 36, "gflops_per_epoch": 2.0, "shared_machine": True,
+                "load_avg": [3.2, 2.0, 1.0], "cpu_seconds": 12.0, "epochs": 3}},
+            {"id": "b-2", "label": "b", "config": {"epochs": 3}, "summary": {
+                "best_val_accuracy": 0.95, "val_images": 36, "shared_machine": False, "epochs": 3}}]
+    rows = {r["field"]: r for r in compare.compare_table(runs)}
+    assert rows["best val accuracy"]["a"] == "90.0% (75-96%, n=36)"
+    assert rows["cost per epoch"]["a"] == "2 GFLOPs"
+    assert rows["timing"]["a"].startswith("shared machine") and rows["timing"]["b"].startswith("machine to itself")
+    assert "a and b" in compare.compare_overlap_note(runs)
+
+
+def test_queue_sweep_repeats_each_depth_over_seeds(tmp_path):
+    from tl_dashboard import compare
+    from tl_dashboard.engine import TrainConfig
+    from tl_dashboard.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    group, ids = compare.queue_sweep(store, TrainConfig(str(SAMPLE), seed=5), ["head", "none"], start=False, repeats=2)
+    runs = [store.get_run(i) for i in ids]
+    assert [(r["config"]["freeze"], r["config"]["seed"]) for r in runs] == [("head", 5), ("none", 5), ("head", 6), ("none", 6)]

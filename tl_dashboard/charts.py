@@ -220,14 +220,22 @@ def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> g
 
 
 def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
-    """Best validation accuracy and training time against trainable parameters (log x), one point per run.
+    """Best validation accuracy and training time against trainable parameters (log x), one point per depth.
+
+    Runs of the same depth that differ only by seed (``--repeats``) are merged
+    (:func:`stats.group_repeats`): the point is their mean and the error bar the 95% interval of
+    the mean; a single run's bar is its Wilson interval on the validation images. The time panel
+    shows each depth's cost in GFLOPs per epoch (machine-independent) beside the seconds, and draws
+    timings taken while the machine was shared as hollow markers.
 
     Args:
         points: ``compare.sweep_points`` output; runs without results yet are left out.
     """
-    done = [p for p in points if p.get("trainable_params") and p.get("best_val_accuracy") is not None]
+    from .stats import group_repeats
+
+    done = [p for p in group_repeats(points) if p.get("trainable_params")]
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
-                        subplot_titles=("Best validation accuracy", "Total training time"))
+                        subplot_titles=("Best validation accuracy (95% interval)", "Total training time"))
     for title in fig.layout.annotations:  # subplot titles on the left of each plot: the toolbar is top right
         title.update(x=fig.layout.xaxis.domain[0] if title.text.startswith("Best") else fig.layout.xaxis2.domain[0],
                      xanchor="left")
@@ -238,11 +246,25 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
         labels = _point_labels(done, values)
         for name, scratch, colour, symbol in groups:
             pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
-            if pts:
-                fig.add_scatter(y=[values[id(p)] for p in pts], name=name, showlegend=col == 1, row=1, col=col,
-                                text=[labels[id(p)][0] for p in pts],
-                                textposition=[labels[id(p)][1] for p in pts],
-                                **_sweep_trace(pts, colour, symbol, name, scratch))
+            if not pts:
+                continue
+            trace = _sweep_trace(pts, colour, symbol, name, scratch)
+            text = [labels[id(p)][0] for p in pts]
+            if col == 1:
+                trace["error_y"] = dict(type="data", symmetric=False, color=colour, thickness=1.5, width=4,
+                                        array=[100 * (p["acc_high"] - p["best_val_accuracy"]) for p in pts],
+                                        arrayminus=[100 * (p["best_val_accuracy"] - p["acc_low"]) for p in pts])
+            else:
+                text = [t + (f" · {p['gflops_per_epoch']:.3g} GFLOP/epoch" if t and p.get("gflops_per_epoch") else "")
+                        for t, p in zip(text, pts)]
+                trace["marker"]["symbol"] = [symbol + ("-open" if p.get("shared_machine") else "") for p in pts]
+                if any(p.get("repeats", 1) > 1 for p in pts):
+                    trace["error_y"] = dict(type="data", array=[p.get("seconds_sd") or 0 for p in pts], color=colour,
+                                            thickness=1.5, width=4)
+            fig.add_scatter(y=[values[id(p)] for p in pts], name=name, showlegend=col == 1, row=1, col=col,
+                            text=text, textposition=[labels[id(p)][1] for p in pts], **trace)
+    if any(p.get("shared_machine") for p in done):
+        fig.layout.annotations[1].text += " (hollow: machine shared, seconds inflated)"
     fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
     fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 112], row=1, col=1)
     fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
@@ -253,10 +275,16 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
 def _sweep_trace(pts: Sequence[Mapping[str, Any]], colour: str, symbol: str, name: str, scratch: bool) -> dict[str, Any]:
     """What both panels of the sweep chart share for one group of runs: x, markers, line and hover."""
     custom = [[p["label"], p["freeze_label"], p["status"], f"{int(p['trainable_params']):,}",
-               100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"]] for p in pts]
+               100 * float(p["best_val_accuracy"]), float(p.get("train_seconds") or 0), p["run_id"],
+               100 * float(p.get("acc_low", p["best_val_accuracy"])), 100 * float(p.get("acc_high", p["best_val_accuracy"])),
+               int(p.get("repeats") or 1),
+               f"{p['gflops_per_epoch']:.3g} GFLOPs" if p.get("gflops_per_epoch") else "not measured",
+               " (machine shared: inflated)" if p.get("shared_machine") else ""] for p in pts]
     hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]} · %{customdata[2]}<br>"
-             "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} %<br>"
-             "training time: %{customdata[5]:.1f} s<br>run %{customdata[6]}<extra></extra>")
+             "trainable params: %{customdata[3]}<br>best val accuracy: %{customdata[4]:.1f} % "
+             "(95%: %{customdata[7]:.0f}-%{customdata[8]:.0f} %, %{customdata[9]} run(s))<br>"
+             "training time: %{customdata[5]:.1f} s%{customdata[11]}<br>cost per epoch: %{customdata[10]}<br>"
+             "run %{customdata[6]}<extra></extra>")
     return dict(x=[p["trainable_params"] for p in pts], customdata=custom, hovertemplate=hover,
                 mode="markers+text" if scratch else "markers+text+lines",
                 marker=dict(color=colour, size=12, symbol=symbol, line=dict(width=1, color="white")),

@@ -30,11 +30,13 @@ from .engine import TrainConfig
 from .formatting import format_seconds
 from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
 from .runs import ACTIVE_STATUSES, RunStore
+from .stats import accuracy_text, overlap_note, run_interval
 
 __all__ = [
     "COMPARE_FIELDS",
     "run_labels",
     "compare_table",
+    "compare_overlap_note",
     "overlay_rows",
     "weight_drift",
     "sweep_freezes",
@@ -49,7 +51,7 @@ __all__ = [
 COMPARE_FIELDS = (
     "data", "data set", "model", "weights source", "freeze plan", "trainable params", "BN mode", "learning rate",
     "batch size", "augmentation", "image size", "seed", "epochs", "best val accuracy", "time per epoch",
-    "total time",
+    "total time", "cost per epoch", "timing",
 )
 
 
@@ -125,10 +127,28 @@ def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | 
         "image size": f"{size} px" if size else "default",
         "seed": str(c.get("seed", "")),
         "epochs": epochs_txt,
-        "best val accuracy": "-" if best is None else f"{float(best):.1%}",
+        "best val accuracy": accuracy_text(best, s.get("val_images")),
         "time per epoch": format_seconds(_time_per_epoch(run, epochs)),
         "total time": format_seconds(_total_time(run)),
+        "cost per epoch": f"{float(s['gflops_per_epoch']):.3g} GFLOPs" if s.get("gflops_per_epoch") else "-",
+        "timing": _timing_text(s),
     }
+
+
+def _timing_text(s: Mapping[str, Any]) -> str:
+    """Whether the seconds are comparable: measured alone, or on a shared machine (inflated)."""
+    if s.get("shared_machine") is None:
+        return "-"
+    load = s.get("load_avg")
+    load_txt = f", load {float(load[0] if isinstance(load, (list, tuple)) else load):.1f}" if load is not None else ""
+    cpu = s.get("cpu_seconds")
+    cpu_txt = f", CPU {format_seconds(float(cpu))}" if cpu is not None else ""
+    return ("shared machine: seconds inflated" if s["shared_machine"] else "machine to itself") + load_txt + cpu_txt
+
+
+def compare_overlap_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
+    """A sentence naming the runs whose best-accuracy 95% intervals overlap (None if none do)."""
+    return overlap_note(run_labels(runs), [run_interval(r.get("summary") or {}, "best_val_accuracy") for r in runs])
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]],
@@ -355,7 +375,8 @@ def experiment_plan(blocks: Sequence[Block], freezes: Sequence[str], *, from_scr
 
 
 def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, from_scratch: bool = False,
-                label_prefix: str = "", start: bool = True, workspace: str | None = None) -> tuple[str, list[str]]:
+                label_prefix: str = "", start: bool = True, workspace: str | None = None,
+                repeats: int = 1) -> tuple[str, list[str]]:
     """Queue one run per freeze spec, sharing a new group id, for the background worker.
 
     Every run copies ``base`` (same data, split, seed and hyperparameters) and changes only
@@ -372,6 +393,8 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
         label_prefix: put before each run's label (``"freeze=<spec>"`` / ``"from scratch"``).
         start: start the worker process (False only queues; tests use it).
         workspace: the workspace that owns the runs (see :mod:`tl_dashboard.workspaces`).
+        repeats: runs per depth, with seeds ``base.seed .. base.seed + repeats - 1`` (a new split
+            and head init each); the sweep chart plots their mean with a 95% error bar.
 
     Returns:
         ``(group_id, run_ids)`` with the ids in queue order.
@@ -383,12 +406,14 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
     if not freezes and not from_scratch:
         raise ValueError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
     group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    ids = [worker.submit_run(store, replace(base, freeze=f), label=f"{label_prefix}freeze={f}",
-                             group_id=group, start=False, workspace=workspace) for f in freezes]
+    seeds = [base.seed + r for r in range(max(1, int(repeats)))]
+    tag = (lambda sd: f" seed={sd}") if len(seeds) > 1 else (lambda sd: "")
+    ids = [worker.submit_run(store, replace(base, freeze=f, seed=sd), label=f"{label_prefix}freeze={f}{tag(sd)}",
+                             group_id=group, start=False, workspace=workspace) for sd in seeds for f in freezes]
     if from_scratch:
-        ids.append(worker.submit_run(store, replace(base, freeze="none", weights="none"),
-                                     label=f"{label_prefix}from scratch", group_id=group, start=False,
-                                     workspace=workspace))
+        ids += [worker.submit_run(store, replace(base, freeze="none", weights="none", seed=sd),
+                                  label=f"{label_prefix}from scratch{tag(sd)}", group_id=group, start=False,
+                                  workspace=workspace) for sd in seeds]
     if start:
         worker.start_worker(store)
     return group, ids
@@ -433,6 +458,7 @@ def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
             "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
             "trainable_params": s.get("trainable_params"), "best_val_accuracy": s.get("best_val_accuracy"),
             "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,
-            "epochs": s.get("epochs"),
+            "epochs": s.get("epochs"), "seed": c.get("seed"), "val_images": s.get("val_images"),
+            "gflops_per_epoch": s.get("gflops_per_epoch"), "shared_machine": s.get("shared_machine"),
         })
     return out

@@ -117,3 +117,43 @@ def overlap_note(names: Sequence[str], intervals: Sequence[tuple[float, float] |
     shown = "; ".join(pairs[:6]) + (f" and {len(pairs) - 6} more pairs" if len(pairs) > 6 else "")
     return (f"95% intervals overlap: {shown}. On this many validation images their difference could be chance; "
             "do not rank them on it.")
+
+
+def group_repeats(points: Sequence[Mapping[str, Any]], key: str = "best_val_accuracy") -> list[dict[str, Any]]:
+    """Merge a sweep's runs that differ only by seed into one point per (freeze, from scratch).
+
+    Each merged point keeps the first run's fields and gets ``key`` = the mean over its runs,
+    ``acc_low``/``acc_high`` = the 95% interval (t-based over the repeats when there are 2 or more,
+    else the single run's Wilson interval on ``val_images``), ``repeats``, ``train_seconds`` = mean,
+    ``seconds_sd``, ``gflops_per_epoch`` (first known) and ``shared_machine`` (any run shared).
+    Points without ``key`` are left out.
+    """
+    groups: dict[tuple[Any, bool], list[Mapping[str, Any]]] = {}
+    for p in points:
+        if p.get(key) is None:
+            continue
+        groups.setdefault((p.get("freeze"), bool(p.get("from_scratch"))), []).append(p)
+    out = []
+    for runs in groups.values():
+        accs = [float(r[key]) for r in runs]
+        secs = [float(r["train_seconds"]) for r in runs if r.get("train_seconds") is not None]
+        if len(accs) >= 2:
+            mean, lo, hi = mean_interval(accs)
+        else:
+            mean = accs[0]
+            lo, hi = accuracy_interval(mean, int(runs[0].get("val_images") or 0)) if runs[0].get("val_images") else (mean, mean)
+        ms = sum(secs) / len(secs) if secs else None
+        sd = math.sqrt(sum((s - ms) ** 2 for s in secs) / (len(secs) - 1)) if len(secs) >= 2 and ms is not None else 0.0
+        out.append({**runs[0], key: mean, "acc_low": max(0.0, lo), "acc_high": min(1.0, hi), "repeats": len(runs),
+                    "train_seconds": ms, "seconds_sd": sd,
+                    "gflops_per_epoch": next((r["gflops_per_epoch"] for r in runs if r.get("gflops_per_epoch")), None),
+                    "shared_machine": any(bool(r.get("shared_machine")) for r in runs),
+                    "run_ids": [r.get("run_id") for r in runs]})
+    return out
+
+
+def sweep_overlap_note(points: Sequence[Mapping[str, Any]]) -> str | None:
+    """For merged sweep points (:func:`group_repeats`): which depths' 95% intervals overlap."""
+    pts = [p for p in points if p.get("acc_low") is not None]
+    names = [str(p.get("freeze_label") or p.get("label")) + (" (from scratch)" if p.get("from_scratch") else "") for p in pts]
+    return overlap_note(names, [(p["acc_low"], p["acc_high"]) for p in pts])
