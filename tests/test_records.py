@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import time
 
 import pytest
 
@@ -111,3 +112,40 @@ def test_each_run_folder_keeps_its_record(trained_store):
         assert rec["run"]["status"] == run["status"] and rec["run"]["config"] == run["config"]
         if run_id in epochs:
             assert len(rec["epochs"]) == 2 and rec["steps"]
+
+
+def test_backup_taken_while_a_run_trains_restores_a_sound_store(shapes_dir, tmp_path, capsys, monkeypatch):
+    """`tl-dashboard backup` during training: the copy passes integrity_check and lists the same runs."""
+    from tl_dashboard.engine import TrainConfig
+    from tl_dashboard.worker import submit_run
+
+    runs = tmp_path / "runs"
+    _train(runs, shapes_dir, "--label", "done")
+    store = RunStore(runs)
+    run_id = submit_run(store, TrainConfig(data_dir=str(shapes_dir), epochs=40, image_size=32, batch_size=4))
+    try:
+        deadline = time.time() + 300
+        while not store.epochs(run_id):  # training, with at least one epoch (and checkpoint) written
+            assert time.time() < deadline and store.get_run(run_id)["status"] in ("queued", "running")
+            time.sleep(0.2)
+        assert main(["backup", str(tmp_path / "backup"), "--json", "--runs-dir", str(runs)]) == 0
+        rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert store.get_run(run_id)["status"] == "running"  # it was training all along
+    finally:
+        store.request_stop(run_id)
+    assert rep["integrity"] == "ok" and rep["runs"] == 2
+    backup = tmp_path / "backup"
+    assert not [p for p in backup.rglob("*") if p.name.endswith(".tmp")]
+    with sqlite3.connect(backup / "runs.db") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    restored = tmp_path / "restored"  # restore = use the copy as the runs folder
+    shutil.copytree(backup, restored)
+    assert main(["runs", "--json", "--runs-dir", str(restored)]) == 0
+    listed = {r["run_id"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+    assert set(listed) == {r["id"] for r in store.list_runs()}
+    done = next(r for r in listed.values() if r["label"] == "done")
+    img = next(shapes_dir.glob("circles/*.png"))
+    assert main(["predict", done["run_id"], str(img), "--runs-dir", str(restored)]) == 0
+    assert main(["predict", run_id, str(img), "--runs-dir", str(restored)]) == 0  # its last whole checkpoint
+    assert main(["backup", str(backup), "--runs-dir", str(runs)]) == 2  # never overwrites
+    assert "not empty" in capsys.readouterr().err

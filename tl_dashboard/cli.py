@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="delete every entry and the scan memo")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("backup", help="copy the run database (SQLite online backup, safe while runs train) and run folders")
+    p.add_argument("dest", type=Path, help="a new or empty folder; restore by using it as the runs folder (README)")
+    p.add_argument("--json", action="store_true")
+    _add_runs_dir(p)
+
     p = sub.add_parser("import", help="import a zip of class folders safely")
     p.add_argument("archive", type=Path)
     p.add_argument("--into", type=Path, default=None, help="a new folder (default: a fresh folder under ./datasets)")
@@ -471,13 +476,22 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup_store
+
+    rep = backup_store(_store(args), args.dest)
+    print(json.dumps(rep.to_dict()) if args.json else
+          f"backed up {rep.runs} runs ({rep.bytes / 1e6:.1f} MB) to {rep.dest}; integrity check: {rep.integrity}")
+    return 0 if rep.integrity == "ok" else 1
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from .cache import cli_cache
 
     return cli_cache(args.list, args.clear, args.json)
 
 
-_COMMANDS = {"cache": cmd_cache, "app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find,
+_COMMANDS = {"backup": cmd_backup, "cache": cmd_cache, "app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find,
              "layers": cmd_layers, "runs": cmd_runs,
              "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
 

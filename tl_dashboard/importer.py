@@ -33,6 +33,7 @@ from PIL import Image
 
 from .data import IMAGE_EXTENSIONS, Skipped, check_image, env_number
 from .errors import UserError
+from .limits import check_upload
 
 __all__ = [
     "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
@@ -348,6 +349,8 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
         ArchiveError: Not a zip; ``into`` is a file or not empty; a member escapes the folder,
             is absolute, a symlink or encrypted; too many members or bytes; a likely zip bomb;
             or a member is corrupt. Nothing this call wrote is left on disk.
+        limits.UploadTooLarge: over the host's ``TL_MAX_UPLOAD_MB`` or ``TL_MAX_DATASETS_GB``;
+        storage.DiskFull: the images do not fit on the disk. Both before a byte is written.
         FileNotFoundError: ``source`` is a path that does not exist.
     """
     max_total, max_n = _limits(max_total_bytes, max_files)
@@ -370,6 +373,8 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
                            "upload a .zip of a folder with one sub-folder per class.") from None
     with zf:
         plan = _plan(zf, label, max_total, max_n)
+        check_upload(_size_of(fp), sum(info.file_size for info, _n, _p, why in plan if not why),  # before a byte
+                     dest or datasets_dir(), f"the zip {label!r}")
         made: list[Path] = []  # dest and any missing parents, created here; removed again on failure
         if dest is None:
             dest = new_upload_dir("upload")
@@ -485,6 +490,15 @@ def sort_folder_upload(files: Sequence[tuple[str, bytes]]) -> tuple[str, dict[st
     return safe_name(top, "upload"), by_class, loose
 
 
+def _size_of(fp: str | os.PathLike | BinaryIO) -> int:
+    if isinstance(fp, (str, os.PathLike)):
+        return os.path.getsize(fp)
+    pos = fp.tell()
+    size = fp.seek(0, os.SEEK_END)
+    fp.seek(pos)
+    return size
+
+
 def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> ImportReport:
     """Validate uploaded images (browser upload, webcam capture) and write them into a class folder.
 
@@ -502,6 +516,8 @@ def save_images(files: Sequence[tuple[str, bytes]], into_class_dir: Path) -> Imp
         OSError: The class folder cannot be created or written.
     """
     folder = Path(into_class_dir).expanduser().absolute()
+    size = sum(len(payload) for _name, payload in files)
+    check_upload(size, size, folder, f"the {len(files)} uploaded image(s)")  # limits and free space, before a byte
     folder.mkdir(parents=True, exist_ok=True)
     report = ImportReport(root=folder)
     for name, payload in files:
