@@ -19,20 +19,46 @@ store = RunStore()
 ws_id = ss.get("ws_id")  # uploads belong to this workspace (views.workspace)
 
 
-@st.cache_data(show_spinner="Scanning and checking every image…", max_entries=32)
-def scan(data_dir: str, val_fraction: float, seed: int, signature: tuple) -> dict:
-    split = scan_images(data_dir, val_fraction=val_fraction, seed=seed)
+@st.cache_resource
+def _scans() -> dict:
+    """Scan results shared by every session: (folder, split, signature) -> summary (the 32 newest)."""
+    return {}
+
+
+def scan(data_dir: str, val_fraction: float, seed: int, signature: tuple, progress=None) -> dict:
+    """The folder's summary; scanned again only when its signature (files, sizes, times) changes.
+
+    Not ``st.cache_data``: a cached function cannot drive a progress bar made outside it, and a
+    first scan of a big folder needs one (new files are checked on every core, then remembered)."""
+    key, done = (data_dir, val_fraction, seed, signature), _scans()
+    if key in done:
+        return done[key]
+    with st.spinner("Scanning and checking every image…"):
+        split = scan_images(data_dir, val_fraction=val_fraction, seed=seed, progress=progress)
     examples = {c: [] for c in split.classes}
     for s in split.train + split.val:
         if len(examples[split.classes[s.label]]) < 8:
             examples[split.classes[s.label]].append(str(s.path))
     root = split.root
-    return {
+    done[key] = {
         "classes": split.classes, "counts": split.counts(), "presplit": split.presplit,
         "train": len(split.train), "val": len(split.val), "examples": examples,
         "skipped": [{"file": str(s.path.relative_to(root)) if root in s.path.parents else str(s.path),
                      "reason": s.reason} for s in split.skipped],
     }
+    for old in list(done)[:-32]:
+        done.pop(old, None)
+    return done[key]
+
+
+def cache_note() -> str:
+    """One line: where decoded images and frozen features are cached between runs, and how much."""
+    from tl_dashboard import cache
+
+    u = cache.usage()
+    return (f"Cache of decoded images and frozen features: {cache.human_bytes(u['bytes'])} in {u['entries']} entries "
+            f"at `{u['path']}` (bound {cache.human_bytes(u['max_bytes'])}, TL_CACHE_MAX_GB; "
+            "`tl-dashboard cache --clear` empties it).")
 
 
 @st.cache_data(max_entries=256)
@@ -254,11 +280,15 @@ st.divider()
 st.subheader(f"Training data: {Path(ss.data_dir).name}")
 st.caption(f"`{ss.data_dir}`")
 sig = data.folder_signature(ss.data_dir)
+bar = st.empty()  # new files are checked on every core; a big folder shows how far it got
 try:
-    info = scan(ss.data_dir, float(ss.val_fraction), int(ss.seed), sig)
+    info = scan(ss.data_dir, float(ss.val_fraction), int(ss.seed), sig,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"Checking images: {done:,} of {total:,}"))
 except DataError as exc:
     st.error(str(exc), icon=":material/folder_off:")
     st.stop()
+finally:
+    bar.empty()
 
 m = st.columns(5)
 m[0].metric("Classes", len(info["classes"]))
@@ -273,6 +303,7 @@ with m[4]:
                   help="Share of each class kept aside to measure accuracy on images the model never trains on.",
                   **ui.bind(ss, "val_fraction"))
 
+st.caption(cache_note())
 for warning in data.data_warnings(info["counts"]):
     st.warning(warning, icon=":material/warning:")
 

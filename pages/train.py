@@ -18,6 +18,16 @@ from tl_dashboard import fairqueue, workspaces
 from tl_dashboard.worker import reap
 from views import review, workspace
 
+
+def cache_line() -> str:
+    """Decoded images and frozen features are kept on disk between runs: where, and how much."""
+    from tl_dashboard import cache
+
+    u = cache.usage()
+    return (f"Kept between runs (a second run or a sweep at the same depth skips decoding and the frozen blocks): "
+            f"{cache.human_bytes(u['bytes'])} in `{u['path']}`, bound {cache.human_bytes(u['max_bytes'])} (TL_CACHE_MAX_GB).")
+
+
 ss = st.session_state
 ui.require_router(ss, "pages/train.py", st.switch_page)
 store = RunStore()
@@ -125,6 +135,7 @@ with settings:
     st.caption("Frozen blocks give the same output every epoch, so with *auto* they run once per image and only "
                "the trainable rest runs each epoch (much faster). It cannot be used with augmentation or "
                "BatchNorm set to train.")
+    st.caption(cache_line())
     with st.expander("Unfreeze schedule (optional): start frozen, unfreeze the last blocks later"):
         st.caption("Train the head first, then let the top of the backbone adapt too, with a smaller learning "
                    "rate so the pretrained features are nudged, not overwritten (discriminative learning rate). "

@@ -234,3 +234,29 @@ def test_cli_cache_list_and_clear(tmp_path, capsys):
     assert main(["cache", "--clear", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["freed_bytes"] > 0
     assert cache.list_entries() == []
+
+
+def test_second_run_reuses_images_and_features_and_head_features_shares_them(shapes_dir, monkeypatch):
+    from tl_dashboard.engine import TrainConfig, train
+    from tl_dashboard.features import head_features
+
+    cfg = TrainConfig(data_dir=str(shapes_dir), freeze="head", epochs=2, batch_size=8, image_size=32)
+    first = train(cfg)
+    assert first.feature_cache["used"] and first.feature_cache["persistent"] == "computed and stored"
+    entries = {(e["kind"], e["key"]) for e in cache.list_entries()}
+    assert {k for k, _ in entries} == {"images", "features"}
+
+    def no_decoding(*a, **k):
+        raise AssertionError("a cached run decoded images again")
+
+    monkeypatch.setattr(parallel, "decode_rows", no_decoding)
+    monkeypatch.setattr(parallel, "verify_files", no_decoding)
+    second = train(cfg)
+    assert second.feature_cache["persistent"] == "reused"
+    assert [h["train_loss"] for h in second.history] == [h["train_loss"] for h in first.history]
+    assert second.val_accuracy == first.val_accuracy
+    fs = head_features(cfg)
+    assert len(fs.train) + len(fs.val) == 16
+    assert {(e["kind"], e["key"]) for e in cache.list_entries()} == entries  # the probe reused the run's entry
+    full = train(TrainConfig(**{**cfg.to_dict(), "freeze": "4", "epochs": 1}))  # another depth: its own entry
+    assert full.feature_cache["persistent"] == "computed and stored"

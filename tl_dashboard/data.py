@@ -387,7 +387,7 @@ def _validate(files: list[Path], root_real: str, limit: int,
         verdicts = memo.verdicts(digests.values(), limit)
         todo = [p for p in stats if digests.get(p) not in verdicts]
         new_digests, new_verdicts = {}, {}
-        for p, (digest, reason) in zip(todo, verify_files(todo, limit, progress)):
+        for p, (digest, reason) in zip(todo, verify_files(todo, limit, progress) if todo else []):
             if digest:
                 new_digests[p] = digests[p] = digest
                 new_verdicts[digest] = verdicts[digest] = reason

@@ -4,7 +4,8 @@
 trains with AdamW and a cosine schedule, one phase at a time:
 
 1. :func:`prepare` - scan the folder (or take a scanned split), create the model, apply the freeze plan;
-2. :func:`load_data` - decode every image once into uint8 tensors (``data.DecodedImageCache``);
+2. :func:`load_data` - decode every image once, on every core, into the on-disk image cache
+   (``imagestore``; later runs reuse it), read back batch by batch;
 3. :func:`featurecache.build_feature_cache` - when the first K blocks stay frozen all run
    (BatchNorm on running statistics) and augmentation is off, their output is computed once per
    image and only the rest trains, on the cached tensors; otherwise the frozen prefix still runs
@@ -40,8 +41,10 @@ from torch import nn
 from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
-from .data import DatasetSplit, DecodedImageCache, scan_images
+from .data import DatasetSplit, scan_images
+from .featstore import prefix_key
 from .featurecache import FrozenSplit, build_feature_cache
+from .imagestore import RowView, open_images
 from .layers import Block, FreezePlan, apply_freeze, count_params, list_blocks, parse_freeze
 from .loop import Dist, Loop, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
 from .preprocess import Normalizer, center_crop
@@ -168,14 +171,21 @@ def prepare(config: TrainConfig, split: DatasetSplit | None = None) -> Prepared:
     return Prepared(config, split, model, weights, blocks, plan, image_size, load_size)
 
 
-def load_data(prep: Prepared, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Phase: every image decoded and resized once -> ``(x_train, y_train, x_val, y_val)``, labels on ``device``."""
-    cache = DecodedImageCache(prep.load_size, interpolation=prep.weights.interpolation)
-    x_train, y_train = cache.stack(prep.split.train)
-    x_val, y_val = cache.stack(prep.split.val)
-    if device.type == "cuda":  # pinned host memory: non-blocking copies overlap with compute
-        x_train, x_val = x_train.pin_memory(), x_val.pin_memory()
-    return x_train, y_train.to(device), x_val, y_val.to(device)
+def load_data(prep: Prepared, device: torch.device) -> tuple[RowView, torch.Tensor, RowView, torch.Tensor]:
+    """Phase: every image decoded and resized once, on every core, into the on-disk cache
+    (:mod:`.imagestore`; reused by later runs) -> ``(x_train, y_train, x_val, y_val)``.
+
+    ``x_*`` are :class:`~tl_dashboard.imagestore.RowView`: indexed like uint8 tensors, they read
+    only the rows asked for (pinned memory on CUDA), so memory does not grow with the data set."""
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation)
+    pin = device.type == "cuda"  # pinned host memory: non-blocking copies overlap with compute
+    views = []
+    for samples in (prep.split.train, prep.split.val):
+        view = RowView(store.read, store.rows(samples, digests), pin=pin)
+        view.source = store
+        views.append((view, torch.tensor([int(s.label) for s in samples], dtype=torch.int64).to(device)))
+    (x_train, y_train), (x_val, y_val) = views
+    return x_train, y_train, x_val, y_val
 
 
 def _place_model(model: nn.Module, device: torch.device) -> bool:
@@ -198,7 +208,9 @@ def build_loop(config: TrainConfig, prep: Prepared, device: torch.device, dist: 
     split = FrozenSplit(prep.model, prep.blocks, schedule.frozen_all_run())
     norm = Normalizer(prep.weights.mean, prep.weights.std, device)
     fmt = lambda t: t.contiguous(memory_format=torch.channels_last) if nhwc and t.dim() == 4 else t  # noqa: E731
-    cache = build_feature_cache(config, prep.model, prep.plan, split, x_train, x_val, norm, prep.image_size, device, fmt)
+    key = prefix_key(prep, "head" if split.head_only else split.k, nhwc)
+    cache = build_feature_cache(config, prep.model, prep.plan, split, x_train, x_val, norm, prep.image_size, device, fmt,
+                                key_parts=key)
     if cache.used:
         i = cache.info
         log("info", f"Feature cache: {split.k} frozen blocks computed once for {len(x_train) + len(x_val)} images "

@@ -29,7 +29,7 @@ from .imagestore import ImageStore
 __all__ = ["FeatureStore", "open_features", "prefix_key", "weights_digest"]
 
 _FILE = "features.bin"
-_IN_RAM_BYTES = 768 * 2**20  # smaller entries are read whole into memory for the epochs
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64}
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -62,29 +62,24 @@ class FeatureStore:
         self.row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self.hit = False
         self.build_seconds = 0.0
-        self._all: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         return self.rows_n * self.row_bytes
 
-    def _load_all(self) -> torch.Tensor:
-        if self._all is None:
-            arr = np.fromfile(self.path / _FILE, dtype=self.dtype).reshape(self.rows_n, *self.shape)
-            self._all = torch.from_numpy(arr)
-        return self._all
-
-    def read(self, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Features of the given rows (a new tensor)."""
+    def read(self, rows: Sequence[int] | torch.Tensor, *, pin: bool = False) -> torch.Tensor:
+        """Features of the given rows (a new tensor; pinned memory when ``pin``), read with ``pread``."""
         rows_t = torch.as_tensor(rows, dtype=torch.int64)
-        if self.nbytes <= _IN_RAM_BYTES:
-            return self._load_all()[rows_t]
-        out = np.empty((len(rows_t), *self.shape), dtype=self.dtype)
-        buf = out.reshape(len(rows_t), -1).view(np.uint8)
-        with open(self.path / _FILE, "rb", buffering=0) as fh:
+        out = torch.empty((len(rows_t), *self.shape), dtype=_TORCH_DTYPES[str(self.dtype)], pin_memory=pin)
+        buf = out.numpy().reshape(len(rows_t), -1).view(np.uint8)
+        fd = os.open(self.path / _FILE, os.O_RDONLY)
+        try:
             for j, r in enumerate(rows_t.tolist()):
-                os.preadv(fh.fileno(), [buf[j]], r * self.row_bytes)
-        return torch.from_numpy(out)
+                if os.preadv(fd, [buf[j]], r * self.row_bytes) != self.row_bytes:
+                    raise cache.CacheError(f"The feature cache {self.path} is damaged; run `tl-dashboard cache --clear`.")
+        finally:
+            os.close(fd)
+        return out
 
 
 def _build(tmp: Path, store: ImageStore, compute: Callable[[torch.Tensor], torch.Tensor], batch: int,
@@ -95,6 +90,8 @@ def _build(tmp: Path, store: ImageStore, compute: Callable[[torch.Tensor], torch
     with open(tmp / _FILE, "wb") as fh:
         for xb in store.batches(rows, batch):
             out = compute(xb).detach().to("cpu").contiguous()
+            if out.dtype not in (torch.float32, torch.float16, torch.float64):
+                out = out.float()
             if not info:
                 info = {"shape": list(out.shape[1:]), "dtype": str(out.numpy().dtype), "rows": len(store)}
                 need = len(store) * out[0].numel() * out.element_size()

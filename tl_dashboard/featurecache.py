@@ -102,8 +102,13 @@ def run_prefix(split: FrozenSplit, images: torch.Tensor, norm: Normalizer, size:
 
 def build_feature_cache(config: Any, model: nn.Module, plan: FreezePlan, split: FrozenSplit,
                         x_train: torch.Tensor, x_val: torch.Tensor, norm: Normalizer, size: int,
-                        device: torch.device, fmt: Callable[[torch.Tensor], torch.Tensor]) -> FeatureCache:
-    """Phase: decide, estimate the memory, and compute the prefix once for every image if it fits."""
+                        device: torch.device, fmt: Callable[[torch.Tensor], torch.Tensor],
+                        key_parts: dict[str, Any] | None = None) -> FeatureCache:
+    """Phase: decide, estimate the memory, and compute the prefix once for every image if it fits.
+
+    When the images come from the on-disk store (``imagestore.RowView``) and ``key_parts`` names
+    the prefix (``featstore.prefix_key``), the output is read from / written to the persistent
+    feature cache: a second run, or a sweep's next run at the same depth, skips the prefix."""
     use, reason = cache_decision(config, model, plan, split)
     info: dict[str, Any] = {"used": False, "frozen_prefix_blocks": split.k, "reason": reason}
     if not use:
@@ -116,8 +121,19 @@ def build_feature_cache(config: Any, model: nn.Module, plan: FreezePlan, split: 
                           f"{config.cache_max_mb} MB bound; training runs the full path")
         return FeatureCache(False, info)
     t0 = time.perf_counter()
-    f_train = run_prefix(split, x_train, norm, size, device, fmt=fmt)
-    f_val = run_prefix(split, x_val, norm, size, device, fmt=fmt)
+    store = getattr(x_train, "source", None)
+    if store is not None and key_parts is not None:  # on disk, shared by later runs (featstore)
+        from .featstore import open_features
+
+        def compute(xb: torch.Tensor) -> torch.Tensor:
+            return split.prefix(fmt(norm(center_crop(xb, size).to(device))))
+
+        fs = open_features(store, key_parts, compute)
+        f_train, f_val = fmt(fs.read(x_train.rows)), fmt(fs.read(x_val.rows))
+        info.update(persistent="reused" if fs.hit else "computed and stored", entry=fs.path.name[:12])
+    else:
+        f_train = run_prefix(split, x_train, norm, size, device, fmt=fmt)
+        f_val = run_prefix(split, x_val, norm, size, device, fmt=fmt)
     where = "CPU memory"
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .engine import Normalizer, TrainConfig, center_crop, prepare
+from .engine import Normalizer, TrainConfig, _place_model, center_crop, prepare
 from .featstore import open_features, prefix_key
 from .imagestore import open_images
 
@@ -61,14 +61,17 @@ def head_features(config: TrainConfig, *, batch: int = 64,
     """
     prep = prepare(replace(config, freeze="head"))
     model = prep.model.eval()
+    nhwc = _place_model(model, torch.device("cpu"))  # as a head-only run computes them: they share the cache entry
     norm = Normalizer(prep.weights.mean, prep.weights.std)
     store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation)
 
     def compute(x: torch.Tensor) -> torch.Tensor:
-        return model.forward_head(model.forward_features(norm(center_crop(x, prep.image_size))), pre_logits=True).float()
+        x = norm(center_crop(x, prep.image_size))
+        x = x.contiguous(memory_format=torch.channels_last) if nhwc else x
+        return model.forward_head(model.forward_features(x), pre_logits=True).float()
 
     total = len(store)
-    feats = open_features(store, prefix_key(prep, "head", False), compute, batch=batch, progress=progress)
+    feats = open_features(store, prefix_key(prep, "head", nhwc), compute, batch=batch, progress=progress)
     if progress is not None and feats.hit:
         progress(total, total)
     out = []

@@ -29,7 +29,7 @@ import torch
 from . import cache, data
 from .data import DataError, DatasetSplit, Sample, env_number
 
-__all__ = ["ImageStore", "open_images", "split_digests", "DecodedImageCache"]
+__all__ = ["ImageStore", "RowView", "open_images", "split_digests", "DecodedImageCache"]
 
 _FILE, _INDEX = "images.u8", "digests.txt"
 Progress = Callable[[int, int], None]
@@ -110,6 +110,77 @@ class ImageStore:
                     t.join(0.01)
 
 
+class RowView:
+    """A list of rows of an on-disk store, indexed like a tensor: ``len(v)``, ``v[idx]`` -> a tensor.
+
+    ``v[idx]`` (an index tensor, a slice or an int) reads just those rows. :meth:`plan` announces an
+    epoch's batches so they are read ahead on a background thread (into pinned memory when
+    ``pin``), ready when the loop asks for them.
+    """
+
+    def __init__(self, read: Callable[..., torch.Tensor], rows: torch.Tensor, *, pin: bool = False) -> None:
+        self._read, self.rows, self.pin = read, rows, pin
+        self._ahead: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._stop = threading.Event()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
+        return self._read(self.rows[idx], pin=self.pin) if self.pin else self._read(self.rows[idx])
+
+    def __getitem__(self, idx: torch.Tensor | slice | int) -> torch.Tensor:
+        if isinstance(idx, int):
+            return self[torch.tensor([idx])][0]
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self.rows))[idx]
+        if self._ahead is not None:
+            try:
+                planned, batch = next(self._ahead)
+            except StopIteration:
+                planned, batch = None, None
+            if planned is not None and torch.equal(planned, idx):
+                return batch
+            self._ahead = None  # the loop went its own way: read directly from now on
+            self._stop.set()
+        return self._fetch(idx)
+
+    def plan(self, batches: Sequence[torch.Tensor], prefetch: int = 3) -> None:
+        """Read these index batches ahead, in this order (the next ``v[idx]`` calls should ask for them)."""
+        batches = list(batches)
+        self._stop.set()  # an earlier plan's reader ends
+        stop = self._stop = threading.Event()
+
+        def put(q: queue.Queue, item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+
+            def reader() -> None:
+                try:
+                    for b in batches:
+                        if not put(q, (b, self._fetch(b))):
+                            return
+                except BaseException as exc:
+                    put(q, exc)
+
+            threading.Thread(target=reader, name="rowview-prefetch", daemon=True).start()
+            for _ in batches:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        self._ahead = gen() if len(batches) > 1 else None
+
+
 def split_digests(split: DatasetSplit) -> dict[Path, str]:
     """``{path: sha256}`` of every train and val image (from the scan; hashed here if it has none)."""
     out = dict(split.digests)
@@ -165,7 +236,7 @@ def _build(tmp: Path, digests: list[str], paths: dict[str, Path], L: int, interp
     finally:
         os.close(fd)
     jobs = [(want[d], str(paths[d]), d) for d in digests if d not in have]
-    failed = decode_rows(jobs, tmp / _FILE, L, interpolation, progress)
+    failed = decode_rows(jobs, tmp / _FILE, L, interpolation, progress) if jobs else []
     if failed:
         row, reason = failed[0]
         raise DataError(f"Cannot use image {paths[digests[row]]}: {reason}. Re-scan the data folder or remove "

@@ -221,6 +221,9 @@ def run_epoch(loop: Loop, epoch: int, callbacks: Sequence[Any]) -> dict[str, Any
     set_bn_mode(loop.model, loop.blocks, loop.schedule.plan_at(epoch))
     t_epoch = time.perf_counter()
     order = shard_indices(len(loop.x_train), epoch, loop.seed, loop.dist.rank, loop.dist.world)
+    if not loop.cache.used and hasattr(loop.x_train, "plan"):  # images from disk: read the epoch's batches ahead
+        b = loop.per_rank_batch
+        loop.x_train.plan([order[i * b:(i + 1) * b] for i in range(loop.steps_per_epoch)])
     loss_sum, correct, seen = 0.0, 0, 0
     for bi in range(loop.steps_per_epoch):
         if loop.dist.any(any(cb.should_stop() for cb in callbacks)):

@@ -1,10 +1,11 @@
 """Decode on every core: the scan's full check and the decoded-image cache's build, in worker processes.
 
 PIL's decoders release the GIL but Python-level work around them (opening, EXIF, crop, conversion)
-does not, so threads top out well below the core count; worker processes do not. Workers are forked
-from a fork server (never from the caller, which may hold torch's threads or Streamlit's locks), and
-import only PIL and numpy. Small jobs (under :data:`INLINE_BELOW` files) run on two threads in this
-process instead: starting workers would cost more than it saves.
+does not, so threads top out well below the core count; worker processes do not. On Linux the
+workers are forked, as torch's own ``DataLoader`` workers are: they start at once and share the
+caller's pages; they only run PIL, numpy and hashlib (never torch, whose thread pool does not
+survive a fork). Elsewhere they are spawned. Small jobs (under :data:`INLINE_BELOW` files) run on
+two threads in this process instead: starting workers would cost more than it saves.
 
 Each worker reads a file's bytes once, hashes them (the content digest the caches are keyed by) and
 decodes those same bytes, so a cached row always matches its digest.
@@ -15,6 +16,7 @@ import hashlib
 import io
 import os
 import re
+import sys
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +45,7 @@ def _executor(n_jobs: int) -> Executor:
         return ThreadPoolExecutor(max_workers=2)
     import multiprocessing as mp
 
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+    method = "fork" if sys.platform.startswith("linux") else "spawn"  # a fork server would import __main__ (torch)
     return ProcessPoolExecutor(max_workers=worker_count(), mp_context=mp.get_context(method))
 
 
