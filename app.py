@@ -67,6 +67,8 @@ def run() -> None:
     ss = st.session_state
     ui_state.init_state(ss)
     store = RunStore()
+    for notice in store.pop_notices():  # e.g. "the run database was damaged: rebuilt it from N run folders"
+        st.toast(notice, icon=":material/build:")
     ws_id, note = workspace.attach(store, ss, st.query_params.get("ws"))
     if st.query_params.get("ws") != ws_id:
         st.query_params["ws"] = ws_id  # the URL is the key: reload, bookmark and a second tab find it

@@ -80,3 +80,23 @@ def test_import_checks_free_space_before_writing(tmp_path, monkeypatch, runs_dir
 
 def test_run_estimate_counts_the_checkpoint_and_its_replacement():
     assert run_bytes_needed(1_000_000) >= 2 * 4_000_000
+
+
+def test_data_page_upload_over_the_limit_is_a_message(runs_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.setenv("TL_MAX_UPLOAD_MB", "0.01")
+    monkeypatch.chdir(repo)
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/data.py")
+    at.run()
+    at.button_group(key="w_data_source").set_value("upload").run()
+    at.file_uploader(key="zip_0").set_value(("pets.zip", _zip(), "application/zip")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = "\n".join(str(e.value) for e in at.error)
+    assert "TL_MAX_UPLOAD_MB" in errors and "per upload" in errors

@@ -5,6 +5,7 @@ import json
 import shutil
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,25 @@ def test_backup_taken_while_a_run_trains_restores_a_sound_store(shapes_dir, tmp_
     assert main(["predict", run_id, str(img), "--runs-dir", str(restored)]) == 0  # its last whole checkpoint
     assert main(["backup", str(backup), "--runs-dir", str(runs)]) == 2  # never overwrites
     assert "not empty" in capsys.readouterr().err
+
+
+def test_dashboard_says_once_that_the_database_was_rebuilt(trained_store, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parent.parent
+    runs, before, _ = _copy(trained_store, tmp_path)
+    (runs / "runs.db").write_text("not a database")
+    for suffix in ("-wal", "-shm"):
+        (runs / f"runs.db{suffix}").unlink(missing_ok=True)
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs))
+    monkeypatch.setenv("TL_DATASETS_DIR", str(tmp_path / "datasets"))
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.chdir(repo)
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    toasts = [str(t.value) for t in at.toast]
+    assert any("rebuilt it from 3 run folder(s)" in t for t in toasts), toasts
+    at.run()
+    assert not any("rebuilt" in str(t.value) for t in at.toast)  # said once
+    assert {r["id"] for r in RunStore(runs).list_runs()} == set(before)

@@ -146,10 +146,12 @@ class RunStore:
     def pop_notices(self) -> list[str]:
         """Notices about the store (e.g. "the run database was rebuilt") not shown yet; each is returned once."""
         try:
+            if not self._query("SELECT 1 FROM store_notices WHERE shown=0 LIMIT 1"):
+                return []  # the usual case: no write
             with self._tx(immediate=True) as con:
                 rows = con.execute("SELECT rowid, message FROM store_notices WHERE shown=0 ORDER BY rowid").fetchall()
                 con.execute("UPDATE store_notices SET shown=1 WHERE shown=0")
-        except sqlite3.OperationalError:  # read-only on a full disk: say it next time
+        except sqlite3.OperationalError:  # read-only on a full disk (or an old schema): say it next time
             return []
         return [r["message"] for r in rows]
 
