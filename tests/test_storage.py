@@ -154,3 +154,15 @@ def test_a_run_that_fills_the_disk_ends_failed_and_the_store_recovers(small_fs, 
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and out["status"] == "finished"
     assert (runs / out["run_id"] / "model.safetensors").exists() and _temp_files(small_fs) == []
+
+
+def test_no_worker_is_started_on_a_full_disk(tmp_path, monkeypatch):
+    """Queued runs wait for space instead of a worker that would crash on every page poll."""
+    from tl_dashboard import worker
+    from tl_dashboard.runs import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    store.create_run({"model": "x"})
+    monkeypatch.setattr(worker, "free_bytes", lambda path: 0)
+    assert worker.start_worker(store) is None
+    assert store.list_runs()[0]["status"] == "queued"

@@ -32,7 +32,7 @@ from .errors import UserError
 from .limits import check_run_start
 from .records import record_end, record_failure
 from .runs import RunStore
-from .storage import DiskFull, disk_full_from, is_disk_full
+from .storage import MARGIN_BYTES, DiskFull, disk_full_from, free_bytes, is_disk_full
 
 __all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap", "live_workers"]
 
@@ -204,6 +204,8 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
     store.mark_dead_runs()
     queued = len(store.list_runs("queued"))
     if not queued or len(live_workers(store)) >= max_running():
+        return None
+    if free_bytes(store.root) < MARGIN_BYTES:  # a full disk: queued runs wait for space, no worker to crash
         return None
     log = open(store.root / "worker.log", "ab")
     env = {k: v for k, v in os.environ.items() if k != "TL_ADMIN_PASSWORD"}  # a worker needs no secret
