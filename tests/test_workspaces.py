@@ -274,3 +274,43 @@ def test_a_run_records_what_it_trained_on(store, shapes_dir):
     assert d["images"] == len(split.train) + len(split.val) and d["classes"] == 2
     assert d["fingerprint"] == split.fingerprint()
     assert datasets.dataset_label(store.get_run(run_id)) == f"{shapes_dir.name} · {d['images']} images"
+
+
+def test_app_command_ends_its_server_on_sigterm(tmp_path):
+    """`tl-dashboard app` is the Streamlit server (exec): SIGTERM to its pid frees the port, and the
+    admin password is not on any command line."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TL_OFFLINE": "1", "TL_RUNS_DIR": str(tmp_path / "runs"),
+           "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "tl_dashboard.cli", "app", "--port", str(port),
+                             "--admin-password", "pw-on-argv"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the server did not come up")
+        cmdline = open(f"/proc/{proc.pid}/cmdline", "rb").read()
+        assert b"streamlit" in cmdline and b"pw-on-argv" not in cmdline  # exec'd: the password left argv
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) is not None
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
