@@ -314,3 +314,20 @@ def test_app_command_ends_its_server_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_one_worker_per_gpu_by_default(store, monkeypatch):
+    """With several GPUs and TL_MAX_RUNNING unset, each new worker gets a GPU no live worker holds."""
+    import os
+
+    from tl_dashboard import worker
+
+    monkeypatch.delenv("TL_MAX_RUNNING", raising=False)
+    monkeypatch.setattr(fairqueue, "default_max_running", lambda: 2)
+    assert worker._free_gpu(store) == 0
+    (worker._workers_dir(store) / str(os.getpid())).write_text("0")  # a live worker on GPU 0
+    assert worker._free_gpu(store) == 1
+    (worker._workers_dir(store) / str(os.getppid())).write_text("1")
+    assert worker._free_gpu(store) is None
+    monkeypatch.setenv("TL_MAX_RUNNING", "4")  # the host said how many: no pinning
+    assert worker._free_gpu(store) is None

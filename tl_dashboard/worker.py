@@ -114,6 +114,9 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     if run is None:
         raise KeyError(run_id)
     config = TrainConfig.from_dict(run["config"])
+    gpu = os.environ.get("TL_WORKER_GPU")
+    if gpu and config.device == "auto" and config.nproc <= 1:  # one run per GPU: this worker's GPU
+        config.device = f"cuda:{gpu}"
     if config.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _run_distributed(store, run_id, config.nproc)
     callbacks: list[Callback] = [SpaceCheck(store.run_dir(run_id)), StoreCallback(store, run_id),
@@ -195,6 +198,22 @@ def live_workers(store: RunStore) -> list[int]:
     return alive
 
 
+def _free_gpu(store: RunStore) -> int | None:
+    """A GPU no live worker holds, when runs default to one per GPU (several GPUs, TL_MAX_RUNNING unset)."""
+    from .fairqueue import default_max_running
+
+    n = default_max_running()
+    if os.environ.get("TL_MAX_RUNNING") or n < 2:
+        return None
+    held = set()
+    for pid in live_workers(store):
+        try:
+            held.add((_workers_dir(store) / str(pid)).read_text().strip())
+        except OSError:  # it just exited
+            pass
+    return next((i for i in range(n) if str(i) not in held), None)
+
+
 def start_worker(store: RunStore) -> subprocess.Popen | None:
     """Start a worker process in its own session if queued runs need one.
 
@@ -210,13 +229,16 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
     log = open(store.root / "worker.log", "ab")
     env = {k: v for k, v in os.environ.items() if k != "TL_ADMIN_PASSWORD"}  # a worker needs no secret
     env["PYTHONUNBUFFERED"] = "1"
+    gpu = _free_gpu(store)
+    if gpu is not None:
+        env["TL_WORKER_GPU"] = str(gpu)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         env=env, cwd=os.getcwd(),
     )
     log.close()
-    (_workers_dir(store) / str(proc.pid)).touch()
+    (_workers_dir(store) / str(proc.pid)).write_text("" if gpu is None else str(gpu))
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits: no zombies
     return proc
 
@@ -237,7 +259,8 @@ def worker_loop(store: RunStore) -> int:
     """Claim and train queued runs until none is left; return how many ran."""
     host, pid, n = socket.gethostname(), os.getpid(), 0
     marker = _workers_dir(store) / str(pid)
-    marker.touch()
+    mark = os.environ.get("TL_WORKER_GPU", "")  # the GPU this worker trains on, for start_worker's choice
+    marker.write_text(mark)
     while True:
         run = store.claim_next(pid, host, max_running())
         if run is None:
@@ -247,7 +270,7 @@ def worker_loop(store: RunStore) -> int:
             run = store.claim_next(pid, host, max_running())
             if run is None:
                 return n
-            marker.touch()
+            marker.write_text(mark)
         store.log(run["id"], "info", f"Started by worker pid {pid} on {host}.")
         run_training(store, run["id"])
         n += 1
