@@ -270,16 +270,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(config)
         return 0
     out = _train_one(_store(args), config, args.label, quiet=False)
+    disk_full = out["status"] == "failed" and str(out["error"]).startswith("Disk full")
     if args.json:
         print(json.dumps(out))
-    else:
+    elif not disk_full:  # a full disk: only the error line below
         print(f"run {out['run_id']}: {out['status']}, val accuracy {out['val_accuracy']}, "
               f"{out['train_seconds']} s, weights: {out['weights']}")
         for s in out["skipped_files"]:
             print(f"  skipped {s['path']}: {s['reason']}")
     if out["status"] == "failed":
         print(f"error: {out['error']}", file=sys.stderr)
-        return 2 if str(out["error"]).startswith("Disk full") else 1
+        return 2 if disk_full else 1
     return 0
 
 

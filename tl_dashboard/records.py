@@ -193,7 +193,7 @@ def read_only_connection(db_path: Path, exc: sqlite3.OperationalError) -> sqlite
         raise exc
     wal = db_path.with_name(db_path.name + "-wal")
     if db_path.exists() and not (wal.exists() and wal.stat().st_size):
-        log.warning("disk full under %s: reading the run database read-only", db_path.parent)
+        log.info("disk full under %s: reading the run database read-only", db_path.parent)
         return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True, isolation_level=None,
                                factory=_ReadOnlyOnFullDisk)
     raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
@@ -443,7 +443,7 @@ def record_end(store: RunStore, run_id: str, status: str, *, error: str | None =
             store.finish_run(run_id, status, summary=summary, error=error)
             return
         except (OSError, sqlite3.Error) as exc:
-            log.warning("could not record the end of run %s in the database: %s", run_id, exc)
+            log.info("could not record the end of run %s in the database: %s", run_id, exc)
             details = None
             if attempt == 0 and not (is_disk_full(exc) and release_reserve(store.root)):
                 break

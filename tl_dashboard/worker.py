@@ -29,10 +29,10 @@ from typing import Any
 
 from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
 from .errors import UserError
-from .limits import check_run_start
+from .limits import check_run_start, run_bytes_needed
 from .records import record_end, record_failure
 from .runs import RunStore
-from .storage import MARGIN_BYTES, DiskFull, disk_full_from, free_bytes, is_disk_full
+from .storage import MARGIN_BYTES, DiskFull, free_bytes, is_disk_full
 
 __all__ = ["StoreCallback", "submit_run", "start_worker", "request_stop", "run_training", "max_running", "reap", "live_workers"]
 
@@ -137,7 +137,7 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
         msg, details = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, None
         if is_disk_full(exc):  # one line naming the folder, the space and the fix; even the record survives it
-            msg = str(exc if isinstance(exc, DiskFull) else disk_full_from(exc, store.run_dir(run_id), None, "the run"))
+            msg = str(exc if isinstance(exc, DiskFull) else _disk_full(store, run_id, config))
         elif isinstance(exc, MemoryError) or "out of memory" in msg.lower():
             msg = (f"Out of memory while training (batch size {config.batch_size}, image size "
                    f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again.")
@@ -151,6 +151,17 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
     summary.pop("history", None)
     record_end(store, run_id, result.status, summary=summary)
     return result
+
+
+def _disk_full(store: RunStore, run_id: str, config: TrainConfig) -> DiskFull:
+    """The one-line failure of a run whose store write hit a full disk: its folder, its files' size, the fix."""
+    s = (store.get_run(run_id) or {}).get("summary") or {}
+    params = int(s.get("trainable_params") or 0) + int(s.get("frozen_params") or 0)
+    need = run_bytes_needed(params, epochs=config.epochs) if params else None
+    return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)),
+                    f"a run of {config.epochs} epoch(s) (its checkpoint, a copy while it is replaced, and metrics)",
+                    "free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, "
+                    "then start the run again")
 
 
 def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
