@@ -1,10 +1,10 @@
 # Two commands do all the set-up (see README):
 #   make app   - install and start the dashboard on the bundled sample data and weights
-#   make test  - install everything (incl. Debian's Chromium for the browser tests) and run the whole suite
+#   make test  - install everything (incl. Debian's Chromium for the browser tests), lint (ruff) and run the whole suite
 PYTHON ?= python3
 PORT ?= 8501
 
-.PHONY: app test install install-test chromium
+.PHONY: app test lint install install-test chromium
 
 install:
 	$(PYTHON) -m pip install -q -e .
@@ -21,5 +21,8 @@ chromium:
 app: install
 	$(PYTHON) -m streamlit run app.py --server.port $(PORT)
 
-test: install-test chromium
+lint: install-test
+	$(PYTHON) -m ruff check .
+
+test: install-test chromium lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

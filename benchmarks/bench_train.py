@@ -30,7 +30,6 @@ from tl_dashboard.layers import trainable_parameters
 
 def plain_train(cfg: TrainConfig) -> dict:
     """The plain loop: ImageFolder-style decoding every epoch, full forward every step."""
-    from PIL import Image
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms as T
 

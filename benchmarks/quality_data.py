@@ -95,7 +95,9 @@ def _gradient(top: np.ndarray, bottom: np.ndarray, h0: int, h1: int, arr: np.nda
 
 
 def scene(cls: str, rng: np.random.Generator) -> Image.Image:
-    j = lambda c: np.clip(np.array(c, float) + rng.normal(0, 18, 3), 0, 255)
+    def j(c):
+        return np.clip(np.array(c, float) + rng.normal(0, 18, 3), 0, 255)
+
     palettes = {  # sky top, sky bottom, ground top, ground bottom
         "sunset": ([60, 40, 120], [250, 140, 40], [60, 30, 20], [20, 10, 10]),
         "sea": ([90, 160, 230], [190, 220, 250], [20, 90, 160], [10, 40, 90]),

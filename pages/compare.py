@@ -4,13 +4,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_dashboard.worker import reap
-from tl_dashboard import charts, compare
-from tl_dashboard import ui_state as ui
-from views import present
+from tl_dashboard import charts, compare, workspaces
 from tl_dashboard import formatting as fmt
-from tl_dashboard.runs import RunStore
-from tl_dashboard import workspaces
+from tl_dashboard import ui_state as ui
+from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
+from tl_dashboard.worker import reap
+from views import present, widgets
 
 ss = st.session_state
 ui.require_router(ss, "pages/compare.py", st.switch_page)
@@ -66,8 +65,8 @@ else:
         st.caption("One run picked: add another to compare.")
     rows = compare.overlay_rows(store, picked)
     c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.overlay_figure(rows, "loss"), key="cmp_loss")
-    c2.plotly_chart(charts.overlay_figure(rows, "accuracy"), key="cmp_accuracy")
+    widgets.plot(charts.overlay_figure(rows, "loss"), "cmp_loss", c1)
+    widgets.plot(charts.overlay_figure(rows, "accuracy"), "cmp_accuracy", c2)
     st.caption("Overfitting shows as a gap that opens between the dotted (train) and solid (validation) line of one "
                "colour: train loss keeps falling while validation loss stops falling or rises.")
 
@@ -101,22 +100,19 @@ else:
     def sweep_name(gid: str) -> str:
         g = sweep_by_id[gid]
         counts = ", ".join(f"{n} {s}" for s, n in g["counts"].items())
-        return (f"{fmt.format_time(g['created'])[5:16]} · {g['model']} on {Path(str(g['data_dir'])).name} · "
+        return (f"{fmt.format_time(g['created'], short=True)} · {g['model']} on {Path(str(g['data_dir'])).name} · "
                 f"{g['runs']} runs ({counts})")
 
     if ss.get("cmp_sweep") not in sweep_by_id:
         ss.cmp_sweep = sweeps[0]["group_id"]
     gid = st.selectbox("Sweep", list(sweep_by_id), format_func=sweep_name, **ui.bind(ss, "cmp_sweep"))
 
-    @st.fragment(run_every=2.0 if sweep_by_id[gid]["active"] else None)
-    def sweep_view(group_id: str, was_active: bool) -> None:
+    @widgets.live_fragment(sweep_by_id[gid]["active"])
+    def sweep_view(group_id: str) -> bool:
         points = compare.sweep_points(store, group_id)
-        active = any(p["status"] in ("queued", "running") for p in points)
-        if was_active and not active:
-            st.rerun()
         with_results = [p for p in points if p["best_val_accuracy"] is not None and p["trainable_params"]]
         if with_results:
-            st.plotly_chart(charts.sweep_figure(points), key="cmp_sweep_chart")
+            widgets.plot(charts.sweep_figure(points), "cmp_sweep_chart")
         else:
             st.info("No results in this sweep yet: its runs are queued or training. The points appear as they finish.")
         st.dataframe(
@@ -134,8 +130,9 @@ else:
             st.rerun(scope="app")  # the run picker lives outside this fragment
         st.caption("Each point is one run of the same data, split and seed; only the freeze depth changes. Left: more "
                    "trainable parameters can fit your data better, or overfit it. Right: what that costs in time.")
+        return any(p["status"] in ACTIVE_STATUSES for p in points)
 
-    sweep_view(gid, sweep_by_id[gid]["active"])
+    sweep_view(gid)
 
 # -- what each layer learned -----------------------------------------------------------------------
 st.header("What each layer learned")
@@ -146,13 +143,12 @@ else:
         partial = [i for i in (picked or list(by_id)) if str(by_id[i]["config"].get("freeze", "")).isdigit()]
         ss.cmp_drift_run = (partial or picked or list(by_id))[0]
     rid = st.selectbox("Run", list(by_id), format_func=lambda i: present.run_title(by_id[i]), **ui.bind(ss, "cmp_drift_run"))
-    try:
+    drift = None
+    with widgets.reported("Cannot measure the weight drift of this run"):
         drift = drift_of(str(store.root), rid, by_id[rid].get("finished"))
-    except (ValueError, KeyError, OSError) as exc:
-        st.warning(f"Cannot measure the weight drift of this run: {exc}")
-    else:
+    if drift is not None:
         scratch = by_id[rid]["config"].get("weights") == "none"
-        st.plotly_chart(charts.drift_figure(drift, "random" if scratch else "pretrained"), key="cmp_drift")
+        widgets.plot(charts.drift_figure(drift, "random" if scratch else "pretrained"), "cmp_drift")
         moved = [r for r in drift if r["measure"] == "relative" and not r["frozen"]]
         top = max(moved, key=lambda r: r["drift"]) if moved else None
         line = (f"Each bar is how much a block's weights changed during training, relative to their "

@@ -3,17 +3,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts
+from tl_dashboard import charts, data, datasets, importer
 from tl_dashboard import ui_state as ui
-from tl_dashboard import data
-from tl_dashboard import datasets, importer
-from tl_dashboard.errors import UserError
+from tl_dashboard.data import IMAGE_EXTENSIONS, DataError, load_rgb, scan_images
 from tl_dashboard.runs import RunStore
-from tl_dashboard.data import DataError, IMAGE_EXTENSIONS, load_rgb, scan_images
+from views import widgets
 
 ss = st.session_state
 ui.require_router(ss, "pages/data.py", st.switch_page)
-IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
 ss.setdefault("upload_nonce", 0)
 store = RunStore()
 ws_id = ss.get("ws_id")  # uploads belong to this workspace (views.workspace)
@@ -69,12 +66,17 @@ def thumbnail(path: str, signature: tuple):
 
 
 def flash(kind: str, text: str) -> None:
-    ss["data_flash"] = (kind, text)
+    widgets.flash("data", kind, text)
 
 
 def use_folder(path: Path | str, note: str) -> None:
     ss.data_dir = str(path)
     flash("success", note)
+
+
+def kept() -> str:
+    """The end of a refusal: what stays in use."""
+    return f"Not used (the data is still {Path(ss.data_dir).name})"
 
 
 def on_source() -> None:
@@ -86,11 +88,8 @@ def on_zip() -> None:
     f = ss.get(f"zip_{ss.upload_nonce}")
     if f is None:
         return
-    try:  # only a zip that scans as a usable data set replaces the data in use
+    with widgets.reported(f"Could not import {f.name}", page="data"):  # only a usable data set replaces the data
         info = datasets.import_zip_upload(store, ws_id, f.getvalue(), f.name)
-    except (UserError, ValueError, OSError, ImportError) as exc:
-        flash("error", f"Could not import {f.name}: {exc}")
-    else:
         use_folder(info["path"], f"Imported {info['written']} images in {info['classes']} classes from {f.name} "
                    f"into `{info['path']}`" + (f" ({info['skipped']} file(s) skipped)." if info["skipped"] else "."))
     ss.upload_nonce += 1  # a fresh, empty uploader
@@ -100,23 +99,13 @@ def on_folder_upload() -> None:
     files = ss.get(f"dir_{ss.upload_nonce}") or []
     if not files:
         return
-    by_class: dict[str, list[tuple[str, bytes]]] = {}
-    loose = 0
-    for f in files:
-        parts = Path(f.name).parts
-        if len(parts) < 3:  # "folder/image.jpg": not inside a class folder
-            loose += 1
-            continue
-        by_class.setdefault(importer.safe_name(parts[-2], "class"), []).append((parts[-1], f.getvalue()))
+    name, by_class, loose = importer.sort_folder_upload([(f.name, f.getvalue()) for f in files])
     if not by_class:
         flash("error", "The uploaded folder has no class sub-folders: pick the folder that holds one "
                        "sub-folder of images per class.")
     else:
-        try:  # only a folder that scans as a usable data set replaces the data in use
-            info = datasets.import_folder_upload(store, ws_id, by_class, Path(files[0].name).parts[0])
-        except (UserError, ValueError, OSError, ImportError) as exc:
-            flash("error", f"Could not use the uploaded folder: {exc}")
-        else:
+        with widgets.reported("Could not use the uploaded folder", page="data"):  # only usable data replaces it
+            info = datasets.import_folder_upload(store, ws_id, by_class, name)
             skipped = info["skipped"] + loose
             use_folder(info["path"], f"Saved {info['written']} images in {info['classes']} classes into "
                        f"`{info['path']}`" + (f"; {skipped} file(s) skipped." if skipped else "."))
@@ -125,15 +114,10 @@ def on_folder_upload() -> None:
 
 def on_folder() -> None:
     typed = ss.w_data_dir.strip().strip("'\"")
-    try:
+    with widgets.reported(kept(), page="data"):  # PathNotAllowed on a shared server, DataError
         folder = importer.resolve_allowed_path(typed)
         # only usable data replaces the choice; the cached scan is the one the page shows next
         scan(str(folder), float(ss.val_fraction), int(ss.seed), data.folder_signature(folder))
-    except (PermissionError, ImportError) as exc:  # PathNotAllowed on a shared server
-        flash("error", str(exc))
-    except DataError as exc:
-        flash("error", f"{exc} The data is still {Path(ss.data_dir).name}.")
-    else:
         ss.data_dir = str(folder)
 
 
@@ -144,11 +128,8 @@ def on_reuse() -> None:
 
 
 def use_built(root: Path) -> None:
-    try:  # registered (and offered again) only when it scans as usable
+    with widgets.reported(kept(), page="data"):  # registered (and offered again) only when it scans as usable
         datasets.register_dataset(store, root, ws_id, root.name, val_fraction=float(ss.val_fraction))
-    except UserError as exc:
-        flash("error", f"{exc} The data is still {Path(ss.data_dir).name}.")
-    else:
         use_folder(root, f"Using your data set `{root.name}`.")
 
 
@@ -164,15 +145,12 @@ def on_create_dataset() -> None:
     if len(names) < 2:
         flash("error", "Name at least two classes, separated by commas (e.g. `thumbs_up, thumbs_down`).")
         return
-    try:
+    with widgets.reported("Could not create the data set folder", page="data"):
         root = importer.new_upload_dir(importer.safe_name(ss.get("build_name", ""), "my_dataset"))
         for n in names:
             (root / n).mkdir(parents=True, exist_ok=True)
-    except (OSError, ImportError) as exc:
-        flash("error", f"Could not create the data set folder: {exc}")
-        return
-    ss.builder_dir = str(root)
-    flash("success", f"Created `{root}` with classes {', '.join(names)}. Now add images to each class.")
+        ss.builder_dir = str(root)
+        flash("success", f"Created `{root}` with classes {', '.join(names)}. Now add images to each class.")
 
 
 def on_add_class() -> None:
@@ -188,11 +166,8 @@ def save_to_class(key: str) -> None:
     cls = ss.get("build_target")
     if not files or not cls or not ss.builder_dir:
         return
-    try:
+    with widgets.reported("Could not save the images", page="data"):
         report = importer.save_images([(f.name, f.getvalue()) for f in files], Path(ss.builder_dir) / cls)
-    except (ValueError, OSError, ImportError) as exc:
-        flash("error", f"Could not save the images: {exc}")
-    else:
         why = f" Skipped: {report.skipped[0].reason}." if report.skipped else ""
         flash("success" if report.written else "warning", f"Added {len(report.written)} image(s) to '{cls}'.{why}")
     ss.upload_nonce += 1
@@ -222,7 +197,7 @@ def builder() -> None:
     c2.text_input("Add a class", key="build_new_class", on_change=on_add_class, placeholder="new class name")
     if classes:
         up, cam = st.columns(2)
-        up.file_uploader(f"Upload images for '{ss.build_target}'", type=IMAGE_TYPES, accept_multiple_files=True,
+        up.file_uploader(f"Upload images for '{ss.build_target}'", type=widgets.IMAGE_TYPES, accept_multiple_files=True,
                          key=f"build_up_{ss.upload_nonce}", on_change=save_to_class,
                          args=(f"build_up_{ss.upload_nonce}",))
         with cam:
@@ -266,15 +241,13 @@ elif source == "upload":
     z, d = st.columns(2)
     z.file_uploader("A zip of class folders", type=["zip"], key=f"zip_{ss.upload_nonce}", on_change=on_zip,
                     help="cats/1.jpg, dogs/1.jpg, ... at the top of the zip or inside one folder.")
-    d.file_uploader("Or a folder of class folders", type=IMAGE_TYPES, accept_multiple_files="directory",
+    d.file_uploader("Or a folder of class folders", type=widgets.IMAGE_TYPES, accept_multiple_files="directory",
                     key=f"dir_{ss.upload_nonce}", on_change=on_folder_upload,
                     help="Pick the folder that holds one sub-folder per class.")
 else:
     builder()
 
-if "data_flash" in ss:
-    kind, text = ss.pop("data_flash")
-    getattr(st, kind)(text)
+widgets.show_flash("data")
 
 st.divider()
 st.subheader(f"Training data: {Path(ss.data_dir).name}")
@@ -309,7 +282,7 @@ for warning in data.data_warnings(info["counts"]):
 
 left, right = st.columns([2, 3])
 with left:
-    st.plotly_chart(charts.class_counts_figure(info["counts"]), key="class_counts")
+    widgets.plot(charts.class_counts_figure(info["counts"]), "class_counts")
 with right:
     st.markdown("**A few images per class**")
     for cls in info["classes"][:12]:

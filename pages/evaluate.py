@@ -12,14 +12,13 @@ import streamlit as st
 from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard import ui_state as ui
-from views import present, review
 from tl_dashboard.runs import RunStore
+from views import present, review, widgets
 
 ss = st.session_state
 ui.require_router(ss, "pages/evaluate.py", st.switch_page)
 
 MAX_GALLERY = 24
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]
 
 
 @st.cache_resource(show_spinner="Loading the run's model...", max_entries=4)
@@ -52,10 +51,10 @@ def show_metrics(result: ev.Evaluation) -> None:
     per_class = charts.per_class_figure(result.report)
     if len(result.classes) <= 6:  # side by side while the cells stay readable
         left, right = st.columns(2)
-        left.plotly_chart(per_class, key="ev_per_class")
+        widgets.plot(per_class, "ev_per_class", left)
         review.confusion_with_cells(result, right)  # a click on a cell lists its images below
     else:
-        st.plotly_chart(per_class, key="ev_per_class")
+        widgets.plot(per_class, "ev_per_class")
         review.confusion_with_cells(result)
 
 
@@ -81,7 +80,7 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
     source = st.radio("Images", sources, horizontal=True, key="ev_source", index=len(sources) - 1 if result else 0)
     images: list = []
     if source == "Upload images":
-        files = st.file_uploader("Images to classify", type=UPLOAD_TYPES, accept_multiple_files=True, key="ev_upload")
+        files = st.file_uploader("Images to classify", type=widgets.IMAGE_TYPES, accept_multiple_files=True, key="ev_upload")
         images = [f.getvalue() for f in files or []]
         names = [f.name for f in files or []]
     elif source == "Camera":
@@ -100,15 +99,13 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
     if not images:
         st.info("Upload one or more images to see the model's top classes and where it looked.")
         return
-    try:
+    preds = []
+    with widgets.reported("Cannot classify these images"):
         preds = predictions(root, run_id, tuple(images), top_k)
-    except (ValueError, OSError) as exc:
-        st.error(str(exc))
-        return
     for i, (name, p) in enumerate(zip(names, preds)):
         left, right = st.columns(2)
         with left:
-            st.plotly_chart(charts.topk_figure(p, title=f"{name}: top-{len(p.top)}"), key=f"ev_topk_{i}")
+            widgets.plot(charts.topk_figure(p, title=f"{name}: top-{len(p.top)}"), f"ev_topk_{i}")
         with right:
             st.image(ev.overlay_heatmap(p.image, p.cam),
                      caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
@@ -119,10 +116,10 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
 def show_embeddings(root: str, run_id: str) -> None:
     st.caption("Each dot is a validation image: its penultimate-layer features projected to 2-D with PCA. "
                "Left: the pretrained backbone before training; right: the trained model.")
-    try:
+    emb = None
+    with widgets.reported("Cannot compute the embeddings"):
         emb = embedding_view(root, run_id)
-    except (ValueError, OSError) as exc:
-        st.error(str(exc))
+    if emb is None:
         return
     for note in emb["notes"]:
         st.info(note)
@@ -131,8 +128,8 @@ def show_embeddings(root: str, run_id: str) -> None:
     for col, key in zip(cols, ("before", "after")):
         view = emb[key]
         with col:
-            st.plotly_chart(charts.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
-                                                    view["explained"], hover), key=f"ev_emb_{key}")
+            widgets.plot(charts.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
+                                                 view["explained"], hover), f"ev_emb_{key}")
 
 
 def show_export(root: str, run_id: str) -> None:
@@ -142,11 +139,8 @@ def show_export(root: str, run_id: str) -> None:
                f"`tl-dashboard export {run_id} --format {','.join(formats or ev.EXPORT_FORMATS)}`")
     exports = st.session_state.setdefault("ev_exports", {})
     if st.button("Export", type="primary", disabled=not formats, key="ev_export"):
-        with st.spinner("Exporting and checking each file against the model..."):
-            try:
+        with st.spinner("Exporting and checking each file against the model..."), widgets.reported("Not exported"):
                 exports[run_id] = {k: str(v) for k, v in ev.export_run(loaded_run(root, run_id), formats=formats).items()}
-            except (ValueError, OSError, RuntimeError) as exc:
-                st.error(str(exc))
     files = exports.get(run_id)
     if files:
         st.success(f"Exported to {Path(next(iter(files.values()))).parent}")
@@ -176,10 +170,8 @@ root = str(store.root.resolve())
 n_classes = len((next(r for r in runs if r["id"] == run_id).get("summary") or {}).get("classes") or []) or 2
 
 result: ev.Evaluation | None = None
-try:
+with widgets.reported("Cannot evaluate this run on its validation set"):
     result = evaluation(root, run_id)
-except (ValueError, OSError) as exc:
-    st.error(f"Cannot evaluate this run on its validation set: {exc}")
 
 if result is not None:
     n_classes = len(result.classes)
@@ -191,26 +183,23 @@ if result is not None:
     for note in result.notes:
         st.warning(note)
 
-tabs = st.tabs(["Metrics", "Mistakes", "Predict", "Embeddings", "Export"], key="ev_tab", on_change="rerun")
-if tabs[0].open:
-    with tabs[0]:
-        if result:
-            show_metrics(result)
-            review.tta_panel(root, run_id)
-        else:
-            st.info("Metrics need the run's validation set (see the error above).")
-if tabs[1].open:
-    with tabs[1]:
-        if result:
-            show_mistakes(result)
-        else:
-            st.info("The gallery needs the run's validation set.")
-if tabs[2].open:
-    with tabs[2]:
-        show_predict(root, run_id, result, n_classes)
-if tabs[3].open:
-    with tabs[3]:
-        show_embeddings(root, run_id)
-if tabs[4].open:
-    with tabs[4]:
-        show_export(root, run_id)
+def metrics_tab() -> None:
+    if result:
+        show_metrics(result)
+        review.tta_panel(root, run_id)
+    else:
+        st.info("Metrics need the run's validation set (see the error above).")
+
+
+# Each tab computes only when it is open (the Predict, Embeddings and Export work is heavy).
+TABS = {
+    "Metrics": metrics_tab,
+    "Mistakes": lambda: show_mistakes(result) if result else st.info("The gallery needs the run's validation set."),
+    "Predict": lambda: show_predict(root, run_id, result, n_classes),
+    "Embeddings": lambda: show_embeddings(root, run_id),
+    "Export": lambda: show_export(root, run_id),
+}
+for tab, draw in zip(st.tabs(list(TABS), key="ev_tab", on_change="rerun"), TABS.values()):
+    if tab.open:
+        with tab:
+            draw()

@@ -3,13 +3,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import ui_state as ui
-from views import present
+from tl_dashboard import data, layers
 from tl_dashboard import formatting as fmt
-from tl_dashboard import layers
-from tl_dashboard import data
+from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
 from tl_dashboard.runs import RunStore
+from views import present
 
 ss = st.session_state
 ui.require_router(ss, "pages/home.py", st.switch_page)

@@ -3,17 +3,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts, compare
-from tl_dashboard import ui_state as ui
-from views import present
+from tl_dashboard import charts, compare, data, workspaces
 from tl_dashboard import formatting as fmt
-from tl_dashboard import data
-from tl_dashboard.layers import Block, LayersError, describe_blocks
+from tl_dashboard import ui_state as ui
+from tl_dashboard.layers import Block, describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard import workspaces
-from tl_dashboard.errors import UserError
 from tl_dashboard.worker import reap
-from views import workspace
+from views import present, widgets, workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/learn.py", st.switch_page)
@@ -36,21 +32,16 @@ def data_folder() -> Path:
 def queue(freezes: list[str]) -> None:
     cfg = ui.config_from_state(ss)
     cfg.data_dir = str(data_folder())
-    try:
+    with widgets.reported("Not queued", page="learn"):
         group, ids = workspaces.submit_sweep(store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw)
-    except (ValueError, OSError, UserError) as exc:
-        ss["learn_flash"] = ("error", f"Not queued: {exc}")
-        return
-    ss.learn_group = group
-    ss["learn_flash"] = ("success", f"Queued {len(ids)} runs. They train one after another in the background; "
-                                    "you can leave this page or reload it.")
+        ss.learn_group = group
+        widgets.flash("learn", "success", f"Queued {len(ids)} runs. They train one after another in the background; "
+                                          "you can leave this page or reload it.")
 
 
 def stop(run_id: str) -> None:
-    try:  # checked in the core: your own runs only, unless you are the teacher
+    with widgets.reported("Not stopped", page="learn"):  # checked in the core: your own runs, or the teacher
         workspaces.stop_run(store, run_id, ws_id, admin_pw)
-    except (KeyError, UserError) as exc:
-        ss["learn_flash"] = ("error", f"Not stopped: {exc}")
 
 
 def current_group() -> str | None:
@@ -107,10 +98,10 @@ st.markdown(
 if str(folder) != str(ss.get("data_dir")):
     st.caption(f"No usable data folder chosen on the Data page, so the experiment uses the sample set `{folder}`.")
 
-try:
+blocks = None
+with widgets.reported(f"Cannot plan the experiment for model {ss.model!r} (pick another on the Model page)"):
     blocks = blocks_of(ss.model, n_classes)
-except (LayersError, ValueError) as exc:
-    st.error(f"Cannot plan the experiment for model {ss.model!r}: {exc} Pick another model on the Model page.")
+if blocks is None:
     st.stop()
 n_body = sum(b.kind != "head" for b in blocks)
 freezes = compare.classroom_freezes(n_body)
@@ -140,9 +131,7 @@ if mine_active:
     st.caption("Your sweep is queued or training (below). Cancel its runs there to queue a new one.")
 elif others:
     st.caption(f"{len(others)} other run(s) are queued or training; the new runs wait behind them.")
-if "learn_flash" in ss:
-    kind, text = ss.pop("learn_flash")
-    getattr(st, kind)(text)
+widgets.show_flash("learn")
 
 # -- live status ---------------------------------------------------------------------------------
 st.subheader("Your sweep")
@@ -150,15 +139,13 @@ group = current_group()
 group_active = bool(group and any(r["status"] in ACTIVE_STATUSES for r in store.list_runs(group_id=group)))
 
 
-@st.fragment(run_every=2.0 if group_active else None)
-def sweep_status(group_id: str | None, was_active: bool) -> None:
+@widgets.live_fragment(group_active)
+def sweep_status(group_id: str | None) -> bool:
     if group_id is None:
         st.info("No sweep yet. Press **Queue the sweep** above; its runs appear here with their status.")
-        return
+        return False
     points = compare.sweep_points(store, group_id)
     active = any(p["status"] in ACTIVE_STATUSES for p in points)
-    if was_active and not active:
-        st.rerun()  # all done: redraw the page once, and stop polling
     for p in points:
         c1, c2, c3 = st.columns([3, 4, 1.2], vertical_alignment="center")
         c1.markdown(f"**{p['label']}**  \n{p['freeze_label']}" + (" · random weights" if p["from_scratch"] else ""))
@@ -178,7 +165,7 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
             colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
             c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
     if any(p["best_val_accuracy"] is not None and p["trainable_params"] for p in points):
-        st.plotly_chart(charts.sweep_figure(points), key="learn_sweep_chart")
+        widgets.plot(charts.sweep_figure(points), "learn_sweep_chart")
     if active:
         st.caption("Updates every 2 seconds while a run is queued or training.")
     else:
@@ -190,9 +177,10 @@ def sweep_status(group_id: str | None, was_active: bool) -> None:
             ss.cmp_sweep = group_id  # open Compare on this sweep, with its finished runs picked
             ss.cmp_runs = [p["run_id"] for p in points if p["status"] in ("finished", "stopped")]
             st.switch_page("pages/compare.py")
+    return active
 
 
-sweep_status(group, group_active)
+sweep_status(group)
 
 # -- questions -----------------------------------------------------------------------------------
 st.header("Questions to answer from the charts")

@@ -1,14 +1,12 @@
 """Model: pick a backbone, see it block by block, and choose which blocks stay frozen."""
 import streamlit as st
 
-from tl_dashboard import charts
-from tl_dashboard import ui_state as ui
-from views import present
+from tl_dashboard import charts, data, layers
 from tl_dashboard import formatting as fmt
-from tl_dashboard import layers
-from tl_dashboard import data
+from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import CURATED_BACKBONES, describe_backbone, list_backbones
-from tl_dashboard.layers import Block, LayersError, describe_blocks
+from tl_dashboard.layers import Block, describe_blocks
+from views import present, widgets
 
 ss = st.session_state
 ui.require_router(ss, "pages/model.py", st.switch_page)
@@ -53,11 +51,9 @@ st.caption(":green-badge[bundled] / :green-badge[hf-cache]: pretrained weights h
 
 c1, c2 = st.columns([1, 2])
 c1.text_input("Search all timm models", placeholder="e.g. resnet, convnext, vit_*", **ui.bind(ss, "model_query"))
-try:
+options = list(CURATED_BACKBONES)
+with widgets.reported("Search failed"):  # a bad wildcard must not break the page
     options = list_backbones(ss.model_query.strip())
-except Exception as exc:  # noqa: BLE001 - a bad wildcard must not break the page
-    st.error(f"Search failed: {exc}")
-    options = list(CURATED_BACKBONES)
 if not options:
     c1.caption(f"No timm model matches '{ss.model_query}'.")
 if ss.model not in options:
@@ -79,10 +75,10 @@ if info["weights_source"] == "none" and ss.weights == "auto":
 
 # -- blocks ------------------------------------------------------------------------------------
 n_classes = max(2, data.class_folder_count(ss.data_dir))
-try:
+blocks = None
+with widgets.reported(f"Cannot list the blocks of {ss.model}"):
     blocks = blocks_of(ss.model, int(ss.image_size), n_classes)
-except (LayersError, ValueError, RuntimeError) as exc:
-    st.error(f"Cannot list the blocks of {ss.model}: {str(exc).splitlines()[0]}")
+if blocks is None:
     st.stop()
 body = [b for b in blocks if b.kind != "head"]
 frozen = layers.frozen_from_spec(ss.freeze, blocks)
@@ -110,7 +106,7 @@ m[1].metric("Frozen parameters", fmt.format_params(frozen_params))
 m[2].metric("Frozen blocks", f"{len(frozen)} of {len(body)}")
 m[3].metric("Plan", {"head": "linear probe", "none": "full fine-tune"}.get(ss.freeze, f"{len(frozen)} frozen"),
             help=layers.freeze_label(ss.freeze))
-st.plotly_chart(charts.blocks_strip_figure(blocks, frozen), key="blocks_strip")
+widgets.plot(charts.blocks_strip_figure(blocks, frozen), "blocks_strip")
 
 size = f"{ss.image_size} px" if ss.image_size else "the model's default input size"
 st.markdown(f"**The network, input to output** (output shapes per image for {n_classes} classes at {size})")

@@ -1,15 +1,11 @@
 """Runs: every run in the store; open one for its curves, config and log; delete on purpose only."""
 import streamlit as st
 
-from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
-from views import present
-from tl_dashboard import formatting as fmt
-from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard import workspaces
-from tl_dashboard.errors import UserError
+from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import reap
-from views import workspace
+from views import present, widgets, workspace
 
 ss = st.session_state
 ui.require_router(ss, "pages/runs.py", st.switch_page)
@@ -20,21 +16,16 @@ any_active = bool(store.list_runs(ACTIVE_STATUSES))
 
 
 def delete(run_id: str) -> None:
-    try:  # checked in the core: your own runs only, unless you are the teacher
+    with widgets.reported("Not deleted", page="runs"):  # checked in the core: your own runs only, or the teacher
         workspaces.delete_run(store, run_id, ws_id, admin_pw)
-    except (KeyError, ValueError, UserError) as exc:
-        ss["runs_flash"] = ("error", f"Not deleted: {exc}")
-    else:
-        ss["runs_flash"] = ("success", f"Deleted run {run_id} and its files.")
+        widgets.flash("runs", "success", f"Deleted run {run_id} and its files.")
         if ss.get("run_id") == run_id:
             ss.run_id = None
 
 
 def stop(run_id: str) -> None:
-    try:
+    with widgets.reported("Not stopped", page="runs"):
         workspaces.stop_run(store, run_id, ws_id, admin_pw)
-    except (KeyError, UserError) as exc:
-        ss["runs_flash"] = ("error", f"Not stopped: {exc}")
 
 
 st.title("Runs")
@@ -42,21 +33,17 @@ st.caption(f"Everyone's runs in the store at `{store.root.resolve()}`, newest fi
            "read-only; yours can be stopped and deleted.")
 st.segmented_control("Show", ["everyone", "mine"], format_func={"everyone": "Everyone's runs", "mine": "My runs"}.get,
                      key="runs_whose", default="everyone", required=True)
-if "runs_flash" in ss:
-    kind, text = ss.pop("runs_flash")
-    getattr(st, kind)(text)
+widgets.show_flash("runs")
 
 
-@st.fragment(run_every=2.0 if any_active else None)
-def runs_view(was_active: bool) -> None:
+@widgets.live_fragment(any_active)
+def runs_view() -> bool:
     runs = workspaces.list_runs(store, ws_id, mine=ss.get("runs_whose") == "mine")
-    if was_active and not any(r["status"] in ACTIVE_STATUSES for r in runs):
-        st.rerun()
     if not runs:
         st.info("No runs yet. Start one on the Train page." if ss.get("runs_whose") != "mine" else
                 "You have no runs yet. Start one on the Train page.")
         st.page_link("pages/train.py", label="Go to Train", icon=":material/play_circle:")
-        return
+        return False
     st.dataframe(
         present.run_rows(runs, me=ws_id, names=workspaces.names(store)), hide_index=True, key="runs_table",
         column_config={
@@ -76,11 +63,9 @@ def runs_view(was_active: bool) -> None:
     kind, text = present.status_message(run)
     getattr(st, kind)(text)
     steps, epochs = store.steps(run_id), store.epochs(run_id)
-    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
-    if steps or epochs or run["status"] in ACTIVE_STATUSES:
-        c1, c2 = st.columns(2)
-        c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_loss")
-        c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=run["summary"].get("unfreeze")), key="runs_accuracy")
+    live = run["status"] in ACTIVE_STATUSES
+    if steps or epochs or live:
+        widgets.curves(steps, epochs, run, key="runs", live=live)
     else:
         st.caption("This run recorded no training steps, so there are no curves to show.")
     note = present.feature_cache_note(run["summary"])
@@ -89,8 +74,7 @@ def runs_view(was_active: bool) -> None:
     t1, t2, t3 = st.tabs(["Config", "Summary", "Log"])
     t1.json(run["config"])
     t2.json({k: v for k, v in run["summary"].items() if k not in ("blocks", "skipped_files")}, expanded=False)
-    t3.code("\n".join(f"{fmt.format_time(r['time'])} {r['level']:5} {r['message']}" for r in store.logs(run_id))
-            or "(empty)", language=None)
+    t3.code(present.log_text(store.logs(run_id)), language=None)
 
     st.markdown("**Manage**")
     if not workspaces.can_manage(run, ws_id, admin_pw):
@@ -104,6 +88,7 @@ def runs_view(was_active: bool) -> None:
         sure = st.checkbox(f"Yes, delete run {run_id} with its checkpoint and metrics", key=f"runs_confirm_{run_id}")
         st.button("Delete run", key="runs_delete", icon=":material/delete:", disabled=not sure,
                   on_click=delete, args=(run_id,))
+    return any(r["status"] in ACTIVE_STATUSES for r in runs)
 
 
-runs_view(any_active)
+runs_view()

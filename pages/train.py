@@ -3,20 +3,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts, compare
-from tl_dashboard import ui_state as ui
-from views import present
+from tl_dashboard import compare, data, fairqueue, layers, workspaces
 from tl_dashboard import formatting as fmt
-from tl_dashboard import layers
-from tl_dashboard import data
+from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
-from tl_dashboard.engine import available_devices
+from tl_dashboard.engine import TrainConfig, available_devices
 from tl_dashboard.layers import describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
-from tl_dashboard.errors import UserError
-from tl_dashboard import fairqueue, workspaces
 from tl_dashboard.worker import reap
-from views import review, workspace
+from views import present, review, widgets, workspace
 
 
 def cache_line() -> str:
@@ -35,40 +30,39 @@ ws_id, admin_pw = workspace.me(ss)
 LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
-def start() -> None:
+def config() -> TrainConfig | None:
+    """The run the choices describe, or None (and a message) when its data folder is gone."""
     cfg = ui.config_from_state(ss)
     if not Path(cfg.data_dir).is_dir():
-        ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
-        return
-    try:
-        ss.run_id = workspaces.submit(store, cfg, ws_id, label=ss.run_label.strip() or present.default_label(ss),
-                                      admin_password=admin_pw)
-    except UserError as exc:  # QueueFull on a shared server
-        ss["train_flash"] = ("error", str(exc))
+        widgets.flash("train", "error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
+        return None
+    return cfg
+
+
+def start() -> None:
+    cfg = config()
+    with widgets.reported("Not started", page="train"):  # QueueFull on a shared server
+        if cfg is not None:
+            ss.run_id = workspaces.submit(store, cfg, ws_id, label=ss.run_label.strip() or present.default_label(ss),
+                                          admin_password=admin_pw)
 
 
 def start_sweep(depths: list[str]) -> None:
-    cfg = ui.config_from_state(ss)
-    if not Path(cfg.data_dir).is_dir():
-        ss["train_flash"] = ("error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
-        return
-    try:
-        group, ids = workspaces.submit_sweep(store, cfg, depths, ws_id, label_prefix="sweep ", admin_password=admin_pw)
-    except (UserError, ValueError) as exc:
-        ss["train_flash"] = ("error", str(exc))
-        return
-    ss.run_id = ids[0]
-    ss["train_flash"] = ("success", f"Queued {len(ids)} runs ({', '.join(layers.freeze_label(d) for d in depths)}). "
-                                    "They train one after another; compare them on the Compare page.")
+    cfg = config()
+    with widgets.reported("Not queued", page="train"):
+        if cfg is not None:
+            _group, ids = workspaces.submit_sweep(store, cfg, depths, ws_id, label_prefix="sweep ",
+                                                  admin_password=admin_pw)
+            ss.run_id = ids[0]
+            widgets.flash("train", "success", f"Queued {len(ids)} runs "
+                          f"({', '.join(layers.freeze_label(d) for d in depths)}). "
+                          "They train one after another; compare them on the Compare page.")
 
 
 def stop(run_id: str) -> None:
-    try:  # checked in the core: only your own runs, unless you are the teacher
+    with widgets.reported("Not stopped", page="train"):  # checked in the core: your own runs, or the teacher
         status = workspaces.stop_run(store, run_id, ws_id, admin_pw)
-    except (UserError, KeyError) as exc:
-        ss["train_flash"] = ("error", f"Not stopped: {exc}")
-        return
-    ss["train_flash"] = ("info", "Stopping after the current batch…" if status == "running" else f"Run {status}.")
+        widgets.flash("train", "info", "Stopping after the current batch…" if status == "running" else f"Run {status}.")
 
 
 reap(store)
@@ -108,9 +102,7 @@ with settings:
               on_click=stop, args=(current["id"] if current else "",))
     if active:
         st.caption("Your run is in progress; Start queues another one after it.")
-    if "train_flash" in ss:
-        kind, text = ss.pop("train_flash")
-        getattr(st, kind)(text)
+    widgets.show_flash("train")
 
     st.markdown("**Hyperparameters**")
     h1, h2 = st.columns(2)
@@ -166,19 +158,16 @@ with settings:
         d2.caption(f"Training on **{devices['auto']}**" + (f" ({', '.join(devices['gpu_names'])})" if devices["gpu_names"] else ""))
 
     with st.expander("Freeze-depth sweep: one run per depth, same data, split and seed"):
-        try:
+        n_body = 0
+        with widgets.reported(f"No sweep for {ss.model}"):
             n_body = sum(b.kind != "head" for b in describe_blocks(ss.model, None))
-        except Exception:  # noqa: BLE001 - an unknown model is reported on the Model page
-            n_body = 0
         if n_body:
             default = ",".join(dict.fromkeys(["0", str(n_body // 3), str(2 * n_body // 3), "all"]))
             spec = st.text_input("Frozen blocks per run (0 = full fine-tune, all = head only)", default,
                                  key="sweep_depths", help=f"{ss.model} has {n_body} freezable blocks below the head.")
-            try:
+            depths = []
+            with widgets.reported("Not a sweep"):
                 depths = compare.sweep_freezes(spec, n_body)
-            except ValueError as exc:
-                st.error(str(exc))
-                depths = []
             st.caption(f"{len(depths)} runs with the hyperparameters above: "
                        + ", ".join(layers.freeze_label(d) for d in depths))
             st.button("Queue the sweep", icon=":material/stacks:", key="queue_sweep", disabled=not depths,
@@ -190,16 +179,14 @@ with settings:
 # While a run is live the page polls the store: status and numbers every 2 s, the curves every 4 s.
 # The browser redrawing two plotly charts is what costs the training process CPU on a small machine
 # (benchmarks/bench_ui.py: dashboard within 10% of the CLI's speed on 2 cores).
-@st.fragment(run_every=2.0 if active else None)
-def show_status(run_id: str, was_active: bool) -> None:
-    if was_active:
+@widgets.live_fragment(active)
+def show_status(run_id: str) -> bool | None:
+    if active:
         reap(store)
     run = store.get_run(run_id)
     if run is None:
         st.info("This run was deleted.")
-        return
-    if was_active and run["status"] not in ACTIVE_STATUSES:
-        st.rerun()  # the run ended: redraw the whole page (buttons, no more polling)
+        return None
     steps, epochs = store.steps(run_id), store.epochs(run_id)
     kind, text = present.status_message(run)
     getattr(st, kind)(text)
@@ -215,19 +202,17 @@ def show_status(run_id: str, was_active: bool) -> None:
                      "before epoch 1, so this counts passes of the trainable rest over cached features." if cached else
                      "Training images per second in the last epoch (forward and backward).")
     m[3].metric("Elapsed", fmt.format_seconds(present.run_duration(run)))
+    return run["status"] in ACTIVE_STATUSES  # when it ends: redraw the whole page (buttons, no more polling)
 
 
-@st.fragment(run_every=4.0 if active else None)
+@widgets.live_fragment(active, every=4.0)
 def show_curves(run_id: str) -> None:
     run = store.get_run(run_id)
     if run is None:
         return
     steps, epochs = store.steps(run_id), store.epochs(run_id)
-    n_epochs = (run["config"] or {}).get("epochs") if run["status"] in ACTIVE_STATUSES else None  # still axis while live
+    widgets.curves(steps, epochs, run, key="live", live=run["status"] in ACTIVE_STATUSES)
     summary = run["summary"]
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_loss")
-    c2.plotly_chart(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=summary.get("unfreeze")), key="live_accuracy")
     note = present.feature_cache_note(summary)
     if note:
         st.caption(note)
@@ -237,22 +222,20 @@ def show_curves(run_id: str) -> None:
                    f"{summary.get('image_size')} px · {fmt.format_params(summary.get('trainable_params'))} trainable "
                    f"parameters.")
     with st.expander("Log"):
-        st.code("\n".join(f"{fmt.format_time(r['time'])} {r['level']:5} {r['message']}"
-                          for r in store.logs(run_id)[-30:]) or "(empty)", language=None)
+        st.code(present.log_text(store.logs(run_id)[-30:]), language=None)
 
-@st.fragment(run_every=2.0 if any_queued else None)
-def show_queue(was_queued: bool) -> None:
+
+@widgets.live_fragment(any_queued)
+def show_queue() -> bool:
     """Your queued runs with their place in line and an estimated wait; the server's load in one line."""
     waiting = fairqueue.queue_view(store, ws_id)
-    if was_queued and not waiting:
-        st.rerun()
     everyone = fairqueue.queue_view(store)
     n_running = len(store.list_runs("running"))
     people = len({q["workspace"] for q in everyone})
     st.caption(f"Server: {n_running} run(s) training (at most {fairqueue.max_running()} at once), "
                f"{len(everyone)} queued from {people} workspace(s). Queued runs take turns across people.")
     if not waiting:
-        return
+        return False
     st.markdown("**Your queued runs**")
     labels = {r["id"]: r.get("label") or r["id"] for r in mine}
     for q in waiting:
@@ -261,6 +244,7 @@ def show_queue(was_queued: bool) -> None:
         eta = "" if q["wait_s"] is None else f" · starts in about {fmt.format_seconds(q['wait_s'])}"
         c1.markdown(f"{labels.get(q['id'], q['id'])} · place **{q['position']}** in line ({wait}){eta}")
         c2.button("Cancel", key=f"cancel_{q['id']}", icon=":material/close:", on_click=stop, args=(q["id"],))
+    return True
 
 
 def teacher_controls() -> None:
@@ -283,7 +267,7 @@ def teacher_controls() -> None:
 with live:
     if admin_pw:
         teacher_controls()
-    show_queue(any_queued)
+    show_queue()
     if current is None:
         st.info("No runs yet in your workspace. Check your choices on the left and press **Start training**: with the sample set "
                 "and the default linear probe the first curves appear within seconds.")
@@ -291,5 +275,5 @@ with live:
         title = "Your current run" if active else "Your last run"
         st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
                     f"{fmt.format_time(current.get('started') or current['created'])}")
-        show_status(current["id"], active)
+        show_status(current["id"])
         show_curves(current["id"])

@@ -6,7 +6,12 @@ import torch
 
 from tl_dashboard import backbones
 from tl_dashboard.backbones import (
-    CURATED_BACKBONES, BackboneError, create_backbone, describe_backbone, list_backbones, load_state_dict_file,
+    CURATED_BACKBONES,
+    BackboneError,
+    create_backbone,
+    describe_backbone,
+    list_backbones,
+    load_state_dict_file,
 )
 
 

@@ -16,11 +16,10 @@ def _json_tail(out: str) -> dict:
 def _odd_files_folder(root: Path) -> tuple[Path, set[str], set[str]]:
     """Good files in odd forms + bad files, in two classes."""
     import io
-    import random
 
     a, b = root / "alpha", root / "beta"
-    a.mkdir(parents=True); b.mkdir()
-    rnd = random.Random(0)
+    a.mkdir(parents=True)
+    b.mkdir()
     good, bad = set(), set()
     for d, colour in ((a, (200, 30, 30)), (b, (30, 30, 200))):
         for i in range(4):
@@ -30,14 +29,18 @@ def _odd_files_folder(root: Path) -> tuple[Path, set[str], set[str]]:
     Image.new("I;16", (40, 40), 40000).save(a / "sixteen.png")
     Image.new("RGBA", (40, 40), (200, 0, 0, 128)).save(b / "rgba.png")
     Image.new("RGB", (40, 40), (0, 0, 200)).convert("P").save(b / "palette.gif")
-    ex = Image.new("RGB", (60, 30), (0, 0, 200)); exif = ex.getexif(); exif[0x0112] = 6
+    ex = Image.new("RGB", (60, 30), (0, 0, 200))
+    exif = ex.getexif()
+    exif[0x0112] = 6
     ex.save(b / "rotated.jpg", exif=exif)
-    big = Image.effect_noise((3000, 3000), 40).convert("RGB"); big.save(a / "big_photo.jpg", quality=70)
+    Image.effect_noise((3000, 3000), 40).convert("RGB").save(a / "big_photo.jpg", quality=70)
     Image.new("RGB", (40, 40), (210, 20, 20)).save(a / "café_ñ_猫.jpg")
     good |= {str(a / n) for n in ("cmyk.jpg", "sixteen.png", "big_photo.jpg", "café_ñ_猫.jpg")}
     good |= {str(b / n) for n in ("rgba.png", "palette.gif", "rotated.jpg")}
     (a / "zero.jpg").write_bytes(b"")
-    buf = io.BytesIO(); Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG"); (b / "truncated.jpg").write_bytes(buf.getvalue()[:300])
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    (b / "truncated.jpg").write_bytes(buf.getvalue()[:300])
     (a / "text.png").write_text("not an image")
     Image.new("RGB", (1, 1)).save(b / "tiny.png")
     bad |= {str(a / "zero.jpg"), str(b / "truncated.jpg"), str(a / "text.png"), str(b / "tiny.png")}
@@ -73,7 +76,8 @@ def test_train_json_on_a_folder_laced_with_bad_files(tmp_path, capsys):
     (["train", "{shapes}", "--freeze", "blocks.99"], "Unknown block"),
 ])
 def test_errors_exit_nonzero_with_one_clear_line(tmp_path, shapes_dir, capsys, args, needle):
-    one = tmp_path / "one" / "cats"; one.mkdir(parents=True)
+    one = tmp_path / "one" / "cats"
+    one.mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (20, 20)).save(one / f"{i}.png")
     args = [a.format(one=tmp_path / "one", shapes=shapes_dir) for a in args] + ["--runs-dir", str(tmp_path / "r")]

@@ -199,7 +199,8 @@ def test_learn_page_queues_sweep_and_cancels(trained, tmp_path, monkeypatch):
     with store._tx() as con:  # the sweep-test runs are this workspace's
         con.execute("UPDATE runs SET workspace=? WHERE group_id='sweep-test'", (ws,))
     at = open_page("learn", store.root, monkeypatch, ws=ws)
-    assert at.button(key="learn_queue") is not None
+    queue = at.button(key="learn_queue")  # raises if missing; then it must be usable
+    assert queue.label == "Queue the sweep" and not queue.disabled
     plan = at.dataframe[0].value
     assert list(plan["run"]) == ["freeze=head", "freeze=7", "freeze=4", "freeze=none", "from scratch"]
     assert at.get("plotly_chart")  # the finished sweep-test group is shown with its chart

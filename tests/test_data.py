@@ -17,21 +17,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
+from tests.files import png_bytes
 from tl_dashboard import data
 from tl_dashboard.data import (
-    DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, MIN_IMAGE_SIDE, DataError, DatasetSplit,
-    DecodedImageCache, Sample, Skipped, check_image, env_number, load_rgb, resize_center_square, scan_images,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IMAGE_EXTENSIONS,
+    MIN_IMAGE_SIDE,
+    DataError,
+    DatasetSplit,
+    DecodedImageCache,
+    Sample,
+    Skipped,
+    check_image,
+    env_number,
+    load_rgb,
+    resize_center_square,
+    scan_images,
 )
 
-
 # ----------------------------------------------------------------------------- helpers
-def _png_bytes(size: tuple[int, int] = (16, 16), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-TINY_PNG = _png_bytes()
+TINY_PNG = png_bytes()
 
 
 def _put(path: Path, payload: bytes = TINY_PNG) -> Path:
@@ -105,7 +110,7 @@ def laced(tmp_path_factory) -> Path:
     g, b = root / "good", root / "bad"
     g.mkdir(), b.mkdir()
     Image.new("CMYK", (40, 30), (10, 200, 30, 5)).save(g / "cmyk.jpg")
-    Image.fromarray((np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)).save(g / "gray16.png")
+    Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64).save(g / "gray16.png")
     rgba = Image.new("RGBA", (32, 32), (255, 0, 0, 255))
     rgba.putpixel((0, 0), (0, 0, 0, 0))
     rgba.save(g / "rgba.png")
@@ -512,7 +517,7 @@ _CLASS_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=10).filter(
     lambda s: s not in ("train", "val", "__MACOSX") and not s.startswith("."))
 _JUNK = {"notes.txt": (b"hi", "not an image"), "empty.jpg": (b"", "empty file"),
          ".hidden.png": (TINY_PNG, "hidden file"), "fake.png": (b"nope", "unreadable or truncated"),
-         "tiny.png": (_png_bytes((1, 1)), "too small")}
+         "tiny.png": (png_bytes((1, 1)), "too small")}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,9 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from tl_dashboard import charts
+from tl_dashboard import charts, explain, export, inference, metrics
 from tl_dashboard import evaluate as ev
-from tl_dashboard import explain, export, inference, metrics
 from tl_dashboard.data import DecodedImageCache, scan_images
 from tl_dashboard.engine import TrainConfig
 from tl_dashboard.runs import RunStore
@@ -169,10 +168,10 @@ def test_grad_cam_map_has_image_size_and_is_not_constant(name, size):
     cam = ev.grad_cam(model, _meta(size), img)
     assert cam.shape == (200, 260) and cam.dtype == np.float32
     assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0
-    l, t, r, b = (round(v) for v in explain._crop_box(260, 200, _meta(size)))
-    inside = cam[t:b, l:r]
+    left, top, right, bottom = (round(v) for v in explain._crop_box(260, 200, _meta(size)))
+    inside = cam[top:bottom, left:right]
     assert inside.std() > 0.01  # not constant where the model looks
-    assert cam[:, :l].max() == 0 and cam[:, r:].max() == 0  # outside the centre crop: nothing
+    assert cam[:, :left].max() == 0 and cam[:, right:].max() == 0  # outside the centre crop: nothing
     other = ev.grad_cam(model, _meta(size), img, target=int(model(torch.zeros(1, 3, size, size)).argmin()))
     assert other.shape == cam.shape
     with pytest.raises(ValueError, match="target"):

@@ -17,21 +17,28 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
+from tests.files import png_bytes
 from tl_dashboard import importer
 from tl_dashboard.data import Skipped, scan_images
 from tl_dashboard.importer import (
-    DEFAULT_MAX_FILES, DEFAULT_MAX_TOTAL_BYTES, ArchiveError, ImportReport, PathNotAllowed, datasets_dir,
-    import_zip, new_upload_dir, resolve_allowed_path, safe_member_path, save_images,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_TOTAL_BYTES,
+    ArchiveError,
+    ImportReport,
+    PathNotAllowed,
+    datasets_dir,
+    import_zip,
+    new_upload_dir,
+    resolve_allowed_path,
+    safe_member_path,
+    save_images,
 )
 
 
 # ----------------------------------------------------------------------------- helpers
 def _png(size: tuple[int, int] = (20, 20), color=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes(size, color)
 
 
 TINY_PNG = _png()
@@ -149,7 +156,7 @@ def test_import_flat_class_folders_into_new_or_empty_dir(tmp_path):
 def test_utf8_names_without_the_utf8_flag_are_kept(tmp_path):
     """Many zip tools store UTF-8 names without setting the flag; zipfile would show them as cp437."""
     raw = _zip([("caf__/1.png", TINY_PNG), ("caf__/2.png", TINY_PNG), ("tea/1.png", TINY_PNG)])
-    raw = raw.replace(b"caf__", "café".encode("utf-8"))  # same byte length, flag bit 11 still clear
+    raw = raw.replace(b"caf__", "café".encode())  # same byte length, flag bit 11 still clear
     report = import_zip(raw, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["café", "tea"]
     assert len(report.written) == 3
@@ -221,10 +228,9 @@ def bomb_zip(tmp_path_factory) -> Path:
     """One member of 1 GiB of zeros, streamed through a zip64 writer: ~1 MB on disk, a few seconds."""
     path = tmp_path_factory.mktemp("bomb") / "bomb.zip"
     zero = bytes(2**24)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        with zf.open("cats/zeros.png", "w", force_zip64=True) as out:
-            for _ in range(64):
-                out.write(zero)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("cats/zeros.png", "w", force_zip64=True) as out:
+        for _ in range(64):
+            out.write(zero)
     return path
 
 

@@ -6,15 +6,13 @@ finds it on the Runs page. The store and the datasets folder live in tmp_path.
 """
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from tests.files import png_bytes, zip_bytes
 from tl_dashboard import charts, data, layers, ui_state, workspaces
 from tl_dashboard.layers import Block
 from tl_dashboard.runs import RunStore
@@ -53,9 +51,7 @@ def open_page(page: str | None = None, at: AppTest | None = None, ws: str | None
 
 
 def png(colour=(200, 30, 30), size=24) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), colour).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes((size, size), colour)
 
 
 def make_folder(root: Path, counts: dict[str, int], junk: dict[str, bytes] | None = None) -> Path:
@@ -154,14 +150,11 @@ def test_data_page_warns_and_lists_skipped(env, tmp_path):
 
 
 def test_data_page_zip_upload_becomes_the_data(env):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))):
-            for i in range(4):
-                zf.writestr(f"pets/{cls}/{i}.png", png(colour))
+    pets = zip_bytes({f"pets/{cls}/{i}.png": png(colour) for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
+                      for i in range(4)})
     at = open_page("data")
     at.button_group(key="w_data_source").set_value("upload").run()
-    at.file_uploader(key="zip_0").set_value(("pets.zip", buf.getvalue(), "application/zip")).run()
+    at.file_uploader(key="zip_0").set_value(("pets.zip", pets, "application/zip")).run()
     assert not at.exception
     assert "Imported 8 images" in texts(at, "success")
     data_dir = Path(at.session_state["data_dir"])
@@ -170,20 +163,13 @@ def test_data_page_zip_upload_becomes_the_data(env):
 
 
 def test_data_page_failed_upload_keeps_the_data_and_is_not_offered_again(env):
-    def zipped(files: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for name, blob in files.items():
-                zf.writestr(name, blob)
-        return buf.getvalue()
-
     at = open_page("data")
     at.button_group(key="w_data_source").set_value("upload").run()
-    good = zipped({f"pets/{c}/{i}.png": png(col) for c, col in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
+    good = zip_bytes({f"pets/{c}/{i}.png": png(col) for c, col in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
                    for i in range(3)})
     at.file_uploader(key="zip_0").set_value(("pets.zip", good, "application/zip")).run()
     in_use = at.session_state["data_dir"]
-    for n, bad in enumerate([zipped({"notes.txt": b"no images"}), zipped({"cats/1.png": png(), "cats/2.png": png()})]):
+    for n, bad in enumerate([zip_bytes({"notes.txt": b"no images"}), zip_bytes({"cats/1.png": png(), "cats/2.png": png()})]):
         at.file_uploader(key=f"zip_{n + 1}").set_value(("bad.zip", bad, "application/zip")).run()
         assert not at.exception and "data in use is unchanged" in texts(at, "error")
         assert at.session_state["data_dir"] == in_use

@@ -1,13 +1,12 @@
 """Workspaces, owned runs, the fair queue and owned uploads: the core, no Streamlit, no training."""
 from __future__ import annotations
 
-import io
 import sqlite3
-import zipfile
 from pathlib import Path
 
 import pytest
 
+from tests.files import png_bytes, zip_bytes
 from tl_dashboard import datasets, fairqueue, workspaces
 from tl_dashboard.data import DataError
 from tl_dashboard.runs import RunStore
@@ -196,25 +195,15 @@ def test_a_store_made_before_workspaces_still_opens(tmp_path, monkeypatch):
 
 
 # -- uploads -------------------------------------------------------------------------------------
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def _png(colour) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (24, 24), colour).save(buf, "PNG")
-    return buf.getvalue()
+    return png_bytes((24, 24), colour)
 
 
 def test_zip_with_one_top_folder_registers_its_class_folders(store):
     ws = workspaces.create_workspace(store)
-    data = _zip({f"pets/{c}/{i}.png": _png((40 * i, 200 if c == "cats" else 0, 0)) for c in ("cats", "dogs")
+    data = zip_bytes({f"pets/{c}/{i}.png": _png((40 * i, 200 if c == "cats" else 0, 0)) for c in ("cats", "dogs")
                  for i in range(3)})
     info = datasets.import_zip_upload(store, ws, data, "pets.zip")
     assert Path(info["path"]).name == "pets" and info["classes"] == 2 and info["images"] == 6
@@ -233,11 +222,11 @@ def test_zip_with_one_top_folder_registers_its_class_folders(store):
 def test_failed_uploads_keep_the_previous_data(store, files):
     ws = workspaces.create_workspace(store)
     good = datasets.import_zip_upload(
-        store, ws, _zip({f"{c}/{i}.png": _png((90 * i, 50, 0 if c == "x" else 200)) for c in "xy" for i in range(3)}),
+        store, ws, zip_bytes({f"{c}/{i}.png": _png((90 * i, 50, 0 if c == "x" else 200)) for c in "xy" for i in range(3)}),
         "good.zip")
     before = sorted(p.name for p in Path(good["path"]).parent.iterdir())
     with pytest.raises(DataError, match="data in use is unchanged"):
-        datasets.import_zip_upload(store, ws, _zip(files), "bad.zip")
+        datasets.import_zip_upload(store, ws, zip_bytes(files), "bad.zip")
     assert [d["path"] for d in datasets.list_datasets(store, ws)] == [good["path"]]  # never offered
     assert sorted(p.name for p in Path(good["path"]).parent.iterdir()) == before  # and removed from disk
     with pytest.raises(DataError):

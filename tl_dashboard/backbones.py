@@ -229,7 +229,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             )
     except BackboneError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear line
+    except Exception as exc:  # any loader failure becomes one clear line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneError(
             f"Could not load weights from {path}: {first[:200]}. Only plain state dicts load "
@@ -365,7 +365,7 @@ def create_backbone(
             body = {k: v for k, v in hub_model.state_dict().items() if not k.startswith(head + ".")}
             model.load_state_dict(body, strict=False)
             return model, _base_info(model, "hub", f"timm weights downloaded from the hub ({model.pretrained_cfg.get('hf_hub_id')})")
-        except Exception as exc:  # noqa: BLE001 - the hub is best effort; fall through and say so
+        except Exception as exc:  # the hub is best effort; fall through and say so
             hub_note = f"Hub download failed ({type(exc).__name__}); falling back."
         else:  # pragma: no cover
             hub_note = ""

@@ -55,7 +55,7 @@ class TrainConfig:
     backbone_lr_scale: float = _f(0.1, "their learning rate relative to --lr (discriminative learning rate)")
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """A config from a dict: unknown keys are ignored, values coerced to the field's type."""
         known = {f.name: f for f in fields(cls)}
         return cls(**{k: coerce(known[k], v) for k, v in d.items() if k in known})

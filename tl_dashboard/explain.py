@@ -25,7 +25,15 @@ from torch import nn
 from .data import resized_size, to_rgb
 from .engine import TrainConfig
 from .inference import (
-    BATCH, ImageInput, RunSource, as_loaded, batched_logits, decoded_cache, load_inputs, model_input, val_split,
+    BATCH,
+    ImageInput,
+    RunSource,
+    as_loaded,
+    batched_logits,
+    decoded_cache,
+    load_inputs,
+    model_input,
+    val_split,
 )
 
 __all__ = ["grad_cam", "overlay_heatmap", "Prediction", "predict_images", "embeddings"]
@@ -120,9 +128,9 @@ def _crop_box(width: int, height: int, meta: dict[str, Any]) -> tuple[float, flo
 def _to_image_frame(cam: np.ndarray, size: tuple[int, int], meta: dict[str, Any]) -> np.ndarray:
     """Place a feature-grid map over the centre crop of an image of ``size`` (W, H); 0 outside it."""
     W, H = size
-    l, t, r, b = _crop_box(W, H, meta)
-    x0, y0 = max(0, int(round(l))), max(0, int(round(t)))
-    x1, y1 = min(W, max(x0 + 1, int(round(r)))), min(H, max(y0 + 1, int(round(b))))
+    left, top, right, bottom = _crop_box(W, H, meta)
+    x0, y0 = max(0, int(round(left))), max(0, int(round(top)))
+    x1, y1 = min(W, max(x0 + 1, int(round(right)))), min(H, max(y0 + 1, int(round(bottom))))
     up = F.interpolate(torch.from_numpy(cam)[None, None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
     out = np.zeros((H, W), dtype=np.float32)
     out[y0:y1, x0:x1] = up[0, 0].clamp(0, 1).numpy()

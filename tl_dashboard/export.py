@@ -124,7 +124,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, wa
                     torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
                                       opset_version=ONNX_OPSET, dynamo=True, external_data=False,
                                       dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-                except Exception:  # noqa: BLE001 - some models only export with the legacy exporter
+                except Exception:  # some models only export with the legacy exporter
                     exporter = "torchscript"
                     torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
                                       opset_version=17, dynamo=False,

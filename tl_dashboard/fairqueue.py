@@ -87,7 +87,7 @@ def default_max_running() -> int:
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - no usable CUDA: the CPU default
+    except Exception:  # no usable CUDA: the CPU default
         n = 0
     return max(1, n)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -34,7 +34,7 @@ __all__ = [
 BATCH = 64
 _EVALUABLE_STATUSES = ("finished", "stopped")
 
-ImageInput = Union[Image.Image, str, Path, bytes]
+ImageInput = Image.Image | str | Path | bytes
 
 
 class EvaluateError(UserError, ValueError):
@@ -57,7 +57,7 @@ class LoadedRun:
     summary: dict[str, Any] | None = None  # the store's summary of the run, when loaded from a store
 
 
-RunSource = Union[RunStore, str, Path, LoadedRun]
+RunSource = RunStore | str | Path | LoadedRun
 
 
 def _run_dir(source: RunStore | str | Path, run_id: str | None) -> Path:

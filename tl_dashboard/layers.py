@@ -207,7 +207,7 @@ def _measure_shapes(model: nn.Module, blocks: list[Block], image_size: int) -> N
                     h.remove()
             for b in blocks:
                 b.output_shape = outs.get(b.index)
-    except Exception:  # noqa: BLE001 - shapes are informative only (e.g. fixed-size models)
+    except Exception:  # shapes are informative only (e.g. fixed-size models)
         pass
     finally:
         model.train(was_training)

@@ -187,7 +187,9 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     keep = [i for i, v in enumerate(sm_all) if math.isfinite(v)]
     lrs_k, sm_k = [lrs[i] for i in keep], [sm_all[i] for i in keep]
     s = suggest(lrs_k, sm_k)
-    clamp = lambda v: float(min(max(v, start_lr), end_lr)) if math.isfinite(v) else start_lr
+    def clamp(v: float) -> float:
+        return float(min(max(v, start_lr), end_lr)) if math.isfinite(v) else start_lr
+
     return LRFindResult(
         suggested_lr=clamp(s["valley_lr"]), valley_lr=clamp(s["valley_lr"]), steep_lr=clamp(s["steep_lr"]),
         min_lr=clamp(s["min_lr"]), start_lr=start_lr, end_lr=end_lr, iterations=len(raw), stopped_early=stopped,

@@ -55,7 +55,7 @@ def _read(path: str) -> bytes:
 
 
 def _verify_one(path: str, limit: int) -> tuple[str, str | None]:
-    from .data import MIN_IMAGE_SIDE, _decode, _Rejected, _VALIDATE_DRAFT
+    from .data import _VALIDATE_DRAFT, MIN_IMAGE_SIDE, _decode, _Rejected
 
     try:
         blob = _read(path)

@@ -41,7 +41,7 @@ class UnfreezeSchedule:
     lr_scale: float = 1.0
 
     @classmethod
-    def from_config(cls, config: Any, blocks: Sequence[Block], plan: FreezePlan) -> "UnfreezeSchedule":
+    def from_config(cls, config: Any, blocks: Sequence[Block], plan: FreezePlan) -> UnfreezeSchedule:
         """The schedule of ``config.unfreeze_at / unfreeze_blocks / backbone_lr_scale``."""
         if config.unfreeze_at <= 0 or config.unfreeze_blocks <= 0:
             return cls(plan, list(blocks), [])

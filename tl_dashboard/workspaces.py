@@ -43,6 +43,7 @@ __all__ = [
     "ADMIN_ENV",
     "NotYourRun",
     "UnknownWorkspace",
+    "UnknownRun",
     "admin_configured",
     "can_manage",
     "create_workspace",
@@ -71,6 +72,13 @@ _SNAPSHOT = "_ws_snapshot:"  # + workspace id: the choices as last read from / w
 
 class NotYourRun(UserError, PermissionError):
     """Stop, cancel or delete of a run that belongs to another workspace (or to nobody)."""
+
+
+class UnknownRun(UserError, KeyError):
+    """Stop, cancel or delete of a run that is not in the store (deleted meanwhile, or a wrong id)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "unknown run"
 
 
 class UnknownWorkspace(UserError, KeyError):
@@ -223,7 +231,7 @@ def can_manage(run: Mapping[str, Any], ws_id: str | None, admin_password: str | 
 def _checked(store: RunStore, run_id: str, ws_id: str | None, admin_password: str | None, verb: str) -> dict:
     run = store.get_run(run_id)
     if run is None:
-        raise KeyError(run_id)
+        raise UnknownRun(f"No run {run_id!r} in {store.root}: it was deleted meanwhile, or the id is wrong.")
     if not can_manage(run, ws_id, admin_password):
         whose = "another workspace" if run.get("workspace") else "nobody (it was made before workspaces or by the CLI)"
         raise NotYourRun(f"Run {run.get('label') or run_id} belongs to {whose}; only its owner or the teacher "

@@ -13,7 +13,7 @@ from tl_dashboard.layers import freeze_label
 
 __all__ = [
     "WEIGHT_COLOURS", "ACTIVE", "pick_current_run", "progress_info", "status_message", "feature_cache_note",
-    "run_duration", "run_rows", "owner_text", "default_label", "run_title",
+    "run_duration", "run_rows", "owner_text", "log_text", "default_label", "run_title",
 ]
 
 # Badge colour per weights source (describe_backbone()["weights_source"]).
@@ -184,6 +184,11 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me:
             "id": r.get("id"),
         })
     return rows
+
+
+def log_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A run's log (``RunStore.logs``) as plain lines: time, level, message."""
+    return "\n".join(f"{format_time(r['time'])} {r['level']:5} {r['message']}" for r in rows) or "(empty)"
 
 
 def default_label(state: Mapping[str, Any]) -> str:

@@ -14,10 +14,13 @@ from typing import Any
 import streamlit as st
 
 from tl_dashboard import charts
+from tl_dashboard.data import IMAGE_EXTENSIONS
 from tl_dashboard.errors import UserError
 
-__all__ = ["PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported"]
+__all__ = ["IMAGE_TYPES", "PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported"]
 
+# What the upload widgets accept: exactly the images the scanner reads.
+IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
 # Plotly's toolbar shows only while the pointer is over a chart, so it never hides a title or legend.
 PLOTLY_CONFIG = {"displayModeBar": "hover", "displaylogo": False}
 
@@ -42,8 +45,8 @@ def show_flash(page: str) -> None:
 def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., bool]], Callable[..., None]]:
     """Decorator: a fragment that polls every ``every`` seconds while ``active``.
 
-    The decorated body returns whether anything is still live; when a live view finds that it is
-    not any more, the whole page reruns once (buttons change, polling stops). Decorate inside the
+    The decorated body returns whether anything is still live (``None``: it does not say); when a
+    live view finds that it is not any more, the whole page reruns once (buttons change, polling stops). Decorate inside the
     page script, so ``active`` is read on each full run::
 
         @widgets.live_fragment(any_active)
@@ -56,7 +59,7 @@ def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., b
         @functools.wraps(body)  # the fragment's id comes from the body's name, one per view
         def view(*args: Any, **kwargs: Any) -> None:
             still_active = body(*args, **kwargs)
-            if active and not still_active:
+            if active and still_active is False:
                 st.rerun()  # it ended: redraw the whole page once, and stop polling
 
         return view
