@@ -210,7 +210,7 @@ def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> g
             )
     title = "Loss" if metric == "loss" else "Accuracy"
     fig.update_layout(
-        title=dict(text=f"{title} <sup>solid = validation, dotted = train</sup>"),
+        title=dict(text=f"{title}<br><sup>solid = validation, dotted = train</sup>"),
         xaxis=dict(title="epoch", rangemode="tozero", dtick=1 if len({r['epoch'] for r in rows}) <= 20 else None),
         yaxis=dict(title="cross-entropy loss" if metric == "loss" else "accuracy (%)",
                    rangemode="tozero", **({"range": [0, 102]} if metric == "accuracy" else {})),
@@ -242,8 +242,9 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
     acc = {id(p): 100 * float(p["best_val_accuracy"]) for p in done}
     secs = {id(p): float(p.get("train_seconds") or 0) for p in done}
     groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
-    for col, values in ((1, acc), (2, secs)):
-        labels = _point_labels(done, values)
+    top_secs = max(secs.values(), default=0.0) or 1.0
+    for col, values, span in ((1, acc, 112.0), (2, secs, top_secs)):  # span: the y axis, which starts at 0
+        labels = _point_labels(done, values, span)
         for name, scratch, colour, symbol in groups:
             pts = sorted((p for p in done if bool(p.get("from_scratch")) == scratch), key=lambda p: p["trainable_params"])
             if not pts:
@@ -291,13 +292,12 @@ def _sweep_trace(pts: Sequence[Mapping[str, Any]], colour: str, symbol: str, nam
                 line=dict(color=colour, width=1, dash="dot"), legendgroup=name, cliponaxis=False)
 
 
-def _point_labels(points: Sequence[Mapping[str, Any]], ys: Mapping[int, float]) -> dict[int, tuple[str, str]]:
+def _point_labels(points: Sequence[Mapping[str, Any]], ys: Mapping[int, float], span: float) -> dict[int, tuple[str, str]]:
     """Text and position of each point's label in one panel, so that no two labels print on top of
     each other: points at the same spot share one label ("4 frozen · full", the others show none);
     of two labelled points close together (on the log x axis and the y range), the lower one's
-    label goes below it (the later one's, at equal height). Keyed by ``id(point)``."""
-    span = (max(ys.values()) - min(ys.values())) if ys else 0.0
-    span = span or 1.0
+    label goes below it (the later one's, at equal height). ``span`` is the height of the y axis, in
+    data units, so "close" means close on the screen. Keyed by ``id(point)``."""
     spots = sorted(((math.log10(p["trainable_params"]), ys[id(p)], p) for p in points), key=lambda t: (t[0], -t[1]))
     units: list[list[Any]] = []  # [x, y, text, position, points]
     for x, y, p in spots:
@@ -369,8 +369,8 @@ def drift_figure(rows: Sequence[Mapping[str, Any]], start: str = "pretrained") -
             hovertemplate="%{x}: BN running mean/var moved %{y:.4g} (relative)<extra></extra>",
         )
     fig.update_layout(
-        title=dict(text=f"How far each block moved from its {start} start "
-                        "<sup>‖w_after − w_before‖ / ‖w_before‖</sup>"),
+        title=dict(text=f"How far each block moved from its {start} start"
+                        "<br><sup>‖w_after − w_before‖ / ‖w_before‖</sup>"),
         xaxis=dict(title="block (input → output)", categoryorder="array", categoryarray=names),
         yaxis=dict(title="relative change", rangemode="tozero"),
         yaxis2=dict(title="head: ‖w‖", overlaying="y", side="right", rangemode="tozero", showgrid=False),

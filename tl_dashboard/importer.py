@@ -355,70 +355,21 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
     """
     max_total, max_n = _limits(max_total_bytes, max_files)
     label = str(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", "uploaded zip"))
-    dest = None if into is None else Path(into).expanduser().absolute()
-    if dest is not None and (dest.is_symlink() or dest.exists()):
-        if not dest.is_dir():
-            raise ArchiveError(f"Refused to extract {label!r} into {dest}: it is not a folder; pick a new or empty "
-                               "folder, or leave `into` unset for a fresh one.")
-        if any(dest.iterdir()):
-            raise ArchiveError(f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
-                               "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one.")
-    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    if not isinstance(fp, (str, os.PathLike)) and not fp.seekable():  # zipfile needs to seek to the directory
-        fp = io.BytesIO(fp.read())
-    try:
-        zf = zipfile.ZipFile(fp)
-    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ArchiveError(f"{label!r} is not a zip archive ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
-                           "upload a .zip of a folder with one sub-folder per class.") from None
-    with zf:
+    dest = _check_dest(into, label)
+    with _open_zip(source, label) as zf:
         plan = _plan(zf, label, max_total, max_n)
-        check_upload(_size_of(fp), sum(info.file_size for info, _n, _p, why in plan if not why),  # before a byte
+        check_upload(_size_of(zf.fp), sum(info.file_size for info, _n, _p, why in plan if not why),  # before a byte
                      dest or datasets_dir(), f"the zip {label!r}")
-        made: list[Path] = []  # dest and any missing parents, created here; removed again on failure
-        if dest is None:
-            dest = new_upload_dir("upload")
-            made.append(dest)
-        else:
-            made.extend(reversed([p for p in (dest, *dest.parents) if not p.exists()]))
-            for d in made:
-                d.mkdir(exist_ok=True)
+        dest, made = _make_dest(dest)  # made: dest and missing parents, created here; removed again on failure
         report = ImportReport(root=dest)
         created: list[Path] = []  # folders created inside dest, parents first
         files: list[tuple[Path, str]] = []  # (written file, member name)
-        budget, name = max_total, ""
         try:
-            for info, name, parts, reason in plan:
-                if reason and reason != "dir":
-                    report.skipped.append(Skipped(Path(name), reason))
-                    continue
-                try:
-                    if reason == "dir":
-                        if parts and not _hidden(parts):
-                            _make_dirs(dest, parts, created)
-                        continue
-                    _make_dirs(dest, parts[:-1], created)
-                    target = dest.joinpath(*parts)
-                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-                except (FileExistsError, NotADirectoryError, IsADirectoryError):
-                    report.skipped.append(Skipped(Path(name), _CLASH))
-                    continue
-                files.append((target, name))
-                with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-                    while chunk := src.read(_CHUNK):
-                        budget -= len(chunk)
-                        if budget < 0:
-                            raise ArchiveError(f"Refused zip {label!r}: member {name!r} pushes the import past "
-                                               f"{max_total / 2**30:.2f} GiB although the archive declared less; it "
-                                               "lies about its sizes. Zip the images again.")
-                        out.write(chunk)
+            _extract(zf, plan, dest, report, created, files, max_total, label)
             with ThreadPoolExecutor(max_workers=2) as pool:
                 reasons = list(pool.map(_check_image, [f for f, _ in files]))
-        except BaseException as exc:
+        except BaseException:
             _remove([f for f, _ in files], made + created)
-            if isinstance(exc, (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)):
-                raise ArchiveError(f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
-                                   "corrupt or lies about its sizes. Zip the images again.") from None
             raise
     for (f, member), why in zip(files, reasons):
         if why is None:
@@ -430,6 +381,76 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
     report.root = _data_root(dest)
     report.skipped.sort(key=lambda s: s.path.as_posix())
     return report
+
+
+def _check_dest(into: Path | None, label: str) -> Path | None:
+    """The target folder, absolute; refused if it is a file or holds anything."""
+    dest = None if into is None else Path(into).expanduser().absolute()
+    if dest is not None and (dest.is_symlink() or dest.exists()):
+        if not dest.is_dir():
+            raise ArchiveError(f"Refused to extract {label!r} into {dest}: it is not a folder; pick a new or empty "
+                               "folder, or leave `into` unset for a fresh one.")
+        if any(dest.iterdir()):
+            raise ArchiveError(f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
+                               "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one.")
+    return dest
+
+
+def _open_zip(source: str | Path | bytes | BinaryIO, label: str) -> zipfile.ZipFile:
+    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    if not isinstance(fp, (str, os.PathLike)) and not fp.seekable():  # zipfile needs to seek to the directory
+        fp = io.BytesIO(fp.read())
+    try:
+        return zipfile.ZipFile(fp)
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
+        raise ArchiveError(f"{label!r} is not a zip archive ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                           "upload a .zip of a folder with one sub-folder per class.") from None
+
+
+def _make_dest(dest: Path | None) -> tuple[Path, list[Path]]:
+    """Create the target folder (a fresh upload folder when None). Returns: it, and what was created."""
+    if dest is None:
+        dest = new_upload_dir("upload")
+        return dest, [dest]
+    made = list(reversed([p for p in (dest, *dest.parents) if not p.exists()]))
+    for d in made:
+        d.mkdir(exist_ok=True)
+    return dest, made
+
+
+def _extract(zf: zipfile.ZipFile, plan: list[tuple], dest: Path, report: ImportReport, created: list[Path],
+             files: list[tuple[Path, str]], max_total: int, label: str) -> None:
+    """Write the planned members under ``dest`` within a running byte budget; each written file joins
+    ``files`` as soon as it exists (so a failure can remove it), each left-out member ``report.skipped``."""
+    budget, name = max_total, ""
+    try:
+        for info, name, parts, reason in plan:
+            if reason and reason != "dir":
+                report.skipped.append(Skipped(Path(name), reason))
+                continue
+            try:
+                if reason == "dir":
+                    if parts and not _hidden(parts):
+                        _make_dirs(dest, parts, created)
+                    continue
+                _make_dirs(dest, parts[:-1], created)
+                target = dest.joinpath(*parts)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError):
+                report.skipped.append(Skipped(Path(name), _CLASH))
+                continue
+            files.append((target, name))
+            with os.fdopen(fd, "wb") as out, zf.open(info) as src:
+                while chunk := src.read(_CHUNK):
+                    budget -= len(chunk)
+                    if budget < 0:
+                        raise ArchiveError(f"Refused zip {label!r}: member {name!r} pushes the import past "
+                                           f"{max_total / 2**30:.2f} GiB although the archive declared less; it "
+                                           "lies about its sizes. Zip the images again.")
+                    out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise ArchiveError(f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
+                           "corrupt or lies about its sizes. Zip the images again.") from None
 
 
 def _safe_basename(name: str) -> str:
