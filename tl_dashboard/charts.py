@@ -399,8 +399,8 @@ def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence
         ii, jj = np.meshgrid(range(len(names)), range(len(names)), indexing="ij")
         fig.add_trace(go.Scatter(
             x=[names[j] for j in jj.ravel()], y=[names[i] for i in ii.ravel()], mode="markers",
-            customdata=np.stack([ii.ravel(), jj.ravel()], 1), showlegend=False,
-            marker=dict(size=max(24, 240 // max(1, len(names))), symbol="square", color="rgba(0,0,0,0.01)"),
+            customdata=np.stack([ii.ravel(), jj.ravel()], 1).tolist(), showlegend=False,
+            marker=dict(size=40 if len(names) <= 6 else 16, symbol="square", color="rgba(0,0,0,0.01)"),
             hovertemplate="true %{y}, predicted %{x}: click to see the images<extra></extra>"))
         fig.update_layout(clickmode="event+select", dragmode=False)
     fig.update_layout(

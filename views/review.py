@@ -20,12 +20,13 @@ __all__ = ["confusion_with_cells", "camera_predict", "tta_panel", "augmentation_
 MAX_CELL_IMAGES = 24
 
 
-def _selected_cell(event: Any) -> tuple[int, int] | None:
+def _selected_cell(event: Any, classes: list[str]) -> tuple[int, int] | None:
+    """(true, predicted) of the clicked cell: its marker's y (row) and x (column) class names."""
     points = (getattr(event, "selection", None) or {}).get("points") or []
+    names = [str(c) for c in classes]
     for p in points:
-        cd = p.get("customdata")
-        if cd is not None and len(cd) == 2:
-            return int(cd[0]), int(cd[1])
+        if p.get("y") in names and p.get("x") in names:
+            return names.index(p["y"]), names.index(p["x"])
     return None
 
 
@@ -34,7 +35,7 @@ def confusion_with_cells(result: ev.Evaluation, container: Any = None) -> None:
     where = container or st
     fig = charts.confusion_figure(result.confusion, result.classes, selectable=True)
     event = where.plotly_chart(fig, key=f"ev_confusion_{result.run_id}", on_select="rerun", selection_mode="points")
-    cell = _selected_cell(event)
+    cell = _selected_cell(event, result.classes)
     if cell is None:
         where.caption("Click a cell to see its images.")
         return
