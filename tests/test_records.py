@@ -172,3 +172,27 @@ def test_dashboard_says_once_that_the_database_was_rebuilt(trained_store, tmp_pa
     at.run()
     assert not any("rebuilt" in str(t.value) for t in at.toast)  # said once
     assert {r["id"] for r in RunStore(runs).list_runs()} == set(before)
+
+
+def test_a_busy_or_unopenable_database_is_never_moved_aside(tmp_path, monkeypatch):
+    from tl_dashboard import records
+
+    store = RunStore(tmp_path / "runs")
+    store.create_run({"model": "x"})
+    real = sqlite3.connect
+
+    class Locked:
+        def execute(self, *a):
+            raise sqlite3.OperationalError("database is locked")
+
+        def close(self):
+            pass
+
+    def locked(*a, **k):
+        return Locked()
+
+    monkeypatch.setattr(records.sqlite3, "connect", locked)
+    with pytest.raises(sqlite3.OperationalError):
+        records.check_database(store.db_path)
+    monkeypatch.setattr(records.sqlite3, "connect", real)
+    assert not list((tmp_path / "runs").glob("runs.db.*damaged*"))

@@ -176,6 +176,9 @@ def check_database(db_path: Path, full: bool = True) -> str | None:
     except sqlite3.DatabaseError as exc:
         if is_disk_full(exc):
             return None  # cannot check it now (no room for SQLite's -shm file); checked at the next open
+        if isinstance(exc, sqlite3.OperationalError) and not any(
+                w in str(exc).lower() for w in ("malformed", "not a database", "corrupt")):
+            raise  # locked, busy, no permission...: not damage, never a reason to move the file aside
         return f"unreadable ({exc})"
     finally:
         con.close()
