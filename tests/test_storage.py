@@ -11,8 +11,15 @@ import pytest
 
 from tl_dashboard.cli import main
 from tl_dashboard.errors import UserError
-from tl_dashboard.storage import (DiskFull, atomic_open, atomic_write_bytes, atomic_write_json,
-                                  check_free_space, is_disk_full, remove_temp_files)
+from tl_dashboard.storage import (
+    DiskFull,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_free_space,
+    is_disk_full,
+    remove_temp_files,
+)
 
 
 def mount_small_fs(path: Path, size_mb: int) -> str | None:
@@ -53,10 +60,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
 
 
 def test_failed_write_removes_its_temp_file(tmp_path):
-    with pytest.raises(RuntimeError):
-        with atomic_open(tmp_path / "y.bin") as fh:
-            fh.write(b"half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "y.bin") as fh:
+        fh.write(b"half")
+        raise RuntimeError("killed mid-write")
     assert not (tmp_path / "y.bin").exists() and _temp_files(tmp_path) == []
 
 
@@ -139,7 +145,8 @@ def test_a_run_that_fills_the_disk_ends_failed_and_the_store_recovers(small_fs, 
     code = main(["train", str(shapes_dir), "--epochs", "3", "--image-size", "32", "--batch-size", "4",
                  "--runs-dir", str(runs)])
     monkeypatch.setattr(cli._Progress, "say", say)
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # no summary line: the error line says it all
     assert code == 2
     [line] = _error_lines(err)
     assert line.startswith("error: Disk full:") and str(runs) in line and "Fix:" in line

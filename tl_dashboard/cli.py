@@ -259,7 +259,7 @@ def _train_one(store, config, label: str, quiet: bool, group_id: str | None = No
 def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args, args.freeze)
     _validate_config(config)
-    from .layers import LayersError, describe_blocks, parse_freeze
+    from .layers import describe_blocks, parse_freeze
 
     blocks = describe_blocks(config.model, None)
     parse_freeze(config.freeze, blocks, config.bn_mode)  # fail before recording a run
