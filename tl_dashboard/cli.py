@@ -1,8 +1,11 @@
 """The ``tl-dashboard`` command: everything the UI does, scriptable.
 
-Subcommands: ``app``, ``train``, ``sweep``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``.
+Subcommands: ``app``, ``train``, ``sweep``, ``resume``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``, ``backup``.
 Label review and data efficiency (:mod:`.cli_peers`): ``label-issues``, ``data-curve``.
-Errors exit with status 2 and one line naming the problem and the fix, never a traceback.
+Expected errors (:class:`~tl_dashboard.errors.UserError`) exit with status 2 and one line naming
+the problem and the fix; anything else is a bug and keeps its traceback. To add a subcommand,
+write its ``args_x(parser)`` and ``cmd_x(args) -> int`` (in a module of its own if it is long)
+and add one line to :data:`COMMANDS`.
 Also runs as ``python -m tl_dashboard.cli``.
 """
 from __future__ import annotations
@@ -10,66 +13,40 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import sys
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
+from .cli_train import _Progress  # noqa: F401 - the class tests patch as cli._Progress
+from .cli_train import (add_runs_dir, add_train_options, args_sweep, args_train, cmd_sweep,
+                        cmd_train, config_from_args)
+from . import cli_peers
 from .errors import UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS", "Command", "CliError"]
 
 
 class CliError(UserError):
     """A user-facing error: printed as one line, exit status 2."""
 
 
-def _add_runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="run store folder (default: $TL_RUNS_DIR or ./runs)")
+class Command(NamedTuple):
+    """One subcommand: its name, one-line help, a function adding its arguments, and the function running it."""
+
+    name: str
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .engine import TrainConfig
+def _store(args: argparse.Namespace):
+    from .runs import RunStore
 
-    d = TrainConfig(data_dir="")
-    p.add_argument("data_dir", help="folder with one sub-folder of images per class (or train/ and val/)")
-    p.add_argument("--model", default=d.model, help=f"timm model name (default {d.model})")
-    p.add_argument("--weights", default=d.weights, help="auto | none | PATH to .safetensors/.pth (default auto)")
-    p.add_argument("--bn-mode", default=d.bn_mode, choices=["frozen", "train"],
-                   help="BatchNorm in frozen blocks: frozen = running statistics (default), train = update them")
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--image-size", type=int, default=d.image_size, help="0 = the weights' own size")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
-                   help="random resized crop, flip and colour jitter (default off)")
-    p.add_argument("--feature-cache", default=d.feature_cache, choices=["auto", "off"],
-                   help="cache the frozen prefix's output when valid (default auto)")
-    p.add_argument("--cache-max-mb", type=int, default=d.cache_max_mb)
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument("--unfreeze-at", type=int, default=d.unfreeze_at,
-                   help="unfreeze schedule: at the start of this epoch (0 = never) unfreeze the last frozen blocks")
-    p.add_argument("--unfreeze-blocks", type=int, default=d.unfreeze_blocks, help="how many (default 2)")
-    p.add_argument("--backbone-lr-scale", type=float, default=d.backbone_lr_scale,
-                   help="their learning rate relative to --lr (default 0.1)")
-    p.add_argument("--nproc", type=int, default=d.nproc,
-                   help="processes for DistributedDataParallel via torchrun (one per GPU; gloo on CPU)")
-    p.add_argument("--label", default="", help="a name for the run")
-    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object with the result")
-    _add_runs_dir(p)
+    return RunStore(args.runs_dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="tl-dashboard", description="Transfer learning on image folders with timm backbones.")
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("app", help="start the dashboard (streamlit run app.py)")
+def args_app(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501)
     p.add_argument("--allowed-roots", default=None,
                    help=f"shared server: the Data page may open only folders under these roots ({os.pathsep}-separated; "
@@ -79,252 +56,71 @@ def build_parser() -> argparse.ArgumentParser:
                         "and the queue limit (or set TL_ADMIN_PASSWORD, which keeps it out of the process list)")
     p.add_argument("--max-queued-per-workspace", type=int, default=None,
                    help="shared server: queued runs one person may have waiting (sets TL_MAX_QUEUED_PER_WORKSPACE)")
-    _add_runs_dir(p)
+    add_runs_dir(p)
 
-    p = sub.add_parser("train", help="train one run in this process")
-    _add_train_options(p)
-    p.add_argument("--freeze", default="head", help="head | none | N (first N blocks) | BLOCK,BLOCK (default head)")
 
-    p = sub.add_parser("sweep", help="one run per freeze depth, one after another")
-    _add_train_options(p)
-    p.add_argument("--depths", default="0,2,4,all",
-                   help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
-    p.add_argument("--background", action="store_true", help="queue the runs for the background worker and return")
-
-    p = sub.add_parser("lr-find", help="learning-rate range test (fastai's lr_find) for these settings")
-    _add_train_options(p)
+def args_lr_find(p: argparse.ArgumentParser) -> None:
+    add_train_options(p)
     p.add_argument("--freeze", default="head", help="head | none | N (first N blocks) | BLOCK,BLOCK (default head)")
     p.add_argument("--start-lr", type=float, default=1e-7)
     p.add_argument("--end-lr", type=float, default=10.0)
     p.add_argument("--num-iter", type=int, default=100, help="mini-batches at most (default 100)")
 
-    p = sub.add_parser("layers", help="a model's blocks in forward order with parameter counts")
+
+def args_layers(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default="efficientnet_lite0")
     p.add_argument("--image-size", type=int, default=0)
     p.add_argument("--list", action="store_true", help="list the curated backbones and where their weights come from")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("runs", help="the runs in the store")
+
+def args_runs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--repair", action="store_true",
                    help="set runs.db aside and rebuild it from the run folders (done by itself when it is damaged)")
-    _add_runs_dir(p)
+    add_runs_dir(p)
 
-    p = sub.add_parser("predict", help="top-k classes for images with a trained run")
+
+def args_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average 10 flips and crops (top_k_plain = without)")
     p.add_argument("--json", action="store_true")
-    _add_runs_dir(p)
+    add_runs_dir(p)
 
-    p = sub.add_parser("export", help="export a run's model (safetensors, torchscript, onnx)")
+
+def args_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id")
     p.add_argument("--format", default="safetensors,torchscript,onnx")
     p.add_argument("--out", type=Path, default=None, help="folder for the files (default: the run's export/ folder)")
     p.add_argument("--overwrite", action="store_true", help="replace earlier exports in --out")
     p.add_argument("--json", action="store_true")
-    _add_runs_dir(p)
+    add_runs_dir(p)
 
-    p = sub.add_parser("cache", help="the on-disk cache of decoded images and frozen features: size, list, clear")
+
+def args_cache(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the entries (default: a summary)")
     p.add_argument("--clear", action="store_true", help="delete every entry and the scan memo")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("backup", help="copy the run database (SQLite online backup, safe while runs train) and run folders")
+
+def args_backup(p: argparse.ArgumentParser) -> None:
     p.add_argument("dest", type=Path, help="a new or empty folder; restore by using it as the runs folder (README)")
     p.add_argument("--json", action="store_true")
-    _add_runs_dir(p)
+    add_runs_dir(p)
 
-    p = sub.add_parser("import", help="import a zip of class folders safely")
+
+def args_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("archive", type=Path)
     p.add_argument("--into", type=Path, default=None, help="a new folder (default: a fresh folder under ./datasets)")
     p.add_argument("--json", action="store_true")
-
-    from . import cli_peers
-
-    cli_peers.add_parsers(sub, _add_train_options)
-    return ap
-
-
-def _store(args: argparse.Namespace):
-    from .runs import RunStore
-
-    return RunStore(args.runs_dir)
-
-
-def _config_from_args(args: argparse.Namespace, freeze: str):
-    from .engine import TrainConfig
-
-    return TrainConfig(
-        data_dir=str(args.data_dir), model=args.model, weights=args.weights, freeze=freeze,
-        bn_mode=args.bn_mode, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, image_size=args.image_size, val_fraction=args.val_fraction,
-        seed=args.seed, augment=args.augment, feature_cache=args.feature_cache,
-        cache_max_mb=args.cache_max_mb, device=args.device, nproc=args.nproc,
-        unfreeze_at=args.unfreeze_at, unfreeze_blocks=args.unfreeze_blocks, backbone_lr_scale=args.backbone_lr_scale,
-    )
-
-
-def _validate_config(config) -> None:
-    """Fail fast, before a run is recorded, on input the engine would refuse."""
-    from .backbones import BackboneError
-    from .data import scan_images
-    from .engine import resolve_device
-
-    if config.nproc < 1:
-        raise CliError("--nproc must be at least 1.")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise CliError("--epochs and --batch-size must be at least 1.")
-    if config.unfreeze_at == 1 or config.unfreeze_at > config.epochs:
-        raise CliError(f"--unfreeze-at {config.unfreeze_at}: pick an epoch in 2..{config.epochs} (or 0 for no schedule).")
-    if config.lr <= 0:
-        raise CliError(f"--lr must be positive, got {config.lr}.")
-    import timm
-
-    if not timm.is_model(config.model):
-        raise BackboneError(f"Unknown model {config.model!r}. `tl-dashboard layers --list` shows the curated ones; any timm name works.")
-    if config.weights not in ("auto", "none") and not Path(config.weights).is_file():
-        raise BackboneError(f"Weights file not found: {config.weights}. Give a .safetensors or .pth file, or --weights auto/none.")
-    scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
-    resolve_device(config.device)
-
-
-class _Progress:
-    """A one-line progress bar on stderr when it is a terminal, epoch lines otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        from .engine import Callback
-
-        self.quiet, self.tty = quiet, sys.stderr.isatty()
-        outer = self
-
-        class _CB(Callback):
-            def on_run_start(self, info: dict[str, Any]) -> None:
-                outer.total = info["steps_per_epoch"] * info["epochs"]
-                outer.say(f"{info['train_images']} train / {info['val_images']} val images, "
-                          f"{len(info['classes'])} classes; weights: {info['weights']['detail']}; "
-                          f"{info['freeze_label']}: {info['trainable_params']:,} trainable / {info['frozen_params']:,} frozen params")
-
-            def on_log(self, level: str, message: str) -> None:
-                outer.say(message)
-
-            def on_step_end(self, step: dict[str, Any]) -> None:
-                if outer.tty and not outer.quiet:
-                    frac = step["step"] / max(1, outer.total)
-                    bar = "#" * int(30 * frac)
-                    sys.stderr.write(f"\r[{bar:<30}] {step['step']}/{outer.total} epoch {step['epoch']:.2f} loss {step['loss']:.4f}")
-                    sys.stderr.flush()
-
-            def on_epoch_end(self, row: dict[str, Any]) -> None:
-                if outer.tty and not outer.quiet:
-                    sys.stderr.write("\n")
-                outer.say(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                          f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_sec']:.0f} img/s")
-
-        self.callback = _CB()
-        self.total = 1
-
-    def say(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, file=sys.stderr)
-
-
-def _train_one(store, config, label: str, quiet: bool, group_id: str | None = None) -> dict[str, Any]:
-    from .worker import run_training
-
-    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id, status="queued")
-    store.mark_running(run_id, os.getpid(), socket.gethostname())
-    progress = _Progress(quiet)
-    try:
-        run_training(store, run_id, [progress.callback])
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted", error="interrupted from the terminal (Ctrl-C)")
-        raise
-    run = store.get_run(run_id)
-    s = run["summary"]
-    out = {
-        "run_id": run_id, "status": run["status"], "error": run["error"],
-        "val_accuracy": s.get("val_accuracy"), "best_val_accuracy": s.get("best_val_accuracy"),
-        "train_seconds": s.get("train_seconds"), "epochs": s.get("epochs"),
-        "trainable_params": s.get("trainable_params"), "frozen_params": s.get("frozen_params"),
-        "weights": (s.get("weights") or {}).get("source"), "weights_detail": (s.get("weights") or {}).get("detail"),
-        "feature_cache": s.get("feature_cache"), "freeze": config.freeze, "model": config.model,
-        "skipped_files": s.get("skipped_files", []), "classes": s.get("classes"),
-        "run_dir": str(store.run_dir(run_id)),
-    }
-    return out
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    config = _config_from_args(args, args.freeze)
-    _validate_config(config)
-    from .layers import describe_blocks, parse_freeze
-
-    blocks = describe_blocks(config.model, None)
-    parse_freeze(config.freeze, blocks, config.bn_mode)  # fail before recording a run
-    _check_space(args, config, sum(b.params for b in blocks))
-    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: other ranks train their shards, rank 0 records
-        from .engine import train
-
-        train(config)
-        return 0
-    out = _train_one(_store(args), config, args.label, quiet=False)
-    disk_full = out["status"] == "failed" and str(out["error"]).startswith("Disk full")
-    if args.json:
-        print(json.dumps(out))
-    elif not disk_full:  # a full disk: only the error line below
-        print(f"run {out['run_id']}: {out['status']}, val accuracy {out['val_accuracy']}, "
-              f"{out['train_seconds']} s, weights: {out['weights']}")
-        for s in out["skipped_files"]:
-            print(f"  skipped {s['path']}: {s['reason']}")
-    if out["status"] == "failed":
-        print(f"error: {out['error']}", file=sys.stderr)
-        return 2 if disk_full else 1
-    return 0
-
-
-def _check_space(args: argparse.Namespace, config, total_params: int) -> None:
-    """Refuse, before a run is recorded, a run whose checkpoints cannot fit in the runs folder."""
-    from .limits import check_run_space, run_bytes_needed
-    from .runs import default_runs_dir
-
-    check_run_space(args.runs_dir or default_runs_dir(), run_bytes_needed(total_params, epochs=config.epochs),
-                    config.epochs)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from .compare import queue_sweep, sweep_freezes
-    from .layers import describe_blocks
-
-    base = _config_from_args(args, "head")
-    _validate_config(base)
-    blocks = describe_blocks(base.model, None)
-    freezes = sweep_freezes(args.depths, sum(b.kind != "head" for b in blocks))
-    store = _store(args)
-    group = time.strftime("sweep-%Y%m%d-%H%M%S")
-    results = []
-    if args.background:
-        group, ids = queue_sweep(store, base, freezes, label_prefix=f"{args.label or 'sweep'} ")
-        out = {"group_id": group, "run_ids": ids, "status": "queued"}
-        print(json.dumps(out) if args.json else f"queued {len(ids)} runs as {group}")
-        return 0
-    for f in freezes:
-        cfg = _config_from_args(args, f)
-        print(f"--- freeze {f}", file=sys.stderr)
-        results.append(_train_one(store, cfg, f"{args.label or 'sweep'} freeze={f}", quiet=False, group_id=group))
-    if args.json:
-        print(json.dumps({"group_id": group, "runs": results}))
-    else:
-        for r in results:
-            print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {r['val_accuracy']:.3f}  {r['train_seconds']:.1f} s  ({r['run_id']})")
-    return 0 if all(r["status"] == "finished" for r in results) else 1
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     from .lr_finder import lr_find
 
-    config = _config_from_args(args, args.freeze)
+    config = config_from_args(args, args.freeze)
     say = (lambda m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     res = lr_find(config, start_lr=args.start_lr, end_lr=args.end_lr, num_iter=args.num_iter, progress=say)
     if args.json:
@@ -492,28 +288,55 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return cli_cache(args.list, args.clear, args.json)
 
 
-_COMMANDS = {"backup": cmd_backup, "cache": cmd_cache, "app": cmd_app, "train": cmd_train, "sweep": cmd_sweep, "lr-find": cmd_lr_find,
-             "layers": cmd_layers, "runs": cmd_runs,
-             "predict": cmd_predict, "export": cmd_export, "import": cmd_import}
+# The subcommands, one line each: (name, help, add its arguments, run it). A command in its own
+# module keeps heavy imports (torch, timm) inside its functions, so `tl-dashboard --help` stays fast.
+COMMANDS: list[Command] = [
+    Command("app", "start the dashboard (streamlit run app.py)", args_app, cmd_app),
+    Command("train", "train one run in this process", args_train, cmd_train),
+    Command("sweep", "one run per freeze depth, one after another", args_sweep, cmd_sweep),
+    Command("lr-find", "learning-rate range test (fastai's lr_find) for these settings", args_lr_find, cmd_lr_find),
+    Command("layers", "a model's blocks in forward order with parameter counts", args_layers, cmd_layers),
+    Command("runs", "the runs in the store", args_runs, cmd_runs),
+    Command("predict", "top-k classes for images with a trained run", args_predict, cmd_predict),
+    Command("export", "export a run's model (safetensors, torchscript, onnx)", args_export, cmd_export),
+    Command("import", "import a zip of class folders safely", args_import, cmd_import),
+    Command("backup", "copy the run database (SQLite online backup, safe while runs train) and run folders",
+            args_backup, cmd_backup),
+    Command("cache", "the on-disk cache of decoded images and frozen features: size, list, clear", args_cache, cmd_cache),
+    Command("label-issues", "rank every image by how likely its label is wrong", cli_peers.args_label_issues, cli_peers.cmd_label_issues),
+    Command("data-curve", "validation accuracy against training images per class", cli_peers.args_data_curve, cli_peers.cmd_data_curve),
+]
 
 
-def _command(name: str):
-    from . import cli_peers
-
-    return _COMMANDS.get(name) or cli_peers.COMMANDS[name]
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tl-dashboard", description="Transfer learning on image folders with timm backbones.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    for c in COMMANDS:
+        c.add_args(sub.add_parser(c.name, help=c.help))
+    return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _command(args.command)(args)
+        return next(c for c in COMMANDS if c.name == args.command).run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, OSError, sqlite3.Error) as exc:
-        # DataError, BackboneError, LayersError, ArchiveError are ValueErrors with one clear line.
+    except (UserError, sqlite3.DatabaseError) as exc:  # expected: one line naming the value and the fix
         print(f"error: {_one_line(exc, args)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk is the user's to fix; any other error keeps its traceback
+        if not _is_disk_full(exc):
+            raise
+        print(f"error: {_one_line(exc, args)}", file=sys.stderr)
+        return 2
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    from .storage import is_disk_full
+
+    return is_disk_full(exc)
 
 
 def _one_line(exc: BaseException, args: argparse.Namespace) -> str:

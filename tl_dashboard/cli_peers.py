@@ -1,6 +1,6 @@
 """CLI commands for label review and data efficiency: ``label-issues`` and ``data-curve``.
 
-Registered by :mod:`tl_dashboard.cli` (``add_parsers`` + ``COMMANDS``); errors are ``UserError``s
+Registered by :mod:`tl_dashboard.cli` (one line each in its ``COMMANDS``); errors are ``UserError``s
 that the CLI prints as one line.
 """
 from __future__ import annotations
@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
 
-__all__ = ["add_parsers", "COMMANDS"]
+__all__ = ["args_label_issues", "cmd_label_issues", "args_data_curve", "cmd_data_curve"]
 
 
-def add_parsers(sub: Any, add_train_options: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("label-issues", help="rank every image by how likely its label is wrong")
+def args_label_issues(p: argparse.ArgumentParser) -> None:
+    from .cli_train import add_train_options
+
     add_train_options(p)
     p.add_argument("--run", default=None, metavar="RUN_ID",
                    help="use this run's backbone, weights and image size (default: the options above)")
@@ -22,7 +22,10 @@ def add_parsers(sub: Any, add_train_options: Callable[[argparse.ArgumentParser],
     p.add_argument("--top", type=int, default=0,
                    help="list the top N ranked images instead of only the flagged ones")
 
-    p = sub.add_parser("data-curve", help="validation accuracy against training images per class")
+
+def args_data_curve(p: argparse.ArgumentParser) -> None:
+    from .cli_train import add_train_options
+
     add_train_options(p)
     p.add_argument("--sizes", default="", help="images per class to try, e.g. 1,2,5,10 (default 1,2,5,10,20,50,... up to all)")
     p.add_argument("--draws", type=int, default=5, help="random draws per size for the linear probe (default 5)")
@@ -33,9 +36,10 @@ def add_parsers(sub: Any, add_train_options: Callable[[argparse.ArgumentParser],
 
 
 def _config(args: argparse.Namespace):
-    from .cli import CliError, _config_from_args
+    from .cli import CliError
+    from .cli_train import config_from_args
 
-    config = _config_from_args(args, "head")
+    config = config_from_args(args, "head")
     if getattr(args, "run", None):
         from dataclasses import replace
 
@@ -88,5 +92,3 @@ def cmd_data_curve(args: argparse.Namespace) -> int:
     print(f"seconds: {out['seconds']}")
     return 0
 
-
-COMMANDS = {"label-issues": cmd_label_issues, "data-curve": cmd_data_curve}

@@ -29,6 +29,7 @@ from . import worker
 from .engine import TrainConfig
 from .formatting import format_seconds
 from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
+from .errors import UserError
 from .runs import ACTIVE_STATUSES, RunStore
 from .stats import accuracy_text, overlap_note, run_interval
 
@@ -46,6 +47,10 @@ __all__ = [
     "list_sweeps",
     "sweep_points",
 ]
+
+
+class CompareError(UserError, ValueError):
+    """A comparison that cannot be made (no checkpoint, a start that cannot be rebuilt, bad sweep depths)."""
 
 # The rows of the comparison table, in display order.
 COMPARE_FIELDS = (
@@ -231,8 +236,8 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
 
     Raises:
         KeyError: unknown run.
-        ValueError: no checkpoint yet, or the starting weights cannot be rebuilt here (data
-            folder gone, or the weights now come from another source).
+        CompareError: no checkpoint yet, or the starting weights cannot be rebuilt here (the
+            weights now come from another source).
 
     Example:
         >>> [(r["block"], round(r["drift"], 3)) for r in weight_drift(store, run_id)][:2]
@@ -240,28 +245,27 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """
     import torch
 
-    from .engine import load_checkpoint, prepare
+    from .engine import load_checkpoint, start_model
 
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"No run {run_id!r} in {store.root}.")
     run_dir = store.run_dir(run_id)
     if not store.has_checkpoint(run_id):
-        raise ValueError(f"Run {run_id} has no checkpoint yet ({run['status']}); weight drift needs a trained model.")
+        raise CompareError(f"Run {run_id} has no checkpoint yet ({run['status']}); weight drift needs a trained model.")
     config = TrainConfig.from_dict(run["config"])
-    try:
-        prep = prepare(config)
-    except ValueError as exc:
-        raise ValueError(f"Cannot rebuild the starting weights of run {run_id}: {str(exc).splitlines()[0]} "
-                         "(the drift compares against the same start, built from the run's data folder).") from exc
+    trained, classes, _meta = load_checkpoint(run_dir)
+    try:  # the start needs only the model and its weights, not the data folder
+        initial, weights, blocks, plan, _size = start_model(config, len(classes))
+    except UserError as exc:
+        raise CompareError(f"Cannot rebuild the starting weights of run {run_id}: {str(exc).splitlines()[0]}") from exc
     recorded = ((run.get("summary") or {}).get("weights") or {}).get("source")
-    if recorded and recorded != prep.weights.source:
-        raise ValueError(f"Run {run_id} started from '{recorded}' weights, but here they would come from "
-                         f"'{prep.weights.source}', so its start cannot be rebuilt on this machine.")
-    trained, _classes, _meta = load_checkpoint(run_dir)
-    before_p = dict(prep.model.named_parameters())
+    if recorded and recorded != weights.source:
+        raise CompareError(f"Run {run_id} started from '{recorded}' weights, but here they would come from "
+                           f"'{weights.source}', so its start cannot be rebuilt on this machine.")
+    before_p = dict(initial.named_parameters())
     after_p = dict(trained.named_parameters())
-    before_b = dict(prep.model.named_buffers())
+    before_b = dict(initial.named_buffers())
     after_b = dict(trained.named_buffers())
     bn_train = config.bn_mode == "train"
 
@@ -276,8 +280,8 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
         return math.sqrt(change), math.sqrt(start)
 
     rows = []
-    for blk in prep.blocks:
-        names = blk.param_names(prep.model)
+    for blk in blocks:
+        names = blk.param_names(initial)
         change, start = l2(names, before_p, after_p)
         absolute = blk.kind == "head" or start == 0.0
         bn_drift = None
@@ -288,7 +292,7 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
                 s_change, s_start = l2(stats, before_b, after_b)
                 bn_drift = s_change / s_start if s_start else s_change
         rows.append({
-            "block": blk.name, "kind": blk.kind, "frozen": blk.name in prep.plan.frozen,
+            "block": blk.name, "kind": blk.kind, "frozen": blk.name in plan.frozen,
             "params": int(sum(before_p[n].numel() for n in names)),
             "drift": change if absolute else change / start,
             "measure": "absolute" if absolute else "relative",
@@ -320,11 +324,11 @@ def sweep_freezes(spec: str, n_body: int) -> list[str]:
         norm = normalize_freeze(tok)
         if norm not in ("head", "none"):
             if not tok.isdigit() or int(tok) > n_body:
-                raise ValueError(f"Sweep depth {tok!r} is not a block count in 0..{n_body}, 'all' or 'none'.")
+                raise CompareError(f"Sweep depth {tok!r} is not a block count in 0..{n_body}, 'all' or 'none'.")
             norm = "head" if int(tok) == n_body else str(int(tok))
         out.append(norm)
     if not out:
-        raise ValueError(f"No sweep depths in {spec!r}; give a comma list like '0,2,4,all'.")
+        raise CompareError(f"No sweep depths in {spec!r}; give a comma list like '0,2,4,all'.")
     return list(dict.fromkeys(out))
 
 
@@ -404,7 +408,7 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
     """
     freezes = list(dict.fromkeys(normalize_freeze(d) for d in depths if str(d).strip()))
     if not freezes and not from_scratch:
-        raise ValueError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
+        raise CompareError("queue_sweep: no freeze depths given; pass e.g. ['head', '4', 'none'].")
     group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     seeds = [base.seed + r for r in range(max(1, int(repeats)))]
     tag = (lambda sd: f" seed={sd}") if len(seeds) > 1 else (lambda sd: "")

@@ -129,9 +129,9 @@ def env_number(name: str, default: float) -> float:
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number; set it to a positive number or unset it.") from None
+        raise DataError(f"{name}={raw!r} is not a number; set it to a positive number or unset it.") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={raw!r} must be a positive number; set it to e.g. {default:g} or unset it.")
+        raise DataError(f"{name}={raw!r} must be a positive number; set it to e.g. {default:g} or unset it.")
     return value
 
 

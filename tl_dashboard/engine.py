@@ -44,6 +44,7 @@ from .config import ConfigError, TrainConfig
 from .data import DatasetSplit, scan_images
 from .featstore import prefix_key
 from .featurecache import FrozenSplit, build_feature_cache
+from .configcheck import allowed_image_sizes, check_config
 from .imagestore import RowView, open_images
 from .layers import Block, FreezePlan, apply_freeze, count_params, list_blocks, parse_freeze
 from .loop import Dist, Loop, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
@@ -52,7 +53,7 @@ from .unfreeze import UnfreezeSchedule
 
 __all__ = [
     "EVENTS", "TrainConfig", "TrainResult", "Callback", "StopCheck", "TrainingStopped", "ConfigError",
-    "train", "resolve_device", "Prepared", "prepare", "load_data", "save_epoch", "save_checkpoint",
+    "train", "resolve_device", "Prepared", "prepare", "start_model", "check_config", "allowed_image_sizes", "load_data", "save_epoch", "save_checkpoint",
     "load_checkpoint", "shard_indices", "available_devices", "center_crop", "Normalizer",
 ]
 
@@ -157,16 +158,25 @@ class Prepared:
     load_size: int
 
 
-def prepare(config: TrainConfig, split: DatasetSplit | None = None) -> Prepared:
-    """Phase: scan data (unless ``split`` is given), create the backbone with a fresh head and apply the freeze plan."""
-    if split is None:
-        split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
-    seed_everything(config.seed)  # the new head's init depends on the seed only
-    model, weights = create_backbone(config.model, len(split.classes), config.weights)
+def start_model(config: TrainConfig, num_classes: int) -> tuple[nn.Module, WeightsInfo, list[Block], FreezePlan, int]:
+    """The model a run starts from, without touching the data: ``(model, weights, blocks, plan, image_size)``.
+
+    Same config and class count -> the same starting weights (the new head's init depends on the seed only).
+    """
+    seed_everything(config.seed)
+    model, weights = create_backbone(config.model, num_classes, config.weights)
     image_size = int(config.image_size or weights.input_size)
     blocks = list_blocks(model, image_size)
     plan = parse_freeze(config.freeze, blocks, config.bn_mode)
     apply_freeze(model, blocks, plan)
+    return model, weights, blocks, plan, image_size
+
+
+def prepare(config: TrainConfig, split: DatasetSplit | None = None) -> Prepared:
+    """Phase: scan data (unless ``split`` is given), create the backbone with a fresh head and apply the freeze plan."""
+    if split is None:
+        split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    model, weights, blocks, plan, image_size = start_model(config, len(split.classes))
     load_size = int(math.floor(image_size / weights.crop_pct))
     return Prepared(config, split, model, weights, blocks, plan, image_size, load_size)
 
@@ -337,6 +347,9 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
 
 def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None, device: torch.device,
            dist: Dist, log: Callable[[str, str], None], t_start: float, split: DatasetSplit | None) -> TrainResult:
+    if split is None:
+        split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    check_config(config, None, check_freeze=False)  # the batch-vs-data check is for submissions (CLI, UI)
     prep = prepare(config, split)
     loop = build_loop(config, prep, device, dist, t_start, log)
     device_text = _device_text(device, dist)

@@ -26,6 +26,7 @@ from .data import resized_size, to_rgb
 from .engine import TrainConfig
 from .inference import (
     BATCH,
+    EvaluateError,
     ImageInput,
     RunSource,
     as_loaded,
@@ -239,7 +240,7 @@ def predict_images(source: RunSource, images: Sequence[ImageInput], top_k: int =
         data.DataError: a path or upload that is not a readable image.
     """
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k={top_k!r} must be a positive int, e.g. 3.")
+        raise EvaluateError(f"top_k={top_k!r} must be a positive int, e.g. 3.")
     loaded = as_loaded(source, run_id)
     x, shown, names = load_inputs(list(images), loaded.meta)
     k = min(top_k, len(loaded.classes))

@@ -56,7 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .inference import LoadedRun, RunSource, as_loaded
+from .errors import UserError
+from .inference import EvaluateError, LoadedRun, RunSource, as_loaded
 from .runs import CHECKPOINT, atomic_write_json
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "export_run"]
@@ -70,13 +71,17 @@ EXPORT_FORMATS: dict[str, str] = {
 ONNX_OPSET = 18
 
 
+class ExportExists(UserError, FileExistsError):
+    """The export folder already holds files (or is a file): pick another or pass overwrite=True."""
+
+
 def _parse_formats(formats: str | Iterable[str]) -> list[str]:
     items = formats.split(",") if isinstance(formats, str) else list(formats)
     names = list(dict.fromkeys(str(f).strip().lower() for f in items if str(f).strip()))
     unknown = [f for f in names if f not in EXPORT_FORMATS]
     if unknown or not names:
         what = f"Unknown export format {unknown[0]!r}" if unknown else "No export format given"
-        raise ValueError(f"{what}; choose from {', '.join(EXPORT_FORMATS)} (e.g. formats=('onnx',) or "
+        raise EvaluateError(f"{what}; choose from {', '.join(EXPORT_FORMATS)} (e.g. formats=('onnx',) or "
                          "--format safetensors,onnx).")
     return names
 
@@ -188,13 +193,13 @@ def _targets(loaded: LoadedRun, names: list[str], out_dir: str | Path | None, ov
     else:
         dest, user_dir = Path(out_dir).expanduser(), True
     if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"Export folder {dest} is a file; pick a folder.")
+        raise ExportExists(f"Export folder {dest} is a file; pick a folder.")
     targets = {f: dest / EXPORT_FORMATS[f] for f in names}
     targets.update(labels=dest / "labels.json", preprocessing=dest / "preprocessing.json")
     if user_dir and not overwrite:
         taken = [p.name for p in targets.values() if p.exists()]
         if taken:
-            raise FileExistsError(f"{dest} already holds {', '.join(taken)}. Pick an empty folder, or pass "
+            raise ExportExists(f"{dest} already holds {', '.join(taken)}. Pick an empty folder, or pass "
                                   "overwrite=True (CLI: --overwrite) to replace them.")
     dest.mkdir(parents=True, exist_ok=True)
     return targets

@@ -153,7 +153,7 @@ def load_inputs(images: Sequence[ImageInput], meta: dict[str, Any]) -> tuple[tor
     load, interpolation = int(meta["load_size"]), meta.get("interpolation", "bicubic")
     items = [_square(item, i, load, interpolation) for i, item in enumerate(images)]
     if not items:
-        raise ValueError("No images given; pass at least one PIL image, path or bytes.")
+        raise EvaluateError("No images given; pass at least one PIL image, path or bytes.")
     return model_input(torch.stack([t for t, _, _ in items]), meta), [s for _, s, _ in items], [n for _, _, n in items]
 
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UserError
 from .storage import atomic_write_bytes, atomic_write_json  # re-exported: the store's writers
 
 __all__ = ["RunStore", "default_runs_dir", "ACTIVE_STATUSES", "FINAL_STATUSES", "atomic_write_bytes", "atomic_write_json"]
@@ -33,6 +34,12 @@ __all__ = ["RunStore", "default_runs_dir", "ACTIVE_STATUSES", "FINAL_STATUSES", 
 CHECKPOINT = "model.safetensors"  # the trained weights in a run folder (engine.save_checkpoint writes it)
 
 ACTIVE_STATUSES = ("queued", "running")
+
+
+class RunBusy(UserError, ValueError):
+    """The run is queued or running (or otherwise in the wrong state) for what was asked."""
+
+
 FINAL_STATUSES = ("finished", "stopped", "failed", "interrupted", "cancelled")
 
 _SCHEMA = """
@@ -368,7 +375,7 @@ class RunStore:
         if run is None:
             raise KeyError(run_id)
         if run["status"] in ACTIVE_STATUSES:
-            raise ValueError(f"Run {run_id} is {run['status']}; stop it before deleting it.")
+            raise RunBusy(f"Run {run_id} is {run['status']}; stop it before deleting it.")
         with self._tx() as con:
             for table in ("step_metrics", "epoch_metrics", "run_log"):
                 con.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))

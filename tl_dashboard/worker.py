@@ -104,11 +104,13 @@ class SpaceCheck(Callback):
         check_run_start(self.run_dir, info)
 
 
-def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None) -> TrainResult | None:
+def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None,
+                 split: Any = None) -> TrainResult | None:
     """Train the run ``run_id`` (already marked running) in this process and record the outcome.
 
-    Bad input (no images, unknown model, ...) ends the run as ``failed`` with its one-line message;
-    any other exception too, with the traceback in the run's log. Running out of memory says what to lower.
+    ``split``: the data already scanned (the CLI scans once). Expected errors
+    (:class:`~tl_dashboard.errors.UserError`) end the run with their one line; any other
+    exception keeps its traceback in the run's log. Running out of memory says what to lower.
     """
     run = store.get_run(run_id)
     if run is None:
@@ -133,16 +135,9 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
 
     threading.Thread(target=beat, daemon=True).start()
     try:
-        result = train(config, callbacks, out_dir=store.run_dir(run_id))
+        result = train(config, callbacks, out_dir=store.run_dir(run_id), split=split)
     except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
-        msg, details = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, None
-        if is_disk_full(exc):  # one line naming the folder, the space and the fix; even the record survives it
-            msg = str(exc if isinstance(exc, DiskFull) else _disk_full(store, run_id, config))
-        elif isinstance(exc, MemoryError) or "out of memory" in msg.lower():
-            msg = (f"Out of memory while training (batch size {config.batch_size}, image size "
-                   f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again.")
-        elif not isinstance(exc, (UserError, ValueError, OSError)):  # not bad input: keep the traceback for the log
-            details, msg = traceback.format_exc(), f"{type(exc).__name__}: {msg}"
+        msg, details = _failure_message(store, run_id, config, exc)
         record_failure(store, run_id, msg, details)
         return None
     finally:
@@ -162,6 +157,20 @@ def _disk_full(store: RunStore, run_id: str, config: TrainConfig) -> DiskFull:
                     f"a run of {config.epochs} epoch(s) (its checkpoint, a copy while it is replaced, and metrics)",
                     "free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, "
                     "then start the run again")
+
+
+def _failure_message(store: RunStore, run_id: str, config: TrainConfig, exc: BaseException) -> tuple[str, str | None]:
+    """One line for the run's error, and the traceback for its log unless the error is expected."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if is_disk_full(exc):  # one line naming the folder, the space and the fix; even the record survives it
+        return str(exc if isinstance(exc, DiskFull) else _disk_full(store, run_id, config)), None
+    if isinstance(exc, UserError):  # expected: the message names the value and the fix
+        return msg, None
+    details = "".join(traceback.format_exception(exc))
+    if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
+        return (f"Out of memory while training (batch size {config.batch_size}, image size "
+                f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again."), details
+    return f"{type(exc).__name__}: {msg}", details
 
 
 def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
