@@ -6,8 +6,8 @@ import pytest
 
 from tl_dashboard import cli
 from tl_dashboard.config import ConfigError, TrainConfig
-from tl_dashboard.errors import UserError
 from tl_dashboard.configcheck import allowed_image_sizes, check_config
+from tl_dashboard.errors import UserError
 
 
 def test_every_config_field_is_a_cli_option_and_coerced_from_strings():

@@ -18,10 +18,17 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from .cli_train import _Progress  # noqa: F401 - the class tests patch as cli._Progress
-from .cli_train import (add_runs_dir, add_train_options, args_sweep, args_train, cmd_sweep,
-                        cmd_train, config_from_args)
 from . import cli_peers
+from .cli_train import (
+    _Progress,  # noqa: F401 - the class tests patch as cli._Progress
+    add_runs_dir,
+    add_train_options,
+    args_sweep,
+    args_train,
+    cmd_sweep,
+    cmd_train,
+    config_from_args,
+)
 from .errors import UserError
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "CliError"]

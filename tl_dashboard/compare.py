@@ -27,9 +27,9 @@ from typing import Any, Mapping, Sequence
 
 from . import worker
 from .engine import TrainConfig
+from .errors import UserError
 from .formatting import format_seconds
 from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
-from .errors import UserError
 from .runs import ACTIVE_STATUSES, RunStore
 from .stats import accuracy_text, overlap_note, run_interval
 
@@ -213,6 +213,20 @@ def _owned(name: str, modules: Sequence[str]) -> bool:
     return any(name == m or name.startswith(m + ".") for m in modules)
 
 
+def _l2(names: Sequence[str], before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[float, float]:
+    """``(||after - before||, ||before||)`` over the named tensors."""
+    import torch
+
+    change = start = 0.0
+    for n in names:
+        b, a = before[n].detach().double(), after[n].detach().double()
+        if b.shape != a.shape:  # e.g. a head for another number of classes: it started at zero
+            b = torch.zeros_like(a)
+        change += float(((a - b) ** 2).sum())
+        start += float((b ** 2).sum())
+    return math.sqrt(change), math.sqrt(start)
+
+
 def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     """How far each block's weights moved from their pretrained start during training.
 
@@ -243,7 +257,6 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
         >>> [(r["block"], round(r["drift"], 3)) for r in weight_drift(store, run_id)][:2]
         [('stem', 0.0), ('blocks.0', 0.0)]
     """
-    import torch
 
     from .engine import load_checkpoint, start_model
 
@@ -269,27 +282,17 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     after_b = dict(trained.named_buffers())
     bn_train = config.bn_mode == "train"
 
-    def l2(names: Sequence[str], before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[float, float]:
-        change = start = 0.0
-        for n in names:
-            b, a = before[n].detach().double(), after[n].detach().double()
-            if b.shape != a.shape:  # e.g. a head for another number of classes: it started at zero
-                b = torch.zeros_like(a)
-            change += float(((a - b) ** 2).sum())
-            start += float((b ** 2).sum())
-        return math.sqrt(change), math.sqrt(start)
-
     rows = []
     for blk in blocks:
         names = blk.param_names(initial)
-        change, start = l2(names, before_p, after_p)
+        change, start = _l2(names, before_p, after_p)
         absolute = blk.kind == "head" or start == 0.0
         bn_drift = None
         if bn_train:
             stats = [n for n in before_b if _owned(n, blk.modules)
                      and n.rsplit(".", 1)[-1] in ("running_mean", "running_var") and n in after_b]
             if stats:
-                s_change, s_start = l2(stats, before_b, after_b)
+                s_change, s_start = _l2(stats, before_b, after_b)
                 bn_drift = s_change / s_start if s_start else s_change
         rows.append({
             "block": blk.name, "kind": blk.kind, "frozen": blk.name in plan.frozen,

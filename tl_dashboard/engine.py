@@ -41,10 +41,10 @@ from torch import nn
 from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
+from .configcheck import allowed_image_sizes, check_config
 from .data import DatasetSplit, scan_images
 from .featstore import prefix_key
 from .featurecache import FrozenSplit, build_feature_cache
-from .configcheck import allowed_image_sizes, check_config
 from .imagestore import RowView, open_images
 from .layers import Block, FreezePlan, apply_freeze, count_params, list_blocks, parse_freeze
 from .loop import Dist, Loop, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
