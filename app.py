@@ -6,12 +6,15 @@ RunStore (``TL_RUNS_DIR`` or ``./runs``), never in the page. Around every page r
 keeps those choices in the store under the visitor's workspace (``?ws=`` in the URL), so a
 reload, a bookmark or a second tab gets exactly the same ones (``tl_dashboard.workspaces``).
 """
+import sqlite3
 from pathlib import Path
 
 import streamlit as st
 
 from tl_dashboard import ui_state, workspaces
-from tl_dashboard.runs import RunStore
+from tl_dashboard.errors import UserError
+from tl_dashboard.runs import RunStore, default_runs_dir
+from tl_dashboard.storage import disk_full_from, is_disk_full
 from views import workspace
 
 PAGES = Path(__file__).parent / "pages"
@@ -66,13 +69,19 @@ def run() -> None:
     st.set_page_config(page_title="TL Dashboard", page_icon=":material/model_training:", layout="wide")
     ss = st.session_state
     ui_state.init_state(ss)
-    store = RunStore()
-    for notice in store.pop_notices():  # e.g. "the run database was damaged: rebuilt it from N run folders"
-        st.toast(notice, icon=":material/build:")
-    ws_id, note = workspace.attach(store, ss, st.query_params.get("ws"))
-    if st.query_params.get("ws") != ws_id:
-        st.query_params["ws"] = ws_id  # the URL is the key: reload, bookmark and a second tab find it
-    workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="in")
+    try:
+        store = RunStore()
+        for notice in store.pop_notices():  # e.g. "the run database was damaged: rebuilt it from N run folders"
+            st.toast(notice, icon=":material/build:")
+        ws_id, note = workspace.attach(store, ss, st.query_params.get("ws"))
+        if st.query_params.get("ws") != ws_id:
+            st.query_params["ws"] = ws_id  # the URL is the key: reload, bookmark and a second tab find it
+        workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="in")
+    except (OSError, sqlite3.Error) as exc:  # a full disk: one line naming the folder and the fix
+        if not is_disk_full(exc):
+            raise
+        st.error(str(exc if isinstance(exc, UserError) else disk_full_from(exc, default_runs_dir(), None, "the run store")))
+        st.stop()
     if note:
         st.toast(note, icon=":material/info:")
     page = st.navigation([
@@ -85,7 +94,11 @@ def run() -> None:
     try:
         page.run()
     finally:  # also when the page calls st.rerun() or st.stop(): what it changed is kept
-        workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="out")
+        try:
+            workspaces.sync_state(store, ws_id, ss, workspace.PERSISTED, phase="out")
+        except (OSError, sqlite3.Error) as exc:  # a full disk: the choices are kept in the session meanwhile
+            if not is_disk_full(exc):
+                raise
 
 
 if __name__ == "__main__":

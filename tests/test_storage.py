@@ -173,3 +173,37 @@ def test_no_worker_is_started_on_a_full_disk(tmp_path, monkeypatch):
     monkeypatch.setattr(worker, "free_bytes", lambda path: 0)
     assert worker.start_worker(store) is None
     assert store.list_runs()[0]["status"] == "queued"
+
+
+def test_dashboard_on_a_full_disk_reads_runs_and_names_the_problem(small_fs, monkeypatch):
+    """A known workspace still lists its runs; a new visitor gets one line naming the folder, not a traceback."""
+    from streamlit.testing.v1 import AppTest
+
+    from tl_dashboard.runs import RunStore
+
+    repo = Path(__file__).resolve().parent.parent
+    runs = small_fs / "runs"
+    monkeypatch.setenv("TL_RUNS_DIR", str(runs))
+    monkeypatch.setenv("TL_DATASETS_DIR", str(small_fs / "datasets"))
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    monkeypatch.chdir(repo)
+    store = RunStore(runs)
+    store.finish_run(store.create_run({"model": "resnet18"}, label="kept-run"), "finished")
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    at.run()
+    ws = at.query_params["ws"]
+    _fill(small_fs)
+
+    new = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    new.run()
+    assert not new.exception, [e.value for e in new.exception]
+    [err] = [str(e.value) for e in new.error]
+    assert err.startswith("Disk full:") and str(runs) in err and "Fix:" in err
+
+    known = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    known.query_params["ws"] = ws
+    known.run()
+    known.switch_page("pages/runs.py")
+    known.run()
+    assert not known.exception, [e.value for e in known.exception]
+    assert "kept-run" in json.dumps([str(m.value) for m in known.markdown] + [str(s) for s in known.selectbox])
