@@ -6,6 +6,7 @@ them). In CI (CI=true) a skip here is turned into a failure by conftest.py.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,44 +32,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run `make chromium` (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api")
-    tmp = tmp_path_factory.mktemp("browser")
-    port = _free_port()
+@contextlib.contextmanager
+def streamlit_server(tmp: Path, **env_changes: str | None) -> Iterator[str]:
+    """``streamlit run app.py`` on a free port with its store and datasets in ``tmp``; yields its URL
+    once healthy. On exit the server and any training worker it started are killed. ``env_changes``:
+    extra environment variables (``None`` removes one)."""
     env = {**os.environ, "TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"),
            "TL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - the server writes it until the fixture ends
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    port = _free_port()
+    with open(tmp / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, proc, tmp / "server.log")
+            yield url
+        finally:
+            from tl_dashboard.runs import RunStore
+
+            for run in RunStore(tmp / "runs").list_runs("running"):  # workers live in their own session
+                with contextlib.suppress(OSError, TypeError):
+                    os.kill(int(run["pid"]), 9)
+            os.killpg(proc.pid, 15)
+            proc.wait(10)
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
                 if r.read().strip() == b"ok":
-                    break
+                    return
         except OSError:
             time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy: " + (tmp / "server.log").read_text()[-2000:])
-    yield {"url": url, "runs": tmp / "runs"}
-    from tl_dashboard.runs import RunStore
+    proc.kill()
+    pytest.fail("streamlit did not become healthy: " + log.read_text()[-2000:])
 
-    for run in RunStore(tmp / "runs").list_runs("running"):  # workers live in their own session
-        try:
-            os.kill(int(run["pid"]), 9)
-        except (OSError, TypeError):
-            pass
-    os.killpg(proc.pid, 15)
-    proc.wait(10)
-    log.close()
+
+def need_browser() -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM}: run `make chromium` (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    need_browser()
+    tmp = tmp_path_factory.mktemp("browser")
+    with streamlit_server(tmp) as url:
+        yield {"url": url, "runs": tmp / "runs"}
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ typed in the sidebar, stops either student's run. In CI (CI=true) a skip here is
 """
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, _free_port, _idle, _no_exception
+from tests.test_browser import CHROMIUM, _idle, _no_exception, need_browser, streamlit_server
 
 pytestmark = pytest.mark.browser
 
@@ -29,52 +25,18 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
 
 @pytest.fixture(scope="module")
 def classroom(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run `make chromium` (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api")
+    need_browser()
     from tests.conftest import make_shapes_dataset
 
     tmp = tmp_path_factory.mktemp("classroom")
     shapes = make_shapes_dataset(tmp / "shapes", per_class=10, size=40)
-    port = _free_port()
-    env = {**os.environ, "TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"),
-           "TL_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TL_ADMIN_PASSWORD": ADMIN, "TL_MAX_RUNNING": "1"}
-    env.pop("TL_ALLOWED_ROOTS", None)
-    env.pop("TL_MAX_QUEUED_PER_WORKSPACE", None)
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy: " + (tmp / "server.log").read_text()[-2000:])
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
+    with streamlit_server(tmp, TL_ADMIN_PASSWORD=ADMIN, TL_MAX_RUNNING="1", TL_ALLOWED_ROOTS=None,
+                          TL_MAX_QUEUED_PER_WORKSPACE=None) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield {"url": url, "runs": tmp / "runs", "shapes": shapes, "browser": browser, "log": tmp / "server.log"}
         browser.close()
-    from tl_dashboard.runs import RunStore
-
-    for run in RunStore(tmp / "runs").list_runs("running"):  # workers live in their own session
-        try:
-            os.kill(int(run["pid"]), 9)
-        except (OSError, TypeError):
-            pass
-    os.killpg(proc.pid, 15)
-    proc.wait(10)
-    log.close()
     assert ADMIN not in (tmp / "server.log").read_text(errors="replace"), "the admin password reached the log"
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import UserError
+from .runs import _pid_alive  # the store's one pid check
 
 __all__ = ["CacheError", "cache_root", "max_bytes", "digest_key", "open_entry", "build_entry", "list_entries",
            "usage", "clear", "evict", "human_bytes"]
@@ -174,14 +175,6 @@ def build_entry(kind: str, key: str, *, meta: dict[str, Any], need_bytes: int = 
     evict(spare={(kind, key)})
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _sweep_tmp(parent: Path) -> None:

@@ -263,16 +263,9 @@ def check_image(path: str | Path, *, max_pixels: int | None = None) -> str | Non
         'empty file (0 bytes)'
     """
     path, limit = Path(path), _resolve_max_pixels(max_pixels)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "broken symlink" if os.path.islink(path) else "file not found"
-    except OSError as exc:
-        return f"unreadable file: {_short(exc, path)}"
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_size == 0:
-        return "empty file (0 bytes)"
+    st = _stat_or_reason(path)
+    if isinstance(st, str):
+        return st
     try:
         with _truncation_detected():
             _decode(path, limit, _VALIDATE_DRAFT, MIN_IMAGE_SIDE)
@@ -292,6 +285,12 @@ def _check_file(path: Path, root_real: str) -> str | tuple[int, int, int]:
     suffix = path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         return f"not an image (extension {suffix})" if suffix else "not an image (no extension)"
+    st = _stat_or_reason(path)
+    return st if isinstance(st, str) else (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _stat_or_reason(path: Path) -> os.stat_result | str:
+    """The file's stat, or the reason it is no image file at all (gone, unreadable, not regular, empty)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -302,7 +301,7 @@ def _check_file(path: Path, root_real: str) -> str | tuple[int, int, int]:
         return "not a regular file"
     if st.st_size == 0:
         return "empty file (0 bytes)"
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st
 
 
 def _inside(path: str | Path, root_real: str) -> bool:

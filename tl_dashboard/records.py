@@ -304,19 +304,11 @@ def repair_store(store: RunStore, reason: str | None = None) -> RepairReport:
     _create_schema(store)
     if report.moved_to:
         report.salvaged = _salvage(store, report.moved_to[0])
-    con = store._connect()
-    try:
-        con.execute("BEGIN IMMEDIATE")
+    with store._tx(immediate=True) as con:
         for folder in run_folders(store.root):
             rec = read_record(folder)
             if rec and _restore_run(con, rec, folder.name):
                 report.runs += 1
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
     if "run_log" not in report.salvaged or "step_metrics" not in report.salvaged:
         report.lost = (f"Not recoverable from run folders: the run log, and per-step curves beyond "
                        f"{MAX_STEPS_KEPT} points per run.")

@@ -330,18 +330,20 @@ class RunStore:
         self._record(run_id)
 
     def update_summary(self, run_id: str, summary: dict[str, Any]) -> None:
-        run = self.get_run(run_id)
-        merged = {**(run["summary"] if run else {}), **summary}
-        with self._tx() as con:
-            con.execute("UPDATE runs SET summary=? WHERE id=?", (json.dumps(merged, default=str), run_id))
+        self._merge_json(run_id, "summary", summary)
         self._record(run_id)
 
     def update_dataset(self, run_id: str, dataset: dict[str, Any]) -> None:
         """Merge ``dataset`` (name, path, images, classes, fingerprint) into the run's data set record."""
+        self._merge_json(run_id, "dataset", dataset)
+
+    def _merge_json(self, run_id: str, column: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the JSON object in ``column`` ("summary" or "dataset") of a run."""
+        assert column in ("summary", "dataset"), column  # a column name, never user input
         run = self.get_run(run_id)
-        merged = {**(run["dataset"] if run else {}), **dataset}
+        merged = {**(run[column] if run else {}), **changes}
         with self._tx() as con:
-            con.execute("UPDATE runs SET dataset=? WHERE id=?", (json.dumps(merged, default=str), run_id))
+            con.execute(f"UPDATE runs SET {column}=? WHERE id=?", (json.dumps(merged, default=str), run_id))
 
     def request_stop(self, run_id: str) -> str:
         """Ask a run to stop: a running run stops after its current batch; a queued one is cancelled.
@@ -453,6 +455,7 @@ class RunStore:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id is running on this machine (a zombie counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
