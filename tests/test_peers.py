@@ -279,3 +279,16 @@ def test_train_page_previews_the_augmentation(page_env, shapes):
     assert not at.exception, [e.value for e in at.exception]
     shown = [e for e in at.main if type(e).__name__ == "Image"]
     assert len(shown) == 4 * 5  # 4 images x (centre crop + 4 augmented views)
+
+
+def test_label_page_draws_the_data_curve_with_its_spread(page_env, shapes):
+    at = _open("labels", shapes, image_size=32)
+    at.slider(key="curve_draws").set_value(2).run()
+    at.button(key="curve_go").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    import json as _json
+
+    fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
+    bands = [t for t in fig["data"] if t.get("fill") == "toself"]
+    lines = [t for t in fig["data"] if t.get("mode") == "lines+markers"]
+    assert len(bands) == 1 and len(lines) == 1 and lines[0]["x"] == [1, 2, 5]  # 5 train images per class
