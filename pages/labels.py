@@ -15,7 +15,7 @@ from tl_dashboard import curation, importer
 from tl_dashboard import ui_state as ui
 from tl_dashboard.errors import UserError
 from tl_dashboard.label_issues import find_label_issues
-from views import review
+from views import review, widgets
 
 ss = st.session_state
 ui.require_router(ss, "pages/labels.py", st.switch_page)
@@ -25,7 +25,7 @@ def editable(folder: str) -> str | None:
     """Why this folder may not be changed here, or None when it may."""
     try:
         importer.resolve_allowed_path(folder)
-    except (PermissionError, ImportError, ValueError) as exc:
+    except UserError as exc:  # PathNotAllowed on a shared server
         return str(exc)
     shared = bool(os.environ.get("TL_ALLOWED_ROOTS"))
     if shared and Path(folder).resolve() == ui.sample_data_dir().resolve():
@@ -35,31 +35,28 @@ def editable(folder: str) -> str | None:
 
 def act(kind: str, path: str, target: str = "") -> None:
     root = ss.li_report["data_dir"]
-    try:
+    with widgets.reported("Not changed", page="li"):
         if kind == "relabel":
             move = curation.relabel(root, path, target)
             ss.li_done[path] = f"moved to {target}"
-            ss.li_flash = ("success", f"Moved {Path(path).name} to {target} (undo below).")
+            widgets.flash("li", "success", f"Moved {Path(path).name} to {target} (undo below).")
             ss.li_last_move = move["id"]
         else:
             curation.exclude(root, [path], reason="label review")
             ss.li_done[path] = "excluded"
-            ss.li_flash = ("success", f"Excluded {Path(path).name}: training skips it from now on (take it back below).")
-    except UserError as exc:
-        ss.li_flash = ("error", str(exc))
+            widgets.flash("li", "success", f"Excluded {Path(path).name}: training skips it from now on "
+                                           "(take it back below).")
 
 
 def undo(move_id: str) -> None:
-    try:
+    with widgets.reported("Not undone", page="li"):
         entry = curation.undo_relabel(ss.li_report["data_dir"], move_id)
-        ss.li_flash = ("success", f"Moved {Path(entry['to']).name} back to {entry['from']}.")
-    except UserError as exc:
-        ss.li_flash = ("error", str(exc))
+        widgets.flash("li", "success", f"Moved {Path(entry['to']).name} back to {entry['from']}.")
 
 
 def include(rel: str) -> None:
     curation.include(ss.li_report["data_dir"], [rel])
-    ss.li_flash = ("success", f"{rel} is used for training again.")
+    widgets.flash("li", "success", f"{rel} is used for training again.")
 
 
 def show_suspects(report: dict, why_not: str | None) -> None:
@@ -112,15 +109,11 @@ tab_issues, tab_curve = st.tabs(["Label issues", "How much data do I need?"])
 with tab_issues:
     why_not = editable(config.data_dir)
     if st.button("Find label issues", type="primary", key="li_go"):
-        with st.spinner("Computing frozen features (one pass over the images) and out-of-sample predictions..."):
-            try:
-                ss.li_report = find_label_issues(config).to_dict(top=100000)
-                ss.li_done = {}
-            except (UserError, ValueError, OSError) as exc:
-                st.error(str(exc))
-    if "li_flash" in ss:
-        kind, msg = ss.pop("li_flash")
-        getattr(st, kind)(msg)
+        with st.spinner("Computing frozen features (one pass over the images) and out-of-sample predictions..."), \
+                widgets.reported("No label review"):
+            ss.li_report = find_label_issues(config).to_dict(top=100000)
+            ss.li_done = {}
+    widgets.show_flash("li")
     report = ss.get("li_report")
     if report and report["data_dir"] == str(Path(config.data_dir)):
         if why_not:

@@ -8,23 +8,17 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from test_browser import CHROMIUM, REPO, _free_port, _idle, _no_exception, _shot
+
+from tests.test_browser import CHROMIUM, REPO, _idle, _no_exception, _shot, need_browser, streamlit_server
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
 def review_server(tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM}: run `make chromium` (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api")
+    need_browser()
     from tl_dashboard.engine import TrainConfig
     from tl_dashboard.runs import RunStore
     from tl_dashboard.worker import run_training
@@ -37,30 +31,8 @@ def review_server(tmp_path_factory):
         run_id = store.create_run(cfg.to_dict(), label="tiny")
         store.mark_running(run_id, os.getpid(), socket.gethostname())
         assert run_training(store, run_id).status == "finished"
-    port = _free_port()
-    env = {**os.environ, "TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"),
-           "TL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.read().strip() == b"ok":
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy: " + (tmp / "server.log").read_text()[-2000:])
-    yield url
-    os.killpg(proc.pid, 15)
-    proc.wait(10)
-    log.close()
+    with streamlit_server(tmp) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

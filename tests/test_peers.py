@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE, make_shapes_dataset
 
 from tl_dashboard import curation
 from tl_dashboard.data import scan_images
 from tl_dashboard.engine import TrainConfig
-
-from conftest import SAMPLE, make_shapes_dataset
 
 
 @pytest.fixture(autouse=True)

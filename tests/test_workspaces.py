@@ -294,7 +294,7 @@ def test_app_command_ends_its_server_on_sigterm(tmp_path):
                 time.sleep(0.5)
         else:
             pytest.fail("the server did not come up")
-        cmdline = open(f"/proc/{proc.pid}/cmdline", "rb").read()
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert b"streamlit" in cmdline and b"pw-on-argv" not in cmdline  # exec'd: the password left argv
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) is not None

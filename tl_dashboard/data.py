@@ -21,7 +21,7 @@ import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterator
 
 from PIL import Image, ImageFile, ImageOps
 
@@ -44,7 +44,7 @@ _VALIDATE_DRAFT = 256
 _SPLIT_DIRS = ("train", "val")
 _HIDDEN_DIRS = ("__MACOSX",)  # macOS zip debris; treated like a dot-folder
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
+ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 
 class DataError(UserError, ValueError):

@@ -20,8 +20,8 @@ import hashlib
 import os
 import queue
 import threading
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch

@@ -14,6 +14,7 @@ import streamlit as st
 from tl_dashboard import charts
 from tl_dashboard import evaluate as ev
 from tl_dashboard.metrics import cell_images
+from views import widgets
 
 __all__ = ["confusion_with_cells", "camera_predict", "tta_panel", "augmentation_panel", "data_curve_panel"]
 
@@ -34,7 +35,7 @@ def confusion_with_cells(result: ev.Evaluation, container: Any = None) -> None:
     """The confusion matrix; a click on a cell lists that cell's images with their probabilities."""
     where = container or st
     fig = charts.confusion_figure(result.confusion, result.classes, selectable=True)
-    event = where.plotly_chart(fig, key=f"ev_confusion_{result.run_id}", on_select="rerun", selection_mode="points")
+    event = widgets.plot(fig, f"ev_confusion_{result.run_id}", where, on_select="rerun", selection_mode="points")
     cell = _selected_cell(event, result.classes)
     if cell is None:
         where.caption("Click a cell to see its images.")
@@ -62,13 +63,14 @@ def camera_predict(loaded: ev.LoadedRun, top_k: int) -> None:
     shot = st.camera_input("Take a photo", key=f"ev_camera_{loaded.run_id}")
     if shot is None:
         return
-    try:  # not cached: a camera frame is used once
-        [p] = ev.predict_images(loaded, [shot.getvalue()], top_k)
-    except (ValueError, OSError) as exc:
-        st.error(str(exc))
+    preds = []
+    with widgets.reported("Cannot classify the photo"):  # not cached: a camera frame is used once
+        preds = ev.predict_images(loaded, [shot.getvalue()], top_k)
+    if not preds:
         return
+    p = preds[0]
     left, right = st.columns(2)
-    left.plotly_chart(charts.topk_figure(p, title=f"Camera photo: top-{len(p.top)}"), key="ev_camera_topk")
+    widgets.plot(charts.topk_figure(p, title=f"Camera photo: top-{len(p.top)}"), "ev_camera_topk", left)
     right.image(ev.overlay_heatmap(p.image, p.cam),
                 caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
 
@@ -88,10 +90,10 @@ def tta_panel(root: str, run_id: str) -> None:
                "(centre and 4 corner crops, each also mirrored): 10x the compute per image.")
     if not st.toggle("Compare with test-time augmentation", key=f"ev_tta_{run_id}"):
         return
-    try:
+    res = None
+    with widgets.reported("No test-time augmentation"):
         res = _tta_result(root, run_id)
-    except (ValueError, OSError) as exc:
-        st.error(str(exc))
+    if res is None:
         return
     c1, c2, c3 = st.columns(3)
     c1.metric("Without TTA", f"{res['accuracy']:.1%}")
@@ -107,15 +109,13 @@ def tta_predictions(loaded: ev.LoadedRun, images: list, names: list[str], top_k:
     """Top-k of the given images without and with TTA, side by side."""
     from tl_dashboard.tta import predict_tta
 
-    try:
+    rows = []
+    with widgets.reported("No test-time augmentation"):
         rows = predict_tta(loaded, images, top_k)
-    except (ValueError, OSError) as exc:
-        st.error(str(exc))
-        return
     for i, (name, r) in enumerate(zip(names, rows)):
         left, right = st.columns(2)
-        left.plotly_chart(charts.topk_figure(r["top_k_plain"], title=f"{name}: without TTA"), key=f"ev_tta_plain_{i}")
-        right.plotly_chart(charts.topk_figure(r["top_k"], title=f"{name}: with TTA (10 views)"), key=f"ev_tta_{i}")
+        widgets.plot(charts.topk_figure(r["top_k_plain"], title=f"{name}: without TTA"), f"ev_tta_plain_{i}", left)
+        widgets.plot(charts.topk_figure(r["top_k"], title=f"{name}: with TTA (10 views)"), f"ev_tta_{i}", right)
 
 
 @st.cache_data(show_spinner="Drawing augmented views...", max_entries=16)
@@ -145,12 +145,10 @@ def augmentation_panel(config: Any) -> None:
         seed = int(st.session_state.get("aug_preview_seed", 0))
         if config.augment and st.button("Draw again", key="aug_preview_again"):
             seed = st.session_state["aug_preview_seed"] = seed + 1
-        try:
-            keep = ("data_dir", "model", "image_size", "augment", "val_fraction", "seed")
+        keep = ("data_dir", "model", "image_size", "augment", "val_fraction", "seed")
+        rows = []
+        with widgets.reported("No preview"):
             rows = _preview(json.dumps({k: getattr(config, k) for k in keep}, sort_keys=True), seed)
-        except (ValueError, OSError) as exc:
-            st.info(f"No preview: {exc}")
-            return
         for r in rows:
             cols = st.columns(5)
             cols[0].image(r["original"], caption=f"{r['label']} (centre crop)")
@@ -173,17 +171,15 @@ def data_curve_panel(config: Any) -> None:
     key = ("curve", config.data_dir, config.model, config.image_size, draws, tuple(plans))
     if st.button("Draw the curve", type="primary", key="curve_go"):
         with st.status("Drawing the data-efficiency curve...", expanded=False) as status:
-            try:
+            with widgets.reported("No curve"):
                 st.session_state["curve_result"] = (key, data_curve(
                     config, draws=draws, plans=["head", *plans], progress=status.write).to_dict())
-            except (ValueError, OSError) as exc:
-                st.error(str(exc))
             status.update(state="complete")
     got = st.session_state.get("curve_result")
     if not got or got[0][:4] != key[:4]:
         return
     curve = got[1]
-    st.plotly_chart(charts.data_curve_figure(curve["points"]), key="curve_chart")
+    widgets.plot(charts.data_curve_figure(curve["points"]), "curve_chart")
     secs = curve["seconds"]
     st.caption(f"{curve['val_images']} validation images. Time: features {secs.get('features', 0):.1f} s, "
                f"linear-probe curve {secs.get('head', 0):.1f} s in all"

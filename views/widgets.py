@@ -67,9 +67,12 @@ def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., b
     return wrap
 
 
-def plot(fig: Any, key: str, where: Any = st) -> None:
-    """``st.plotly_chart`` with the toolbar on hover only (every chart of the app goes through here)."""
-    where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG)
+def plot(fig: Any, key: str, where: Any = st, **options: Any) -> Any:
+    """``st.plotly_chart`` with the toolbar on hover only (every chart of the app goes through here).
+
+    ``options`` go to ``plotly_chart`` (e.g. ``on_select="rerun"``); returns what it returns.
+    """
+    return where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, **options)
 
 
 def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], run: Mapping[str, Any],
