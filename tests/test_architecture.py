@@ -47,3 +47,13 @@ def test_core_pieces_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 too_long.append(f"{path.name}:{node.lineno} {node.name}() {node.end_lineno - node.lineno + 1} lines")
     assert not too_long, "split these (no function over 80 lines, no module over 600):\n" + "\n".join(too_long)
+
+
+def test_readme_architecture_names_every_module():
+    """The README's picture of the layers lists every module there is (and so stays true)."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Architecture"):]
+    section = section[:section.index("\n## ", 3)]
+    modules = [p for p in (*CORE, *(REPO / "views").glob("*.py")) if p.name != "__init__.py"]
+    missing = sorted(p.relative_to(REPO).as_posix() for p in modules if p.name not in section)
+    assert not missing, f"add to README.md's Architecture section: {missing}"
