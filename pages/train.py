@@ -12,6 +12,7 @@ from tl_dashboard.layers import describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import reap
 from views import present, review, widgets, workspace
+from views import quality as quality_views
 
 
 def cache_line() -> str:
@@ -27,7 +28,7 @@ ss = st.session_state
 ui.require_router(ss, "pages/train.py", st.switch_page)
 store = RunStore()
 ws_id, admin_pw = workspace.me(ss)
-LRS = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+LRS = [0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # 0 = auto
 
 
 def config() -> TrainConfig | None:
@@ -106,12 +107,17 @@ with settings:
 
     st.markdown("**Hyperparameters**")
     h1, h2 = st.columns(2)
-    h1.number_input("Epochs", 1, 500, step=1, **ui.bind(ss, "epochs"))
+    h1.number_input("Epochs (0 = auto)", 0, 500, step=1, **ui.bind(ss, "epochs"),
+                    help="auto: head only on cached features trains until the solver converges (each solver "
+                         "iteration is shown as one epoch); otherwise 10.")
     h2.number_input("Batch size", 1, 1024, step=8, **ui.bind(ss, "batch_size"))
     if ss.lr not in LRS:
         LRS = sorted({*LRS, float(ss.lr)})
-    st.select_slider("Learning rate", LRS, format_func=lambda v: f"{v:g}",
-                     help="AdamW, decayed along a cosine to 1% of this by the last step.", **ui.bind(ss, "lr"))
+    st.select_slider("Learning rate", LRS, format_func=lambda v: f"{v:g}" if v else "auto",
+                     help="AdamW, decayed along a cosine to 1% of this by the last step. auto with epochs auto and "
+                          "head only: a cross-validated L-BFGS fit of the head instead (no learning rate); "
+                          "otherwise 1e-3. The finder below suggests one for your settings.", **ui.bind(ss, "lr"))
+    quality_views.lr_finder_panel(ss)
     h3, h4 = st.columns(2)
     h3.number_input("Weight decay", 0.0, 1.0, step=0.01, format="%.3f", **ui.bind(ss, "weight_decay"))
     h4.number_input("Image size (px)", 0, 1024, step=16, help="0 = the size the weights were trained at (224 for most).",
@@ -135,8 +141,9 @@ with settings:
         on = st.toggle("Use an unfreeze schedule", value=ss.unfreeze_at > 0, key="unfreeze_on")
         if on:
             u1, u2, u3 = st.columns(3)
-            ss.unfreeze_at = min(max(2, int(ss.unfreeze_at or max(2, ss.epochs // 2))), max(2, int(ss.epochs)))
-            u1.number_input("At epoch", 2, max(2, int(ss.epochs)), step=1, **ui.bind(ss, "unfreeze_at"))
+            n_ep = int(ss.epochs) or 10  # epochs auto with a schedule: 10
+            ss.unfreeze_at = min(max(2, int(ss.unfreeze_at or max(2, n_ep // 2))), max(2, n_ep))
+            u1.number_input("At epoch", 2, max(2, n_ep), step=1, **ui.bind(ss, "unfreeze_at"))
             u2.number_input("Last N frozen blocks", 1, 50, step=1, **ui.bind(ss, "unfreeze_blocks"))
             u3.select_slider("Their LR × ", [0.01, 0.03, 0.1, 0.3, 1.0], **ui.bind(ss, "backbone_lr_scale"))
             if ss.freeze == "none":

@@ -287,9 +287,9 @@ def test_model_search_and_switch_keeps_a_valid_plan(env):
 # -- train and runs ---------------------------------------------------------------------------------
 def test_train_page_defaults_and_buttons(env):
     at = open_page("train")
-    assert at.number_input(key="w_epochs").value == 10
+    assert at.number_input(key="w_epochs").value == 0  # auto
     assert at.number_input(key="w_batch_size").value == 32
-    assert at.select_slider(key="w_lr").value == pytest.approx(1e-3)
+    assert at.select_slider(key="w_lr").value == 0.0  # auto
     assert at.number_input(key="w_weight_decay").value == pytest.approx(0.01)
     assert at.number_input(key="w_image_size").value == 0
     assert at.number_input(key="w_seed").value == 0

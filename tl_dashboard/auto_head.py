@@ -147,6 +147,23 @@ def _cv_scores(x: torch.Tensor, y: torch.Tensor, n_classes: int, lams: Sequence[
     return out
 
 
+def _row_space(x: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis ``(r, D)`` of the span of the rows of ``x`` (r <= min(N, D)).
+
+    With an L2 penalty on W the optimal weights of every class lie in the span of the training
+    features (the gradient of the loss always does, and the penalty shrinks anything outside it
+    to zero), and so do those of every cross-validation fold, whose images are a subset. Solving
+    in these r coordinates instead of the D feature dimensions gives the same solution, D/N times
+    cheaper when there are fewer images than features (1280-dimensional features, a few hundred
+    images). ``||W||`` is unchanged because the basis is orthonormal.
+    """
+    if x.shape[0] >= x.shape[1]:
+        return torch.eye(x.shape[1], dtype=x.dtype)
+    _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+    keep = sv > sv.max() * 1e-6 if len(sv) else sv.bool()
+    return vh[keep] if int(keep.sum()) else torch.eye(x.shape[1], dtype=x.dtype)
+
+
 def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and a unit scale: centring changes nothing in the optimum (the bias is not decayed) but
     helps L-BFGS; per-feature scaling would change what the weight decay penalises, so none."""
@@ -174,7 +191,8 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
     x_raw = f_train.detach().float().cpu()
     y = y_train.detach().long().cpu()
     mean, std = _centre(x_raw)
-    x = (x_raw - mean) / std
+    basis = _row_space(x_raw - mean)  # (r, D): the solution lies in the span of the training features
+    x = (x_raw - mean) @ basis.T
     counts = torch.bincount(y, minlength=n_classes)
     k = int(min(folds, counts[counts > 0].min().item() if len(y) else 0))
     lams = lam_grid(len(y))
@@ -188,7 +206,7 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
     else:
         lam, how = 1.0 / len(y) if len(y) else 1e-3, "default (too few images per class to cross-validate)"
     t_cv = time.perf_counter() - t0
-    xv = ((f_val.detach().float().cpu() - mean) / std) if f_val is not None and len(f_val) else None
+    xv = ((f_val.detach().float().cpu() - mean) @ basis.T) if f_val is not None and len(f_val) else None
     yv = y_val.detach().long().cpu() if y_val is not None else None
     history: list[dict[str, Any]] = []
     state = {"t": time.perf_counter(), "stop": False}
@@ -215,7 +233,7 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
         w, b, iters = _lbfgs(x, y, n_classes, lam, max_iter=max_iter, on_iter=report)
     except _Stop:  # stopped on request: keep the last reported iterate
         stopped, iters, w, b = True, len(history), state["w"], state["b"]
-    weight = w / std
+    weight = w @ basis
     bias = b - weight @ mean
     chosen = {
         "solver": "lbfgs", "weight_decay": lam, "C": 1.0 / (lam * max(1, len(y))), "selected_by": how,
@@ -238,7 +256,7 @@ def _emit(cbs: Sequence[Any], event: str, *args: Any) -> None:
 
 def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: torch.Tensor, f_val: torch.Tensor,
                       y_val: torch.Tensor, cbs: Sequence[Any], *, seed: int = 0, t_start: float | None = None,
-                      weight_decay: float | None = None,
+                      weight_decay: float | None = None, max_iter: int = 200,
                       log: Callable[[str, str], None] | None = None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
     """The engine's automatic head phase: fit, emit one epoch per L-BFGS iteration, load the solution into ``head``.
 
@@ -256,13 +274,13 @@ def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: tor
         row = {**row, "lr": 0.0, "images_per_sec": n / max(row["seconds"], 1e-9)}
         _emit(cbs, "on_epoch_start", row["epoch"])
         _emit(cbs, "on_step_end", {"step": row["epoch"], "epoch": float(row["epoch"]), "loss": row["train_loss"],
-                                   "lr": 0.0, "images": n, "total_steps": 0,
+                                   "lr": 0.0, "images": n, "total_steps": max_iter,
                                    "elapsed": time.perf_counter() - t_start})
         rows.append(row)
         _emit(cbs, "on_epoch_end", row)
 
     fit = fit_head(f_train, y_train.cpu(), head.out_features, f_val=f_val, y_val=y_val.cpu(), seed=seed,
-                   weight_decay=weight_decay, on_epoch=on_epoch,
+                   weight_decay=weight_decay, on_epoch=on_epoch, max_iter=max_iter,
                    should_stop=lambda: any(cb.should_stop() for cb in cbs))
     with torch.no_grad():
         head.weight.copy_(fit.weight.to(head.weight))
@@ -276,3 +294,41 @@ def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: tor
                     f"({c['seconds']:.2f} s, {c['cv_seconds']:.2f} s of it cross-validation). "
                     "Each iteration is one pass over the training features, shown as one epoch.")
     return rows, "stopped" if c["stopped"] else "finished", c
+
+
+#: What "auto" means where the solver cannot run (images change per epoch, or blocks train).
+FALLBACK_LR, FALLBACK_EPOCHS, MAX_ITER = 1e-3, 10, 200
+
+
+def resolve(config: Any, plan: Any, blocks: Sequence[Any], world: int = 1) -> tuple[Any, dict[str, Any]]:
+    """Turn ``lr == 0`` / ``epochs == 0`` ("auto") into what the run does.
+
+    Returns ``(config with a concrete lr and epochs for the optimizer loop, auto)`` where ``auto`` is
+    ``{"solver": bool, "lr": "auto"|"pinned", "epochs": "auto"|"pinned", "max_iter": int, "note": str}``.
+    The solver runs when the learning rate and the epochs are both auto and only the head trains on
+    features that can be cached (no augmentation, cache not off, no unfreeze schedule, one
+    process). A pinned value means AdamW for exactly that: what is still auto falls back to lr 1e-3
+    and 10 epochs (the Train page's finder or ``tl-dashboard lr-find`` suggests a learning rate).
+    """
+    from dataclasses import replace
+
+    lr_auto, ep_auto = config.lr == 0, config.epochs == 0
+    head_only = all(b.name in plan.frozen for b in blocks if b.kind != "head")
+    cacheable = head_only and not config.augment and config.feature_cache != "off" and config.unfreeze_at <= 0 and world == 1
+    solver = lr_auto and ep_auto and cacheable
+    out = {"solver": solver, "lr": "auto" if lr_auto else "pinned", "epochs": "auto" if ep_auto else "pinned",
+           "max_iter": MAX_ITER if solver else 0}
+    if solver:
+        out["note"] = ("lr and epochs auto: the head is fitted by L-BFGS on the cached features with its weight "
+                       "decay cross-validated on the training split")
+    elif lr_auto or ep_auto:
+        why = ("a pinned setting asks for AdamW" if cacheable else
+               "only the head trains but its input changes every epoch (augmentation, unfreeze schedule, cache off "
+               "or several processes)" if head_only else "blocks of the backbone train")
+        out["note"] = (f"auto: {why}, so the solver cannot run; "
+                       + ", ".join(x for x in (f"lr {FALLBACK_LR:g}" if lr_auto else "", f"{FALLBACK_EPOCHS} epochs" if ep_auto else "") if x)
+                       + " (tl-dashboard lr-find or the Train page's finder suggests a learning rate)")
+    else:
+        out["note"] = ""
+    resolved = replace(config, lr=config.lr or FALLBACK_LR, epochs=config.epochs or FALLBACK_EPOCHS)
+    return resolved, out

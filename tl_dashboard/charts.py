@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # charts only draw: no torch import at run time
 __all__ = [
     "PALETTE", "FROZEN", "TRAINABLE", "TRAIN", "VAL", "BN_STATS",
     "class_counts_figure", "blocks_strip_figure", "loss_figure", "accuracy_figure",
-    "overlay_figure", "sweep_figure", "drift_figure",
+    "overlay_figure", "sweep_figure", "drift_figure", "lr_find_figure",
     "confusion_figure", "per_class_figure", "topk_figure", "embedding_figure",
 ]
 
@@ -500,4 +500,28 @@ def data_curve_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
                       xaxis=dict(title="training images per class", type="log"),
                       yaxis=dict(title="validation accuracy", range=[0, 1.05], tickformat=".0%"),
                       height=420, **_layout(top=60))
+    return fig
+
+
+def lr_find_figure(curve: Sequence[Mapping[str, Any]], suggested: float | None = None,
+                   marks: Mapping[str, float] | None = None) -> go.Figure:
+    """Loss against learning rate (log x) from ``lr_finder.lr_find``: smoothed loss, raw loss faint,
+    the suggestion as a dashed line and other candidates (``{"steepest": lr, ...}``) as dotted ones."""
+    fig = go.Figure()
+    xs = [float(p["lr"]) for p in curve]
+    if any("raw_loss" in p for p in curve):
+        fig.add_scatter(x=xs, y=[p.get("raw_loss") for p in curve], name="loss per batch", mode="lines",
+                        line=dict(color=TRAIN, width=1), opacity=0.3)
+    fig.add_scatter(x=xs, y=[p["loss"] for p in curve], name="smoothed loss", mode="lines", line=dict(color=TRAIN, width=2))
+    for name, lr in (marks or {}).items():
+        fig.add_vline(x=float(lr), line=dict(color=FROZEN, dash="dot", width=1), annotation_text=name,
+                      annotation_position="bottom right")
+    if suggested:
+        fig.add_vline(x=float(suggested), line=dict(color=VAL, dash="dash", width=2),
+                      annotation_text=f"suggested {float(suggested):.1e}", annotation_position="top left")
+    smooth = [p["loss"] for p in curve]
+    top = max(smooth[: max(1, len(smooth) // 10)] + [min(smooth) if smooth else 1.0]) * 1.3 if smooth else None
+    fig.update_xaxes(type="log", title_text="learning rate (log scale)")
+    fig.update_yaxes(title_text="training loss", range=[0, top] if top else None)
+    fig.update_layout(**_layout(top=40))
     return fig

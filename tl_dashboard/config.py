@@ -37,9 +37,11 @@ class TrainConfig:
     freeze: str = _f("head", "head (linear probe) | none (full fine-tune) | N (first N blocks) | BLOCK,BLOCK", cli=False)
     bn_mode: str = _f("frozen", "BatchNorm in frozen blocks: frozen = running statistics, train = update them",
                       ("frozen", "train"))
-    epochs: int = _f(10, "passes over the training images")
+    epochs: int = _f(0, "passes over the training images; 0 = auto (head only on cached features: until "
+                           "the solver converges; otherwise 10)")
     batch_size: int = _f(32, "images per optimizer step")
-    lr: float = _f(1e-3, "AdamW learning rate, cosine-decayed per step to 1% of itself")
+    lr: float = _f(0.0, "AdamW learning rate, cosine-decayed per step to 1% of itself; 0 = auto (head only on "
+                        "cached features: a cross-validated L-BFGS fit, no learning rate; otherwise 1e-3)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     image_size: int = _f(0, "input size in pixels; 0 = the weights' own size (224 for most)")
     val_fraction: float = _f(0.2, "share of each class held out for validation (ignored with train/ and val/)")

@@ -39,22 +39,23 @@ def allowed_image_sizes(model_name: str) -> tuple[int, int]:
 
 
 def _check_numbers(c: TrainConfig) -> None:
-    if c.epochs < 1:
-        raise ConfigError(f"--epochs {c.epochs}: train at least 1 epoch.")
+    if c.epochs < 0:
+        raise ConfigError(f"--epochs {c.epochs}: train at least 1 epoch, or 0 for auto.")
     if c.batch_size < 1:
         raise ConfigError(f"--batch-size {c.batch_size}: use 1 or more images per step.")
     if c.nproc < 1:
         raise ConfigError(f"--nproc {c.nproc}: use 1 or more processes.")
-    if c.lr <= 0:
-        raise ConfigError(f"--lr {c.lr:g}: the learning rate must be positive, e.g. 1e-3.")
+    if c.lr < 0:
+        raise ConfigError(f"--lr {c.lr:g}: the learning rate must be positive, e.g. 1e-3, or 0 for auto.")
     if c.weight_decay < 0:
         raise ConfigError(f"--weight-decay {c.weight_decay:g}: use 0 or more.")
     if not 0 < c.val_fraction < 1:
         raise ConfigError(f"--val-fraction {c.val_fraction:g}: use a share between 0 and 1, e.g. 0.2.")
     if not 0 <= c.label_smoothing < 1:
         raise ConfigError(f"--label-smoothing {c.label_smoothing:g}: use 0 <= smoothing < 1.")
-    if c.unfreeze_at == 1 or c.unfreeze_at < 0 or c.unfreeze_at > c.epochs:
-        raise ConfigError(f"--unfreeze-at {c.unfreeze_at}: pick an epoch in 2..{c.epochs} (or 0 for no schedule).")
+    epochs = c.epochs or 10  # auto with a schedule: 10 epochs (auto_head.resolve)
+    if c.unfreeze_at == 1 or c.unfreeze_at < 0 or c.unfreeze_at > epochs:
+        raise ConfigError(f"--unfreeze-at {c.unfreeze_at}: pick an epoch in 2..{epochs} (or 0 for no schedule).")
     if getattr(c, "patience", 0) < 0:
         raise ConfigError(f"--patience {c.patience}: use 0 (off) or a number of epochs.")
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import auto_head
 from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -76,6 +77,7 @@ class TrainResult:
     freeze_label: str
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    auto: dict[str, Any] = field(default_factory=dict)  # what "auto" lr/epochs chose (auto_head.resolve)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -351,20 +353,35 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
     check_config(config, None, check_freeze=False)  # the batch-vs-data check is for submissions (CLI, UI)
     prep = prepare(config, split)
+    config, auto = auto_head.resolve(config, prep.plan, prep.blocks, dist.world)
     loop = build_loop(config, prep, device, dist, t_start, log)
+    auto["solver"] = auto["solver"] and loop.cache.used and isinstance(prep.model.get_classifier(), nn.Linear)
     device_text = _device_text(device, dist)
     info = _run_start_info(config, prep, loop, device_text)
+    if auto["solver"]:  # one epoch per solver iteration, at most max_iter
+        info.update(epochs=auto["max_iter"], steps_per_epoch=1)
     emit(cbs, "on_run_start", info)
+    if auto["note"]:
+        log("info", auto["note"][0].upper() + auto["note"][1:] + ".")
     meta = _checkpoint_meta(config, prep)
-    history, status = fit(loop, config.epochs, cbs, lambda e: save_epoch(loop, out_dir, prep.split.classes, meta, e), log)
+    save = lambda e: save_epoch(loop, out_dir, prep.split.classes, meta, e)  # noqa: E731
+    if auto["solver"]:
+        history, status, auto["chosen"] = auto_head.train_cached_head(
+            prep.model.get_classifier(), loop.cache.train, loop.y_train, loop.cache.val, loop.y_val, cbs,
+            seed=config.seed, t_start=t_start, max_iter=auto["max_iter"], log=log)
+        save(len(history))
+    else:
+        history, status = fit(loop, config.epochs, cbs, save, log)
     result = TrainResult(
         status=status,
         val_accuracy=history[-1]["val_acc"] if history else 0.0,
-        best_val_accuracy=max((h["val_acc"] for h in history), default=0.0),
+        best_val_accuracy=(history[-1]["val_acc"] if auto["solver"] and history  # the solver keeps its solution
+                           else max((h["val_acc"] for h in history), default=0.0)),
         train_seconds=round(time.perf_counter() - t_start, 3),
         epochs=len(history), trainable_params=info["trainable_params"], frozen_params=info["frozen_params"],
         weights=info["weights"], skipped_files=info["skipped_files"], classes=prep.split.classes,
         feature_cache=loop.cache.info, freeze_label=prep.plan.label, device=device_text, history=history,
+        auto=auto,
     )
     emit(cbs, "on_run_end", result)
     return result
