@@ -238,7 +238,7 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
                         subplot_titles=("Best validation accuracy (95% interval)", "Total training time"))
     for title in fig.layout.annotations:  # subplot titles on the left of each plot: the toolbar is top right
         title.update(x=fig.layout.xaxis.domain[0] if title.text.startswith("Best") else fig.layout.xaxis2.domain[0],
-                     xanchor="left")
+                     xanchor="left", align="left")
     acc = {id(p): 100 * float(p["best_val_accuracy"]) for p in done}
     secs = {id(p): float(p.get("train_seconds") or 0) for p in done}
     groups = (("pretrained", False, TRAINABLE, "circle"), ("from scratch", True, FROZEN, "diamond"))
@@ -256,20 +256,23 @@ def sweep_figure(points: Sequence[Mapping[str, Any]]) -> go.Figure:
                                         array=[100 * (p["acc_high"] - p["best_val_accuracy"]) for p in pts],
                                         arrayminus=[100 * (p["best_val_accuracy"] - p["acc_low"]) for p in pts])
             else:
-                text = [t + (f" · {p['gflops_per_epoch']:.3g} GFLOP/epoch" if t and p.get("gflops_per_epoch") else "")
-                        for t, p in zip(text, pts)]
+                text = [t + (f"<br>{p['gflops_per_epoch']:.3g} GFLOP/epoch" if t and p.get("gflops_per_epoch") else "")
+                        for t, p in zip(text, pts)]  # a second line: labels stay narrow
                 trace["marker"]["symbol"] = [symbol + ("-open" if p.get("shared_machine") else "") for p in pts]
                 if any(p.get("repeats", 1) > 1 for p in pts):
                     trace["error_y"] = dict(type="data", array=[p.get("seconds_sd") or 0 for p in pts], color=colour,
                                             thickness=1.5, width=4)
             fig.add_scatter(y=[values[id(p)] for p in pts], name=name, showlegend=col == 1, row=1, col=col,
                             text=text, textposition=[labels[id(p)][1] for p in pts], **trace)
-    if any(p.get("shared_machine") for p in done):
-        fig.layout.annotations[1].text += " (hollow: machine shared, seconds inflated)"
-    fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)")
+    if any(p.get("shared_machine") for p in done):  # a second line: the first stays clear of the toolbar
+        fig.layout.annotations[1].text += "<br><sup>hollow: timed on a shared machine, seconds inflated</sup>"
+    xs = [math.log10(p["trainable_params"]) for p in done]
+    pad = 0.6  # decades of room either side, so labels centred on the outer points stay inside
+    fig.update_xaxes(type="log", dtick=1, title_text="trainable parameters (log scale)",
+                     range=[min(xs) - pad, max(xs) + pad] if xs else None)
     fig.update_yaxes(title_text="best val accuracy (%)", range=[0, 112], row=1, col=1)
     fig.update_yaxes(title_text="seconds", rangemode="tozero", row=1, col=2)
-    fig.update_layout(**_layout(top=40))
+    fig.update_layout(**_layout(top=56))
     return fig
 
 
