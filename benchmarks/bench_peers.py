@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -27,17 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TL_OFFLINE", "1")
 
-
-def plant(root: Path, per_class: int, seed: int) -> set[str]:
-    rng = random.Random(seed)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    planted = set()
-    for c in classes:
-        for f in rng.sample(sorted((root / c).iterdir()), per_class):
-            dest = root / rng.choice([d for d in classes if d != c]) / f"planted_{f.name}"
-            shutil.move(f, dest)
-            planted.add(str(dest))
-    return planted
+from tests.files import plant_label_errors  # noqa: E402 - after the path insert above
 
 
 def recall(args, tmp: Path) -> None:
@@ -47,7 +36,7 @@ def recall(args, tmp: Path) -> None:
     for seed in args.seeds:
         root = tmp / f"emoji3-{seed}"
         shutil.copytree(REPO / "sample_data" / "emoji3", root)
-        planted = plant(root, args.plant, seed)
+        planted = plant_label_errors(root, args.plant, seed)
         os.environ["TL_CACHE_DIR"] = str(tmp / f"cache-{seed}")
         rep = find_label_issues(TrainConfig(str(root), image_size=args.image_size))
         k = len(planted)

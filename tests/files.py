@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import io
+import random
+import shutil
 import zipfile
+from pathlib import Path
 
 from PIL import Image
 
@@ -21,3 +24,19 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
         for name, payload in files.items():
             zf.writestr(name, payload)
     return buf.getvalue()
+
+
+def plant_label_errors(root: Path, per_class: int, seed: int = 0) -> set[str]:
+    """Move ``per_class`` images of every class folder into another class: known label errors.
+
+    Returns: the moved images' new paths.
+    """
+    rng = random.Random(seed)
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    planted = set()
+    for c in classes:
+        for f in rng.sample(sorted((root / c).iterdir()), per_class):
+            dest = root / rng.choice([d for d in classes if d != c]) / f"planted_{f.name}"
+            shutil.move(f, dest)
+            planted.add(str(dest))
+    return planted

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import socket
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import SAMPLE, make_shapes_dataset
 
+from tests.files import plant_label_errors
 from tl_dashboard import curation
 from tl_dashboard.data import scan_images
 from tl_dashboard.engine import TrainConfig
@@ -86,16 +86,6 @@ def test_relabel_stays_inside_its_split_in_a_presplit_folder(tmp_path):
 
 
 # ----------------------------------------------------------------------------- label issues
-def _plant(root: Path, per_class: int, seed: int = 0) -> set[str]:
-    rng = random.Random(seed)
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    planted = set()
-    for c in classes:
-        for f in rng.sample(sorted((root / c).iterdir()), per_class):
-            dest = root / rng.choice([d for d in classes if d != c]) / f"planted_{f.name}"
-            shutil.move(f, dest)
-            planted.add(str(dest))
-    return planted
 
 
 @pytest.mark.slow
@@ -104,7 +94,7 @@ def test_planted_label_errors_rank_among_the_top_suspects(tmp_path, capsys):
 
     root = tmp_path / "emoji3"
     shutil.copytree(SAMPLE, root)
-    planted = _plant(root, per_class=2)  # 6 wrong labels among 180 images
+    planted = plant_label_errors(root, per_class=2)  # 6 wrong labels among 180 images
     assert main(["label-issues", str(root), "--image-size", "96", "--top", "12", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["images"] == 180 and len(out["suspects"]) == 12
