@@ -7,7 +7,7 @@ import streamlit as st
 
 from tl_dashboard import charts
 from tl_dashboard import ui_state as ui
-from tl_dashboard.errors import UserError
+from views import widgets
 
 
 def _apply(state: MutableMapping[str, Any], lr: float) -> None:
@@ -26,16 +26,13 @@ def lr_finder_panel(state: MutableMapping[str, Any]) -> None:
         if st.button("Run the finder", icon=":material/search:", key="lr_find_run"):
             from tl_dashboard.lr_finder import lr_find
 
-            with st.spinner("Sweeping the learning rate…"):
-                try:
-                    state["lr_find_result"] = lr_find(ui.config_from_state(state)).to_dict()
-                except UserError as exc:
-                    st.error(str(exc))
+            with st.spinner("Sweeping the learning rate…"), widgets.reported("No learning-rate test"):
+                state["lr_find_result"] = lr_find(ui.config_from_state(state)).to_dict()
         res = state.get("lr_find_result")
         if not res:
             return
-        st.plotly_chart(charts.lr_find_figure(res["curve"], res["suggested_lr"],
-                                              {"steepest": res["steep_lr"], "min/10": res["min_lr"]}), key="lr_find_chart")
+        widgets.plot(charts.lr_find_figure(res["curve"], res["suggested_lr"],
+                                           {"steepest": res["steep_lr"], "min/10": res["min_lr"]}), "lr_find_chart")
         st.caption(f"{res['freeze_label']}: {res['iterations']} batches in {res['seconds']:.0f} s"
                    + (", stopped when the loss diverged" if res["stopped_early"] else "") + ".")
         st.button(f"Use {res['suggested_lr']:.1e}", key="lr_find_apply", on_click=_apply,
