@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from tl_dashboard import charts, compare, workspaces
+from tl_dashboard import charts, compare, stats, workspaces
 from tl_dashboard import formatting as fmt
 from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
@@ -86,7 +86,12 @@ else:
                                     "field": st.column_config.TextColumn("setting / result")})
         n = sum(flags)
         st.caption(f"Highlighted with ≠: the {n} row(s) where the runs differ. Time per epoch is the mean of the "
-                   "measured epochs; total time includes loading data and weights and building the feature cache.")
+                   "measured epochs; total time includes loading data and weights and building the feature cache. "
+                   "Accuracies show their 95% (Wilson) interval and the number of validation images; the cost per "
+                   "epoch in GFLOPs does not depend on the machine, seconds do (see timing).")
+    note = compare.compare_overlap_note([by_id[i] for i in picked])
+    if note:
+        st.warning(note, icon=":material/compare_arrows:")
 
 # -- sweeps --------------------------------------------------------------------------------------
 st.header("Sweeps: freeze depth against accuracy and time")
@@ -113,6 +118,9 @@ else:
         with_results = [p for p in points if p["best_val_accuracy"] is not None and p["trainable_params"]]
         if with_results:
             widgets.plot(charts.sweep_figure(points), "cmp_sweep_chart")
+            note = stats.sweep_overlap_note(stats.group_repeats(points))
+            if note:
+                st.caption(note)
         else:
             st.info("No results in this sweep yet: its runs are queued or training. The points appear as they finish.")
         st.dataframe(

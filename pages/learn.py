@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts, compare, data, workspaces
+from tl_dashboard import charts, compare, data, stats, workspaces
 from tl_dashboard import formatting as fmt
 from tl_dashboard import ui_state as ui
 from tl_dashboard.layers import Block, describe_blocks
@@ -33,7 +33,8 @@ def queue(freezes: list[str]) -> None:
     cfg = ui.config_from_state(ss)
     cfg.data_dir = str(data_folder())
     with widgets.reported("Not queued", page="learn"):
-        group, ids = workspaces.submit_sweep(store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw)
+        group, ids = workspaces.submit_sweep(store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw,
+                                             repeats=int(ss.get("learn_repeats", 1)))
         ss.learn_group = group
         widgets.flash("learn", "success", f"Queued {len(ids)} runs. They train one after another in the background; "
                                           "you can leave this page or reload it.")
@@ -110,14 +111,22 @@ s1, s2 = st.columns([3, 1])
 with s1:
     st.markdown(
         f"Data: **{folder.name}** ({n_classes} classes) · model **{ss.model}** ({n_body} blocks + head) · "
-        f"learning rate **{ss.lr:g}** · batch size **{ss.batch_size}** · image size "
+        f"learning rate **{(f'{ss.lr:g}' if ss.lr else 'auto')}** · batch size **{ss.batch_size}** · image size "
         f"**{ss.image_size or 'default'}** · seed **{ss.seed}** · BN mode **{ss.bn_mode}**")
     st.caption("These are your Data, Model and Train page settings; change them there. On a CPU the full "
                "fine-tune and from-scratch runs take longest: fewer epochs or a smaller image size make the "
                "sweep quicker.")
 with s2:
-    st.number_input("Epochs per run", 1, 200, step=1, help="Shared with the Train page. 5 to 10 epochs show "
-                    "the differences; each extra epoch adds time to every run.", **ui.bind(ss, "epochs"))
+    st.number_input("Epochs per run (0 = auto)", 0, 200, step=1, help="Shared with the Train page. 5 to 10 epochs "
+                    "show the differences; each extra epoch adds time to every run. auto: the linear probe trains "
+                    "until its solver converges, the other runs 10 epochs.", **ui.bind(ss, "epochs"))
+    st.number_input("Training images per class (0 = all)", 0, 10_000, step=1, **ui.bind(ss, "train_per_class"),
+                    help="Few images per class make overfitting visible: with 5 or so, the from-scratch and full "
+                         "fine-tune runs memorise their training images (train loss falls to 0) while their "
+                         "validation loss turns up. Validation always uses every held-out image.")
+    st.number_input("Repeats (seeds) per run", 1, 10, step=1, key="learn_repeats",
+                    help="Each run again with the next seeds (new split and head). The sweep chart then plots "
+                         "the mean with a 95% error bar: differences inside the bars are not established.")
 
 st.dataframe(compare.experiment_plan(blocks, freezes, from_scratch=True), hide_index=True, key="learn_plan",
              column_config={"trainable params": st.column_config.NumberColumn(format="localized")})
@@ -126,7 +135,7 @@ mine_active = bool(ss.get("learn_group")) and any(
 others = [r for r in store.list_runs(ACTIVE_STATUSES) if not mine_active or r.get("group_id") != ss.get("learn_group")]
 st.button("Queue the sweep", type="primary", icon=":material/playlist_add:", key="learn_queue",
           on_click=queue, args=(freezes,), disabled=mine_active,
-          help=f"Queues the {len(freezes) + 1} runs above for the background worker.")
+          help=f"Queues the {len(freezes) + 1} runs above (x {int(ss.get('learn_repeats', 1))} seeds) for the background worker.")
 if mine_active:
     st.caption("Your sweep is queued or training (below). Cancel its runs there to queue a new one.")
 elif others:
@@ -160,12 +169,16 @@ def sweep_status(group_id: str | None) -> bool:
             c3.button("Cancel", key=f"learn_cancel_{p['run_id']}", icon=":material/close:",
                       on_click=stop, args=(p["run_id"],))
         else:
-            acc = "" if p["best_val_accuracy"] is None else f" · best val accuracy **{p['best_val_accuracy']:.1%}**"
+            acc = "" if p["best_val_accuracy"] is None else (
+                f" · best val accuracy **{stats.accuracy_text(p['best_val_accuracy'], p.get('val_images'))}**")
             secs = "" if p["train_seconds"] is None else f" · {fmt.format_seconds(p['train_seconds'])}"
             colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
             c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
     if any(p["best_val_accuracy"] is not None and p["trainable_params"] for p in points):
         widgets.plot(charts.sweep_figure(points), "learn_sweep_chart")
+        note = stats.sweep_overlap_note(stats.group_repeats(points))
+        if note:
+            st.caption(note)
     if active:
         st.caption("Updates every 2 seconds while a run is queued or training.")
     else:

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,9 @@ def args_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", default="0,2,4,all",
                    help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
     p.add_argument("--background", action="store_true", help="queue the runs for the background worker and return")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="runs per depth with seeds SEED..SEED+K-1 (new split and head init each); "
+                        "the summary gives each depth's mean and 95%% interval (default 1)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -208,21 +212,38 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     store = _store(args)
     group = time.strftime("sweep-%Y%m%d-%H%M%S")
     if args.background:
-        group, ids = queue_sweep(store, base, freezes, label_prefix=f"{args.label or 'sweep'} ")
+        group, ids = queue_sweep(store, base, freezes, label_prefix=f"{args.label or 'sweep'} ", repeats=args.repeats)
         out = {"group_id": group, "run_ids": ids, "status": "queued"}
         print(json.dumps(out) if args.json else f"queued {len(ids)} runs as {group}")
         return 0
     results = []
-    for f in freezes:
-        print(f"--- freeze {f}", file=sys.stderr)
-        cfg = config_from_args(args, f)
-        results.append(_train_one(store, cfg, f"{args.label or 'sweep'} freeze={f}", quiet=False, group_id=group, split=split))
+    for rep in range(max(1, args.repeats)):
+        seed = base.seed + rep
+        tag = f" seed={seed}" if args.repeats > 1 else ""
+        for f in freezes:
+            print(f"--- freeze {f}{tag}", file=sys.stderr)
+            cfg = replace(config_from_args(args, f), seed=seed)
+            results.append(_train_one(store, cfg, f"{args.label or 'sweep'} freeze={f}{tag}", quiet=False, group_id=group,
+                                      split=split if rep == 0 else None))
+    depths = _sweep_summary(store, group)
     if args.json:
-        print(json.dumps({"group_id": group, "runs": results}))
+        print(json.dumps({"group_id": group, "runs": results, "depths": depths}))
     else:
         for r in results:
             print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {r['val_accuracy']:.3f}  {r['train_seconds']:.1f} s  ({r['run_id']})")
+        for d in depths:
+            print(f"{d['freeze']:>6}: mean best val acc {d['mean_accuracy']:.3f} (95% {d['low']:.3f}-{d['high']:.3f}, "
+                  f"{d['repeats']} run(s))")
     return 0 if all(r["status"] == "finished" for r in results) else 1
+
+
+def _sweep_summary(store, group: str) -> list[dict]:
+    """Per depth: mean best accuracy over the repeats and its 95% interval (Wilson for one run)."""
+    from .compare import sweep_points
+    from .stats import group_repeats
+
+    return [{"freeze": p["freeze"], "mean_accuracy": p["best_val_accuracy"], "low": p["acc_low"], "high": p["acc_high"],
+             "repeats": p["repeats"], "run_ids": p["run_ids"]} for p in group_repeats(sweep_points(store, group))]
 
 
 def args_resume(p: argparse.ArgumentParser) -> None:

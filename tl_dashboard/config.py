@@ -55,6 +55,8 @@ class TrainConfig:
     unfreeze_at: int = _f(0, "unfreeze schedule: at the start of this epoch (0 = never) unfreeze the last frozen blocks")
     unfreeze_blocks: int = _f(2, "how many frozen blocks the schedule unfreezes")
     backbone_lr_scale: float = _f(0.1, "their learning rate relative to --lr (discriminative learning rate)")
+    train_per_class: int = _f(0, "use at most N training images per class (seeded pick; 0 = all): a few-images "
+                                 "experiment; validation keeps every image")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

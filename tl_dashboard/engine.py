@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from . import auto_head
+from .stats import limit_per_class
 from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -178,6 +179,8 @@ def prepare(config: TrainConfig, split: DatasetSplit | None = None) -> Prepared:
     """Phase: scan data (unless ``split`` is given), create the backbone with a fresh head and apply the freeze plan."""
     if split is None:
         split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
+    if getattr(config, "train_per_class", 0):
+        split = limit_per_class(split, config.train_per_class, config.seed)
     model, weights, blocks, plan, image_size = start_model(config, len(split.classes))
     load_size = int(math.floor(image_size / weights.crop_pct))
     return Prepared(config, split, model, weights, blocks, plan, image_size, load_size)

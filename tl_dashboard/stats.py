@@ -157,3 +157,21 @@ def sweep_overlap_note(points: Sequence[Mapping[str, Any]]) -> str | None:
     pts = [p for p in points if p.get("acc_low") is not None]
     names = [str(p.get("freeze_label") or p.get("label")) + (" (from scratch)" if p.get("from_scratch") else "") for p in pts]
     return overlap_note(names, [(p["acc_low"], p["acc_high"]) for p in pts])
+
+
+def limit_per_class(split: Any, n: int, seed: int = 0) -> Any:
+    """A copy of a ``data.DatasetSplit`` with at most ``n`` training images per class (a seeded pick).
+
+    Validation is untouched, so runs with fewer training images are scored on the same images.
+    """
+    import random
+    from dataclasses import replace
+
+    if n <= 0:
+        return split
+    rng = random.Random(seed * 7919 + n)
+    by_class: dict[int, list[Any]] = {}
+    for s in split.train:
+        by_class.setdefault(s.label, []).append(s)
+    keep = {id(s) for samples in by_class.values() for s in (samples if len(samples) <= n else rng.sample(samples, n))}
+    return replace(split, train=[s for s in split.train if id(s) in keep])

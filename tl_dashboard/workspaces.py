@@ -282,6 +282,6 @@ def submit_sweep(store: RunStore, base: TrainConfig, depths: list[str], ws_id: s
     """:func:`tl_dashboard.compare.queue_sweep` (same keyword arguments) for a workspace, within its queue limit."""
     from . import compare, fairqueue
 
-    n = len(set(map(str, depths))) + (1 if kwargs.get("from_scratch") else 0)
+    n = (len(set(map(str, depths))) + (1 if kwargs.get("from_scratch") else 0)) * max(1, int(kwargs.get("repeats") or 1))
     fairqueue.check_queue_limit(store, ws_id, n, admin=is_admin(admin_password))
     return compare.queue_sweep(store, base, depths, workspace=ws_id, **kwargs)
