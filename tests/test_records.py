@@ -196,3 +196,26 @@ def test_a_busy_or_unopenable_database_is_never_moved_aside(tmp_path, monkeypatc
         records.check_database(store.db_path)
     monkeypatch.setattr(records.sqlite3, "connect", real)
     assert not list((tmp_path / "runs").glob("runs.db.*damaged*"))
+
+
+def test_a_truncated_database_gives_back_the_rows_before_the_cut(tmp_path):
+    store = RunStore(tmp_path / "runs")
+    ids = []
+    for k in range(20):
+        run_id = store.create_run({"model": "m", "k": k})
+        store.add_steps(run_id, [{"step": i, "epoch": i / 100, "loss": 1.0, "lr": 0.1} for i in range(2000)])
+        store.log(run_id, "info", f"line of run {k}")
+        store.finish_run(run_id, "finished")
+        ids.append(run_id)
+    data = store.db_path.read_bytes()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "runs" / f"runs.db{suffix}").unlink(missing_ok=True)
+    store.db_path.write_bytes(data[: len(data) // 2])
+    rebuilt = RunStore(tmp_path / "runs")
+    assert "Read back from it:" in rebuilt.repair_notice and "run_log" in rebuilt.repair_notice  # before the cut
+    assert {r["id"] for r in rebuilt.list_runs()} == set(ids)
+    assert all(r["status"] == "finished" for r in rebuilt.list_runs())
+    assert [line["message"] for line in rebuilt.logs(ids[0])][0] == "line of run 0"
+    for run_id in ids:  # at least the thinned curve, spanning the whole run
+        steps = rebuilt.steps(run_id)
+        assert len(steps) >= 400 and steps[0]["step"] == 0 and steps[-1]["step"] == 1999

@@ -27,13 +27,22 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .storage import DiskFull, atomic_write_json, disk_full_from, free_bytes, is_disk_full, remove_temp_files
+from .storage import (
+    MARGIN_BYTES,
+    DiskFull,
+    atomic_write_json,
+    disk_full_from,
+    free_bytes,
+    is_disk_full,
+    remove_temp_files,
+)
 
 if TYPE_CHECKING:
     from .runs import RunStore
@@ -303,15 +312,22 @@ def repair_store(store: RunStore, reason: str | None = None) -> RepairReport:
     report.moved_to = _move_aside(store.db_path, "damaged" if reason else "before-repair")
     _create_schema(store)
     if report.moved_to:
-        report.salvaged = _salvage(store, report.moved_to[0])
+        padded = _padded_copy(report.moved_to[0])
+        try:
+            report.salvaged = _salvage(store, padded or report.moved_to[0])
+        finally:
+            if padded:
+                padded.unlink(missing_ok=True)
     with store._tx(immediate=True) as con:
         for folder in run_folders(store.root):
             rec = read_record(folder)
             if rec and _restore_run(con, rec, folder.name):
                 report.runs += 1
-    if "run_log" not in report.salvaged or "step_metrics" not in report.salvaged:
-        report.lost = (f"Not recoverable from run folders: the run log, and per-step curves beyond "
-                       f"{MAX_STEPS_KEPT} points per run.")
+    lost = [what for table, what in (("run_log", "the run log"),
+                                     ("step_metrics", f"per-step curves beyond {MAX_STEPS_KEPT} points per run"))
+            if table not in report.salvaged]
+    if lost:
+        report.lost = f"Not recoverable from run folders, where the damaged file no longer reads: {' and '.join(lost)}."
     store._notify(report.message)
     log.warning(report.message)
     for folder in run_folders(store.root):
@@ -319,37 +335,79 @@ def repair_store(store: RunStore, reason: str | None = None) -> RepairReport:
     return report
 
 
+def _padded_copy(damaged: Path) -> Path | None:
+    """A truncated file padded (sparsely) back to the size its header records, so SQLite reads its
+    surviving pages; None when it is not truncated or the copy does not fit."""
+    try:
+        with open(damaged, "rb") as fh:
+            head = fh.read(100)
+        if not head.startswith(b"SQLite format 3\x00"):
+            return None
+        page_size = int.from_bytes(head[16:18], "big")
+        page_size = 65536 if page_size == 1 else page_size
+        want, have = page_size * int.from_bytes(head[28:32], "big"), damaged.stat().st_size
+        if want <= have or free_bytes(damaged.parent) < have + MARGIN_BYTES:
+            return None
+        copy = damaged.with_name(f".{damaged.name}.salvage.{os.getpid()}.tmp")
+        shutil.copyfile(damaged, copy)
+        with open(copy, "r+b") as fh:
+            fh.truncate(want)
+        return copy
+    except OSError:
+        return None
+
+
 def _salvage(store: RunStore, damaged: Path) -> list[str]:
-    """Copy every table the damaged file still reads in full; return their names."""
+    """Copy what the damaged file still reads: whole tables, else each table's rows up to the first bad page.
+
+    Returns:
+        The tables read in full by name, the others as ``"run_log (1234 rows)"``.
+    """
     salvaged = []
     con = store._connect()
     try:
         try:
             con.execute("ATTACH DATABASE ? AS old", (f"file:{damaged}?mode=ro",))
+            tables = [r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type='table'")]
         except sqlite3.DatabaseError:
             return []
-        tables = [r[0] for r in con.execute("SELECT name FROM main.sqlite_master WHERE type='table'")]
         for table in tables:
-            try:
-                cols = [r[1] for r in con.execute(f"PRAGMA main.table_info({table})")]
-                old_cols = {r[1] for r in con.execute(f"PRAGMA old.table_info({table})")}
-                common = [c for c in cols if c in old_cols]
-                if not common:
-                    continue
-                names = ",".join(common)
-                con.execute("SAVEPOINT s")
-                con.execute(f"INSERT OR IGNORE INTO main.{table} ({names}) SELECT {names} FROM old.{table}")
-                con.execute("RELEASE s")
-                salvaged.append(table)
-            except sqlite3.DatabaseError:
-                with contextlib.suppress(sqlite3.Error):
-                    con.execute("ROLLBACK TO s")
-                    con.execute("RELEASE s")
+            got = _salvage_table(con, table)
+            if got is not None:
+                salvaged.append(table if got < 0 else f"{table} ({got} rows)")
         with contextlib.suppress(sqlite3.Error):
             con.execute("DETACH DATABASE old")
     finally:
         con.close()
     return salvaged
+
+
+def _salvage_table(con: sqlite3.Connection, table: str) -> int | None:
+    """-1: copied in full; N: N rows copied (in rowid order) before an unreadable page; None: nothing.
+
+    Read in chunks of rowids, never in one statement: after a "malformed" error SQLite may refuse
+    every later read of the attached file, and the rows before the bad page are worth keeping.
+    """
+    try:
+        cols = [r[1] for r in con.execute(f"PRAGMA main.table_info({table})")]
+        old_cols = {r[1] for r in con.execute(f"PRAGMA old.table_info({table})")}
+    except sqlite3.DatabaseError:
+        return None
+    names = [c for c in cols if c in old_cols]
+    if not names:
+        return None
+    select = f"SELECT rowid, {','.join(names)} FROM old.{table} WHERE rowid > ? ORDER BY rowid LIMIT 2000"
+    insert = f"INSERT OR IGNORE INTO main.{table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})"
+    last, copied = -(2**63), 0
+    while True:
+        try:
+            rows = con.execute(select, (last,)).fetchall()
+            if not rows:
+                return -1
+            con.executemany(insert, [tuple(r)[1:] for r in rows])
+        except sqlite3.DatabaseError:
+            return copied or None
+        last, copied = rows[-1][0], copied + len(rows)
 
 
 def _insert(con: sqlite3.Connection, table: str, row: dict[str, Any], have: set[str]) -> None:
@@ -371,9 +429,7 @@ def _restore_run(con: sqlite3.Connection, rec: dict[str, Any], run_id: str) -> b
                      "Listed again from its folder after the run database was rebuilt; the log before this line is lost."))
     for table, key in (("epoch_metrics", "epochs"), ("step_metrics", "steps")):
         have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
-        if con.execute(f"SELECT 1 FROM {table} WHERE run_id=? LIMIT 1", (run_id,)).fetchone():
-            continue
-        for row in rec.get(key) or []:
+        for row in rec.get(key) or []:  # fills what the damaged file lost; rows read back from it stay
             _insert(con, table, {**row, "run_id": run_id}, have)
     return True
 
