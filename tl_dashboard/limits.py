@@ -51,11 +51,17 @@ def run_bytes_needed(total_params: int, trainable_params: int = 0, epochs: int =
     return (CHECKPOINT_FILES + 1) * model + _SMALL_FILES + epochs * steps_per_epoch * _BYTES_PER_STEP
 
 
+RUN_FIX = "free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, then start the run again"
+
+
+def run_files_what(epochs: int) -> str:
+    """What a run writes, for a disk-full message ("a run of 3 epoch(s) (its checkpoint, ...)")."""
+    return f"{f'a run of {epochs} epoch(s)' if epochs else 'a run'} (its checkpoint, a copy while it is replaced, and metrics)"
+
+
 def check_run_space(runs_folder: str | Path, need: int, epochs: int) -> int:
     """Refuse a run whose files cannot fit: :class:`~tl_dashboard.storage.DiskFull` with the numbers."""
-    return check_free_space(
-        runs_folder, need, f"a run of {epochs} epoch(s) (its checkpoint, a copy while it is replaced, and metrics)",
-        fix="free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, then start the run again")
+    return check_free_space(runs_folder, need, run_files_what(epochs), fix=RUN_FIX)
 
 
 def check_run_start(run_dir: str | Path, info: dict[str, Any]) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
 from .errors import UserError
-from .limits import check_run_start, run_bytes_needed
+from .limits import RUN_FIX, check_run_start, run_bytes_needed, run_files_what
 from .records import record_end, record_failure
 from .runs import RunStore
 from .storage import MARGIN_BYTES, DiskFull, free_bytes, is_disk_full
@@ -153,10 +153,8 @@ def _disk_full(store: RunStore, run_id: str, config: TrainConfig) -> DiskFull:
     s = (store.get_run(run_id) or {}).get("summary") or {}
     params = int(s.get("trainable_params") or 0) + int(s.get("frozen_params") or 0)
     need = run_bytes_needed(params, epochs=config.epochs) if params else None
-    return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)),
-                    f"a run of {config.epochs} epoch(s) (its checkpoint, a copy while it is replaced, and metrics)",
-                    "free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, "
-                    "then start the run again")
+    return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)), run_files_what(config.epochs),
+                    RUN_FIX)
 
 
 def _failure_message(store: RunStore, run_id: str, config: TrainConfig, exc: BaseException) -> tuple[str, str | None]:
