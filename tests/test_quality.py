@@ -129,3 +129,75 @@ def test_queue_sweep_repeats_each_depth_over_seeds(tmp_path):
     group, ids = compare.queue_sweep(store, TrainConfig(str(SAMPLE), seed=5), ["head", "none"], start=False, repeats=2)
     runs = [store.get_run(i) for i in ids]
     assert [(r["config"]["freeze"], r["config"]["seed"]) for r in runs] == [("head", 5), ("none", 5), ("head", 6), ("none", 6)]
+
+
+def _store_run(tmp_path, cfg, callbacks=None):
+    import os
+    import socket
+
+    from tl_dashboard.runs import RunStore
+    from tl_dashboard.worker import run_training
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(cfg.to_dict())
+    store.mark_running(run_id, os.getpid(), socket.gethostname())
+    result = run_training(store, run_id, callbacks or [])
+    return store, run_id, result
+
+
+def test_auto_head_checkpoint_scores_the_reported_best_everywhere(tmp_path, monkeypatch):
+    """Defaults (lr and epochs auto, head only): the solver's head is the checkpoint, and Evaluate,
+    the store's summary and the JSON agree on its accuracy."""
+    from tl_dashboard import evaluate as ev
+    from tl_dashboard.engine import TrainConfig
+
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    cfg = TrainConfig(data_dir=str(SAMPLE), image_size=64)
+    assert cfg.lr == 0 and cfg.epochs == 0  # auto is the default
+    store, run_id, result = _store_run(tmp_path, cfg)
+    assert result.status == "finished" and result.auto["solver"] and result.auto["chosen"]["weight_decay"] > 0
+    s = store.get_run(run_id)["summary"]
+    assert s["val_accuracy"] == s["best_val_accuracy"] == pytest.approx(result.history[-1]["val_acc"])
+    assert s["epochs"] == len(store.epochs(run_id)) == len(result.history) >= 1
+    assert ev.evaluate_run(store, run_id).accuracy == pytest.approx(s["val_accuracy"], abs=1e-6)
+    assert any("Automatic head" in r["message"] for r in store.logs(run_id))
+
+
+def test_a_stopped_run_agrees_across_runs_evaluate_and_json(tmp_path, monkeypatch, capsys):
+    """Stopped after its 2nd epoch of 6: epochs 2 everywhere, Evaluate scores the kept model as the summary says."""
+    from tl_dashboard import evaluate as ev
+    from tl_dashboard.cli import main
+    from tl_dashboard.engine import Callback, TrainConfig
+
+    monkeypatch.setenv("TL_OFFLINE", "1")
+
+    class StopAfter2(Callback):
+        n = 0
+
+        def on_epoch_end(self, row):
+            self.n += 1
+
+        def should_stop(self):
+            return self.n >= 2
+
+    cfg = TrainConfig(data_dir=str(SAMPLE), image_size=64, lr=1e-2, epochs=6, batch_size=16)
+    store, run_id, result = _store_run(tmp_path, cfg, [StopAfter2()])
+    assert result.status == "stopped" and result.epochs == 2
+    run = store.get_run(run_id)
+    s = run["summary"]
+    assert run["status"] == "stopped" and s["epochs"] == 2 and len(store.epochs(run_id)) == 2
+    assert s["best_val_accuracy"] == pytest.approx(max(e["val_acc"] for e in store.epochs(run_id)))
+    kept = ev.evaluate_run(store, run_id).accuracy
+    assert kept == pytest.approx(s["val_accuracy"], abs=1e-6)
+    assert main(["runs", "--json", "--runs-dir", str(tmp_path / "runs")]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1]) if r["run_id"] == run_id)
+    assert (row["epochs"], row["val_accuracy"], row["best_val_accuracy"]) == (2, s["val_accuracy"], s["best_val_accuracy"])
+
+
+def test_an_impossible_setting_is_refused_with_the_valid_values(tmp_path, capsys):
+    from tl_dashboard.cli import main
+
+    rc = main(["train", str(SAMPLE), "--epochs", "-1", "--runs-dir", str(tmp_path / "runs")])
+    assert rc == 2 and "--epochs" in capsys.readouterr().err
+    rc = main(["train", str(SAMPLE), "--lr", "-0.1", "--runs-dir", str(tmp_path / "runs")])
+    assert rc == 2 and "--lr" in capsys.readouterr().err
