@@ -131,7 +131,7 @@ def find_label_issues(config: TrainConfig, *, folds: int = 5,
     scores = get_label_quality_scores(y, probs, method="self_confidence")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        flagged = cl_find(y, probs, filter_by="prune_by_noise_rate")
+        flagged = cl_find(y, probs, filter_by="prune_by_noise_rate", n_jobs=1)  # no worker processes in a server
     pred = probs.argmax(1)
     order = np.lexsort((np.arange(len(y)), scores))  # lowest score first, ties by position
     ranked = [{"path": paths[i], "split": splits[i], "given": fs.classes[y[i]], "predicted": fs.classes[pred[i]],
