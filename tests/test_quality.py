@@ -201,3 +201,27 @@ def test_an_impossible_setting_is_refused_with_the_valid_values(tmp_path, capsys
     assert rc == 2 and "--epochs" in capsys.readouterr().err
     rc = main(["train", str(SAMPLE), "--lr", "-0.1", "--runs-dir", str(tmp_path / "runs")])
     assert rc == 2 and "--lr" in capsys.readouterr().err
+
+
+def test_progress_of_ended_runs_and_eta_without_the_cache_build():
+    from views import present
+
+    stopped = {"status": "stopped", "progress": {"epoch": 3, "epochs": 10, "step": 25, "total_steps": 100},
+               "config": {"epochs": 10}, "summary": {"epochs": 2}}
+    p = present.progress_info(stopped, [{"step": 25, "epoch": 2.5, "time": 1.0}])
+    assert p["text"] == "stopped after 2 of 10 epochs" and p["fraction"] == pytest.approx(0.2) and "3/10" not in p["text"]
+    auto = {"status": "finished", "progress": {"epoch": 15, "epochs": 200, "step": 15, "total_steps": 200},
+            "config": {"epochs": 0}, "summary": {"epochs": 15, "auto": {"solver": True}}}
+    assert present.progress_info(auto, [])["text"].startswith("15 epoch(s) (auto")
+    # 60 s of cache build before step 1, then 1 s per step with 10 steps per epoch and 2 s of validation
+    steps, t = [], 60.0
+    for s in range(1, 26):
+        t += 1.0 + (2.0 if s > 1 and (s - 1) % 10 == 0 else 0.0)
+        steps.append({"step": s, "epoch": s / 10, "time": t})
+    run = {"status": "running", "progress": {"epoch": 3, "epochs": 4, "step": 25, "total_steps": 40, "elapsed": t},
+           "config": {"epochs": 4}}
+    eta = present.progress_info(run, steps, 8)["eta"]
+    assert eta == pytest.approx(12.0 * 1.5)  # 1.5 epochs left at 12 s (10 steps + validation) each
+    one = {"status": "running", "progress": {"epoch": 1, "epochs": 4, "step": 1, "total_steps": 40, "elapsed": 61.0},
+           "config": {"epochs": 4}}
+    assert present.progress_info(one, steps[:1], 8)["eta"] is None  # not 61 s x 39 steps: the cache build is not per step

@@ -37,9 +37,21 @@ def pick_current_run(runs: Sequence[Mapping[str, Any]], session_run_id: str | No
     return runs[0] if runs else None
 
 
+def _epoch_seconds(steps: Sequence[Mapping[str, Any]]) -> float | None:
+    """Wall seconds per epoch between the last steps of two completed epochs: training and validation
+    both, and nothing of the data loading or feature cache that came before epoch 1."""
+    ends = [(float(r["epoch"]), float(r["time"])) for r in steps
+            if r.get("time") is not None and float(r.get("epoch") or 0) > 0 and abs(float(r["epoch"]) - round(float(r["epoch"]))) < 1e-6]
+    if len(ends) >= 2 and ends[-1][0] > ends[0][0]:
+        return (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
+    return None
+
+
 def _eta(p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, total: int,
-         batch_size: int | None) -> tuple[float | None, float | None]:
-    """(seconds left, images per second) from the last 50 logged steps, else from the elapsed time."""
+         batch_size: int | None, epochs: int = 0) -> tuple[float | None, float | None]:
+    """(seconds left, images per second) from the logged steps, never from the time since the run started
+    (which includes decoding and the feature cache, paid once): per completed epoch when two epoch ends
+    are known (validation counted), else per step of the current epoch; None until two steps exist."""
     ips, eta = p.get("images_per_sec"), None
     if len(steps) >= 2 and total:
         first, last = steps[max(0, len(steps) - 50)], steps[-1]
@@ -49,9 +61,25 @@ def _eta(p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, to
             eta = max(0.0, per_step * (total - step))
             if ips is None and batch_size:
                 ips = batch_size / per_step
-    elif step and total and p.get("elapsed"):
-        eta = float(p["elapsed"]) / step * (total - step)
+        per_epoch = _epoch_seconds(steps)
+        if per_epoch is not None and epochs:
+            eta = max(0.0, per_epoch * (epochs - float(last.get("epoch") or 0)))
     return eta, ips
+
+
+def _ended_text(run: Mapping[str, Any], status: str | None, epochs: int, step: int, steps: Sequence[Mapping[str, Any]]) -> tuple[float, str]:
+    """(fraction, text) of a run that ended: the epochs it completed, never the one it had started."""
+    s = run.get("summary") or {}
+    done = s.get("epochs")
+    if done is None:
+        done = int(float(steps[-1].get("epoch") or 0)) if steps else 0
+    auto = (s.get("auto") or {}).get("solver")
+    if status == "finished":
+        return 1.0, f"{done} epoch(s)" + (" (auto: one per solver iteration, until it converged)" if auto else "")
+    planned = int((run.get("config") or {}).get("epochs") or 0) or epochs
+    if auto or not planned:
+        return 1.0 if done else 0.0, f"{status} after {done} epoch(s)"
+    return min(1.0, done / planned), f"{status} after {done} of {planned} epochs"
 
 
 def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
@@ -67,8 +95,11 @@ def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
     step = int(p.get("step") or (steps[-1]["step"] if steps else 0))
     epochs = int(p.get("epochs") or (run.get("config") or {}).get("epochs") or 0)
     epoch = int(p.get("epoch") or 0)
-    eta, ips = _eta(p, steps, step, total, batch_size)
+    eta, ips = _eta(p, steps, step, total, batch_size, epochs)
     fraction = 1.0 if status == "finished" else min(1.0, step / total) if total else 0.0
+    if status not in ACTIVE and status not in (None, "cancelled"):
+        fraction, text = _ended_text(run, status, epochs, step, steps)
+        return {"fraction": fraction, "text": text, "eta": None, "images_per_sec": ips}
     parts = []
     if epochs:
         parts.append(f"epoch {max(epoch, 1) if step else epoch}/{epochs}")
