@@ -33,8 +33,8 @@ def evaluation(root: str, run_id: str) -> ev.Evaluation:
 
 
 @st.cache_data(show_spinner="Predicting...", max_entries=32)
-def predictions(root: str, run_id: str, images: tuple, top_k: int) -> list[ev.Prediction]:
-    return ev.predict_images(loaded_run(root, run_id), list(images), top_k)
+def predictions(root: str, run_id: str, images: tuple, names: tuple, top_k: int) -> tuple[list[ev.Prediction], list[dict]]:
+    return ev.predict_each(loaded_run(root, run_id), list(images), list(names), top_k)
 
 
 @st.cache_data(show_spinner="Computing features before and after training...", max_entries=8)
@@ -99,10 +99,13 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
     if not images:
         st.info("Upload one or more images to see the model's top classes and where it looked.")
         return
-    preds = []
+    preds, failures = [], []
     with widgets.reported("Cannot classify these images"):
-        preds = predictions(root, run_id, tuple(images), top_k)
-    for i, (name, p) in enumerate(zip(names, preds)):
+        preds, failures = predictions(root, run_id, tuple(images), tuple(names), top_k)
+    for f in failures:
+        st.error(f["reason"] + " The other images are classified below.")
+    for i, p in enumerate(preds):
+        name = p.name
         left, right = st.columns(2)
         with left:
             widgets.plot(charts.topk_figure(p, title=f"{name}: top-{len(p.top)}"), f"ev_topk_{i}")

@@ -225,3 +225,22 @@ def test_progress_of_ended_runs_and_eta_without_the_cache_build():
     one = {"status": "running", "progress": {"epoch": 1, "epochs": 4, "step": 1, "total_steps": 40, "elapsed": 61.0},
            "config": {"epochs": 4}}
     assert present.progress_info(one, steps[:1], 8)["eta"] is None  # not 61 s x 39 steps: the cache build is not per step
+
+
+def test_predict_names_a_bad_file_and_still_predicts_the_others(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from tl_dashboard import evaluate as ev
+    from tl_dashboard.engine import TrainConfig
+
+    monkeypatch.setenv("TL_OFFLINE", "1")
+    store, run_id, _ = _store_run(tmp_path, TrainConfig(data_dir=str(SAMPLE), image_size=64, epochs=1, lr=1e-2))
+    good = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(good, format="PNG")
+    preds, failures = ev.predict_each(store.run_dir(run_id), [b"not an image", good.getvalue()], ["broken.jpg", "red.png"],
+                                      top_k=2, cam=False)
+    assert [p.name for p in preds] == ["red.png"] and len(preds[0].top) == 2
+    assert len(failures) == 1 and failures[0]["name"] == "broken.jpg"
+    assert failures[0]["reason"].startswith("broken.jpg:") and "BytesIO" not in failures[0]["reason"]

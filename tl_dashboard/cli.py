@@ -206,19 +206,26 @@ def _finished_run(store, run_id: str) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .evaluate import predict_images
+    from .evaluate import predict_each
 
     store = _store(args)
     _finished_run(store, args.run_id)
     missing = [p for p in args.images if not p.is_file()]
     if missing:
         raise CliError(f"Image not found: {missing[0]}.")
+    failures: list = []
     if args.tta:
         from .tta import predict_tta
 
         preds = [(t["top_k"], t["top_k_plain"]) for t in predict_tta(store.run_dir(args.run_id), [str(p) for p in args.images], args.top_k)]
-    else:
-        preds = [(pr.top, None) for pr in predict_images(store.run_dir(args.run_id), [str(p) for p in args.images], top_k=args.top_k, cam=False)]
+    else:  # a bad file is reported by name; the others are still predicted
+        got, failures = predict_each(store.run_dir(args.run_id), [str(p) for p in args.images], [str(p) for p in args.images],
+                                     top_k=args.top_k, cam=False)
+        for f in failures:
+            print(f"error: {f['reason']}", file=sys.stderr)
+        by_name = {pr.name: pr for pr in got}
+        args.images = [p for p in args.images if str(p) in by_name]
+        preds = [(by_name[str(p)].top, None) for p in args.images]
     rows = [{"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in top]}
             | ({"top_k_plain": [{"label": c, "prob": round(float(q), 6)} for c, q in plain]} if plain else {})
             for p, (top, plain) in zip(args.images, preds)]
@@ -227,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in rows:
             print(r["image"] + ": " + ", ".join(f"{c['label']} {c['prob']:.3f}" for c in r["top_k"]))
-    return 0
+    return 1 if failures else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

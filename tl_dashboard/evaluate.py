@@ -29,7 +29,7 @@ Example:
 """
 from __future__ import annotations
 
-from .explain import Prediction, embeddings, grad_cam, overlay_heatmap, predict_images
+from .explain import Prediction, embeddings, grad_cam, overlay_heatmap, predict_each, predict_images
 from .export import EXPORT_FORMATS, ONNX_OPSET, export_run
 from .inference import EvaluateError, LoadedRun, list_evaluable_runs, load_run
 from .metrics import Evaluation, classification_report, confusion_matrix, evaluate_run
@@ -47,6 +47,7 @@ __all__ = [
     "confusion_matrix",
     "evaluate_run",
     "predict_images",
+    "predict_each",
     "grad_cam",
     "overlay_heatmap",
     "embeddings",

@@ -12,8 +12,10 @@ caller that keeps one loaded model pays for loading it once. Drawn by :mod:`tl_d
 """
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,6 +31,7 @@ from .inference import (
     EvaluateError,
     ImageInput,
     RunSource,
+    _square,
     as_loaded,
     batched_logits,
     decoded_cache,
@@ -37,7 +40,7 @@ from .inference import (
     val_split,
 )
 
-__all__ = ["grad_cam", "overlay_heatmap", "Prediction", "predict_images", "embeddings"]
+__all__ = ["grad_cam", "overlay_heatmap", "Prediction", "predict_images", "predict_each", "embeddings"]
 
 
 # -- Grad-CAM ---------------------------------------------------------------------------------
@@ -340,3 +343,34 @@ def embeddings(store: RunSource, run_id: str | None = None, *, max_images: int =
         pts, ratio = _pca2(feats)
         out[key] = {"points": pts, "explained": ratio, "title": titles[key]}
     return out
+
+
+def predict_each(source: RunSource, images: Sequence[ImageInput], names: Sequence[str] | None = None, top_k: int = 3,
+                 *, run_id: str | None = None, cam: bool = True) -> tuple[list[Prediction], list[dict[str, str]]]:
+    """:func:`predict_images` that survives bad files: ``(predictions of the readable images, failures)``.
+
+    Each failure is ``{"name", "reason"}`` naming the file (an upload's own name, given in ``names``),
+    never the in-memory buffer; the other images are still predicted. A prediction's ``name``
+    is its name in ``names``.
+    """
+    from .errors import UserError
+
+    names = list(names) if names is not None else [
+        Path(i).name if isinstance(i, (str, Path)) else getattr(i, "filename", "") or f"image {n + 1}" for n, i in enumerate(images)]
+    loaded = as_loaded(source, run_id)
+    load, interp = int(loaded.meta["load_size"]), loaded.meta.get("interpolation", "bicubic")
+    good, good_names, failures = [], [], []
+    for n, (item, name) in enumerate(zip(images, names)):
+        try:
+            _square(item, n, load, interp)
+        except (UserError, OSError, ValueError, TypeError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "this upload", reason)
+            failures.append({"name": str(name), "reason": f"{name}: not a readable image ({reason})"})
+            continue
+        good.append(item)
+        good_names.append(str(name))
+    preds = predict_images(loaded, good, top_k, cam=cam) if good else []
+    for p, name in zip(preds, good_names):
+        p.name = name
+    return preds, failures
