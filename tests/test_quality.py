@@ -244,3 +244,11 @@ def test_predict_names_a_bad_file_and_still_predicts_the_others(tmp_path, monkey
     assert [p.name for p in preds] == ["red.png"] and len(preds[0].top) == 2
     assert len(failures) == 1 and failures[0]["name"] == "broken.jpg"
     assert failures[0]["reason"].startswith("broken.jpg:") and "BytesIO" not in failures[0]["reason"]
+
+
+def test_auto_head_accepts_inference_mode_tensors():
+    """features.head_features returns inference-mode tensors; the solver must take them as they are."""
+    with torch.inference_mode():
+        x, y = torch.randn(30, 6), torch.arange(30) % 3
+    fit = fit_head(x, y, 3, f_val=x, y_val=y)
+    assert fit.weight.shape == (3, 6)

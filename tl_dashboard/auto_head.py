@@ -188,8 +188,8 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
         should_stop: polled after each iteration of the final fit; True ends it early.
     """
     t0 = time.perf_counter()
-    x_raw = f_train.detach().float().cpu()
-    y = y_train.detach().long().cpu()
+    x_raw = f_train.detach().float().cpu().clone()  # clones: inference-mode tensors cannot enter autograd
+    y = y_train.detach().long().cpu().clone()
     mean, std = _centre(x_raw)
     basis = _row_space(x_raw - mean)  # (r, D): the solution lies in the span of the training features
     x = (x_raw - mean) @ basis.T
@@ -207,7 +207,7 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
         lam, how = 1.0 / len(y) if len(y) else 1e-3, "default (too few images per class to cross-validate)"
     t_cv = time.perf_counter() - t0
     xv = ((f_val.detach().float().cpu() - mean) @ basis.T) if f_val is not None and len(f_val) else None
-    yv = y_val.detach().long().cpu() if y_val is not None else None
+    yv = y_val.detach().long().cpu().clone() if y_val is not None else None
     history: list[dict[str, Any]] = []
     state = {"t": time.perf_counter(), "stop": False}
 
