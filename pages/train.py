@@ -3,7 +3,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import compare, data, fairqueue, layers, workspaces
+from tl_dashboard import compare, data, fairqueue, layers, stats, workspaces
 from tl_dashboard import formatting as fmt
 from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
@@ -202,13 +202,21 @@ def show_status(run_id: str) -> bool | None:
     last = epochs[-1] if epochs else {}
     m = st.columns(4)
     m[0].metric("Val accuracy", f"{last['val_acc']:.1%}" if last else "-")
-    m[1].metric("Best val accuracy", f"{max(e['val_acc'] for e in epochs):.1%}" if epochs else "-")
+    s_best = (run["summary"] or {}).get("best_val_accuracy")
+    best = s_best if s_best is not None and run["status"] not in ACTIVE_STATUSES else (
+        max(e["val_acc"] for e in epochs) if epochs else None)
+    m[1].metric("Best val accuracy", f"{best:.1%}" if best is not None else "-",
+                help="The kept model's accuracy (the checkpoint Evaluate, Predict and Export use).")
     cached = bool((run["summary"].get("feature_cache") or {}).get("used"))
     m[2].metric("Images / s" + (" (cached)" if cached else ""), f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-",
                 help="Training images per second in the last epoch. With the feature cache the frozen blocks ran once "
                      "before epoch 1, so this counts passes of the trainable rest over cached features." if cached else
                      "Training images per second in the last epoch (forward and backward).")
     m[3].metric("Elapsed", fmt.format_seconds(present.run_duration(run)))
+    n_val = (run["summary"] or {}).get("val_images")
+    if best is not None and n_val:
+        st.caption(f"Best val accuracy {stats.accuracy_text(best, n_val)}: 95% Wilson interval on {n_val} validation "
+                   f"images, where one image is {100 / n_val:.1f} points.")
     return run["status"] in ACTIVE_STATUSES  # when it ends: redraw the whole page (buttons, no more polling)
 
 

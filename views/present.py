@@ -210,11 +210,22 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me:
             "freeze plan": _plan_label(r),
             "trainable params": s.get("trainable_params"),
             "best val acc": None if best is None else round(100 * float(best), 1),
+            "95% interval": _interval_text(best, s.get("val_images")),
             "duration": format_seconds(dur) if dur is not None else "",
             "created": format_time(r.get("created"), short=True),
             "id": r.get("id"),
         })
     return rows
+
+
+def _interval_text(acc: Any, n: Any) -> str:
+    """'86-100% (n=36)': the Wilson interval of a best accuracy and its image count."""
+    from tl_dashboard.stats import accuracy_interval
+
+    if acc is None or not n:
+        return ""
+    lo, hi = accuracy_interval(float(acc), int(n))
+    return f"{lo * 100:.0f}-{hi * 100:.0f}% (n={int(n)})"
 
 
 def log_text(rows: Sequence[Mapping[str, Any]]) -> str:
