@@ -3,6 +3,7 @@ import streamlit as st
 
 from tl_dashboard import ui_state as ui
 from tl_dashboard import workspaces
+from tl_dashboard.resume import can_resume, resume_run
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import reap
 from views import present, widgets, workspace
@@ -21,6 +22,12 @@ def delete(run_id: str) -> None:
         widgets.flash("runs", "success", f"Deleted run {run_id} and its files.")
         if ss.get("run_id") == run_id:
             ss.run_id = None
+
+
+def resume(run_id: str) -> None:
+    with widgets.reported("Not resumed", page="runs"):
+        resume_run(store, run_id)
+        widgets.flash("runs", "success", f"Run {run_id} is queued again; it continues from its last completed epoch.")
 
 
 def stop(run_id: str) -> None:
@@ -85,6 +92,10 @@ def runs_view() -> bool:
         st.button("Stop this run", key="runs_stop", icon=":material/stop:", on_click=stop, args=(run_id,))
         st.caption("A run that is queued or training cannot be deleted; stop it first.")
     else:
+        if can_resume(store, run_id):
+            st.button("Resume", key="runs_resume", icon=":material/resume:", on_click=resume, args=(run_id,),
+                      help="Continue from the last completed epoch with the optimizer and schedule state, "
+                           "under the same run id, up to the planned number of epochs.")
         sure = st.checkbox(f"Yes, delete run {run_id} with its checkpoint and metrics", key=f"runs_confirm_{run_id}")
         st.button("Delete run", key="runs_delete", icon=":material/delete:", disabled=not sure,
                   on_click=delete, args=(run_id,))

@@ -23,9 +23,9 @@ def test_every_config_field_is_a_cli_option_and_coerced_from_strings():
 
 @pytest.mark.parametrize("kw, needle", [
     (dict(model="vit_tiny_patch16_224", image_size=1000), "takes 224"),
-    (dict(epochs=0), "--epochs 0"),
+    (dict(epochs=-1), "--epochs -1"),
     (dict(batch_size=0), "--batch-size 0"),
-    (dict(lr=0.0), "--lr"),
+    (dict(lr=-1.0), "--lr"),
     (dict(unfreeze_at=1), "--unfreeze-at 1"),
     (dict(image_size=8), "32..1024"),
 ])

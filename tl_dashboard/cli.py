@@ -1,6 +1,6 @@
 """The ``tl-dashboard`` command: everything the UI does, scriptable.
 
-Subcommands: ``app``, ``train``, ``sweep``, ``resume``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``, ``backup``.
+Subcommands: ``app``, ``train``, ``sweep``, ``resume``, ``resume``, ``lr-find``, ``layers``, ``runs``, ``predict``, ``export``, ``import``, ``cache``, ``backup``.
 Label review and data efficiency (:mod:`.cli_peers`): ``label-issues``, ``data-curve``.
 Expected errors (:class:`~tl_dashboard.errors.UserError`) exit with status 2 and one line naming
 the problem and the fix; anything else is a bug and keeps its traceback. To add a subcommand,
@@ -23,8 +23,10 @@ from .cli_train import (
     _Progress,  # noqa: F401 - the class tests patch as cli._Progress
     add_runs_dir,
     add_train_options,
+    args_resume,
     args_sweep,
     args_train,
+    cmd_resume,
     cmd_sweep,
     cmd_train,
     config_from_args,
@@ -308,6 +310,7 @@ COMMANDS: list[Command] = [
     Command("app", "start the dashboard (streamlit run app.py)", args_app, cmd_app),
     Command("train", "train one run in this process", args_train, cmd_train),
     Command("sweep", "one run per freeze depth, one after another", args_sweep, cmd_sweep),
+    Command("resume", "continue an interrupted or stopped run from its last completed epoch", args_resume, cmd_resume),
     Command("lr-find", "learning-rate range test (fastai's lr_find) for these settings", args_lr_find, cmd_lr_find),
     Command("layers", "a model's blocks in forward order with parameter counts", args_layers, cmd_layers),
     Command("runs", "the runs in the store", args_runs, cmd_runs),

@@ -113,7 +113,7 @@ class _Progress:
             print(msg, file=sys.stderr)
 
 
-_SUMMARY_KEYS = ("val_accuracy", "best_val_accuracy", "last_val_accuracy", "best_epoch", "early_stopped",
+_SUMMARY_KEYS = ("val_accuracy", "best_val_accuracy", "last_val_accuracy", "best_epoch", "early_stopped", "resumed_from_epoch", "concurrent_runs",
                  "train_seconds", "wall_seconds", "cpu_seconds", "shared_machine", "load_avg", "gflops_per_epoch",
                  "epochs", "trainable_params", "frozen_params", "feature_cache", "classes")
 

@@ -145,6 +145,8 @@ def _timing_text(s: Mapping[str, Any]) -> str:
     if s.get("shared_machine") is None:
         return "-"
     load = s.get("load_avg")
+    if isinstance(load, Mapping):  # the engine's {start, end, cores}: the higher of the two readings
+        load = max((v for v in (load.get("start"), load.get("end")) if v is not None), default=None)
     load_txt = f", load {float(load[0] if isinstance(load, (list, tuple)) else load):.1f}" if load is not None else ""
     cpu = s.get("cpu_seconds")
     cpu_txt = f", CPU {format_seconds(float(cpu))}" if cpu is not None else ""

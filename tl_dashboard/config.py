@@ -39,6 +39,7 @@ class TrainConfig:
                       ("frozen", "train"))
     epochs: int = _f(0, "passes over the training images; 0 = auto (head only on cached features: until "
                            "the solver converges; otherwise 10)")
+    patience: int = _f(0, "early stopping: end the run when validation loss has not improved for this many epochs (0 = off)")
     batch_size: int = _f(32, "images per optimizer step")
     lr: float = _f(0.0, "AdamW learning rate, cosine-decayed per step to 1% of itself; 0 = auto (head only on "
                         "cached features: a cross-validated L-BFGS fit, no learning rate; otherwise 1e-3)")

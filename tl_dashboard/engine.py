@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,13 +44,15 @@ from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .configcheck import allowed_image_sizes, check_config
+from .cost import Clock, gflops_per_epoch
 from .data import DatasetSplit, scan_images
 from .featstore import prefix_key
 from .featurecache import FrozenSplit, build_feature_cache
 from .imagestore import RowView, open_images
 from .layers import Block, FreezePlan, apply_freeze, count_params, list_blocks, parse_freeze
-from .loop import Dist, Loop, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
+from .loop import Dist, Loop, Step, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
 from .preprocess import Normalizer, center_crop
+from .resume import RunProgress, apply_resume_state, load_resume_state, save_resume_state
 from .unfreeze import UnfreezeSchedule
 
 __all__ = [
@@ -79,6 +81,15 @@ class TrainResult:
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
     auto: dict[str, Any] = field(default_factory=dict)  # what "auto" lr/epochs chose (auto_head.resolve)
+    last_val_accuracy: float = 0.0  # the last completed epoch's (val_accuracy is the kept, best epoch's)
+    best_epoch: int = 0  # the epoch whose weights are the checkpoint (0: stopped before the first epoch)
+    early_stopped: bool = False
+    resumed_from_epoch: int = 0
+    wall_seconds: float = 0.0  # all sessions of the run
+    cpu_seconds: float = 0.0  # this process's CPU time (all threads), all sessions
+    load_avg: dict[str, Any] | None = None  # 1-minute load average at start/end and the core count
+    shared_machine: bool = False
+    gflops_per_epoch: float | None = None  # forward + backward of the training step, counted once
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -276,9 +287,9 @@ def _run_start_info(config: TrainConfig, prep: Prepared, loop: Loop, device_text
 
 
 def save_epoch(loop: Loop, out_dir: str | Path | None, classes: Sequence[str], meta: dict[str, Any], epoch: int) -> None:
-    """Phase: the checkpoint after ``epoch`` (rank 0 only; nothing without ``out_dir``)."""
+    """Phase: the checkpoint of the best epoch so far, ``epoch`` (rank 0 only; nothing without ``out_dir``)."""
     if out_dir is not None and loop.dist.main:
-        save_checkpoint(loop.model, Path(out_dir), classes, {**meta, "epoch": epoch})
+        save_checkpoint(loop.model, Path(out_dir), classes, {**meta, "epoch": epoch, "best_epoch": epoch})
 
 
 def _unfreeze(loop: Loop, epoch: int, log: Callable[[str, str], None]) -> None:
@@ -289,32 +300,47 @@ def _unfreeze(loop: Loop, epoch: int, log: Callable[[str, str], None]) -> None:
                     f"({count_params(loop.model, True):,} trainable parameters now).")
 
 
-def fit(loop: Loop, epochs: int, cbs: Sequence[Callback], save: Callable[[int], None],
-        log: Callable[[str, str], None]) -> tuple[list[dict[str, Any]], str]:
-    """Phase 5: epochs 1..``epochs``, each unfreeze -> train -> evaluate -> save; ``(history, status)``."""
-    history: list[dict[str, Any]] = []
+def _epoch_row(loop: Loop, epoch: int, cbs: Sequence[Callback]) -> dict[str, Any]:
+    t_epoch = time.perf_counter()
+    train_row = run_epoch(loop, epoch, cbs)
+    val_loss, val_acc = evaluate(loop)
+    return {"epoch": epoch, "train_loss": train_row["train_loss"], "train_acc": train_row["train_acc"],
+            "val_loss": val_loss, "val_acc": val_acc, "lr": loop.optimizer.param_groups[0]["lr"],
+            "images_per_sec": train_row["images_per_sec"], "seconds": time.perf_counter() - t_epoch}
+
+
+def fit(loop: Loop, epochs: int, cbs: Sequence[Callback], progress: RunProgress, *, patience: int,
+        save_best: Callable[[int], None], save_state: Callable[[int], None], log: Callable[[str, str], None],
+        start_epoch: int = 1) -> str:
+    """Phase 5: epochs ``start_epoch``..``epochs``, each unfreeze -> train -> evaluate -> keep the best ->
+    resume point; early stopping after ``patience`` epochs without a new lowest validation loss.
+    Returns the status (``finished`` or ``stopped``); ``progress`` holds the history and the best epoch."""
     try:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(start_epoch, epochs + 1):
             _unfreeze(loop, epoch, log)
             emit(cbs, "on_epoch_start", epoch)
-            t_epoch = time.perf_counter()
-            train_row = run_epoch(loop, epoch, cbs)
-            val_loss, val_acc = evaluate(loop)
-            row = {"epoch": epoch, "train_loss": train_row["train_loss"], "train_acc": train_row["train_acc"],
-                   "val_loss": val_loss, "val_acc": val_acc, "lr": loop.optimizer.param_groups[0]["lr"],
-                   "images_per_sec": train_row["images_per_sec"], "seconds": time.perf_counter() - t_epoch}
-            history.append(row)
-            save(epoch)
+            row = _epoch_row(loop, epoch, cbs)
+            if progress.record(row, patience):
+                save_best(epoch)
             emit(cbs, "on_epoch_end", row)
+            save_state(epoch)
+            if progress.early_stopped and epoch < epochs:
+                log("info", f"Early stop after epoch {epoch}: validation loss has not improved for {patience} epochs "
+                            f"(best {progress.min_loss:.4f}); keeping epoch {progress.best_epoch}.")
+                break
+        else:
+            progress.early_stopped = False  # the planned epochs all ran
     except TrainingStopped:
-        log("info", f"Stopped on request after {len(history)} of {epochs} epochs.")
-        save(len(history))
-        return history, "stopped"
-    return history, "finished"
+        log("info", f"Stopped on request after {len(progress.history)} of {epochs} epochs"
+                    + (f"; keeping epoch {progress.best_epoch}." if progress.history else "."))
+        if not progress.history:  # nothing completed: keep the model as it is, so the run can be evaluated
+            save_best(0)
+        return "stopped"
+    return "finished"
 
 
 def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
-          split: DatasetSplit | None = None) -> TrainResult:
+          split: DatasetSplit | None = None, resume: bool = False) -> TrainResult:
     """Train one run; see the module docstring.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: the model is wrapped in
@@ -325,12 +351,14 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
     Args:
         config: the run's settings.
         callbacks: receive the events in :data:`EVENTS`; any ``should_stop()`` ends the run.
-        out_dir: where to write the checkpoint (``model.safetensors``, ``labels.json``,
-            ``preprocessing.json``) after each epoch; None writes nothing.
+        out_dir: where to write the best epoch's checkpoint (``model.safetensors``, ``labels.json``,
+            ``preprocessing.json``) and, after every epoch, the resume point (``resume.pt``); None writes nothing.
         split: the data folder already scanned with ``config``'s fraction and seed (else scanned here).
+        resume: continue from ``out_dir``'s resume point (model, optimizer, schedule, RNG, history).
 
     Returns:
-        The :class:`TrainResult` (status ``finished`` or ``stopped``).
+        The :class:`TrainResult` (status ``finished`` or ``stopped``); its ``val_accuracy`` is the
+        kept (best) epoch's.
 
     Raises:
         errors.UserError (data.DataError, backbones.BackboneError, layers.LayersError, ...): bad input, one clear line.
@@ -345,13 +373,52 @@ def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str 
         torch.cuda.set_device(device)
     dist.setup(device)
     try:
-        return _train(config, cbs, out_dir, device, dist, log, t_start, split)
+        return _train(config, cbs, out_dir, device, dist, log, t_start, split, resume)
     finally:
         dist.close()
 
 
+def _cost(loop: Loop) -> float | None:
+    """GFLOPs per epoch of this run's training step, counted once on one batch (no RNG used)."""
+    idx = torch.arange(min(loop.per_rank_batch, len(loop.x_train)))
+    if loop.cache.used:
+        x = loop.cache.train[idx].to(loop.device)
+    else:
+        x = loop.fmt(loop.norm(center_crop(loop.x_train[idx], loop.image_size).to(loop.device)))
+    step = Step(loop.model, loop.split, loop.cache.used)
+    return gflops_per_epoch(step, x, loop.y_train[idx.to(loop.device)], len(loop.x_train), loop.model.parameters)
+
+
+def _resume(loop: Loop, out_dir: str | Path | None, log: Callable[[str, str], None]) -> tuple[RunProgress, int]:
+    """The progress to continue from and the first epoch to train (a fresh run: empty, 1)."""
+    state = load_resume_state(out_dir) if out_dir is not None else None
+    if state is None:
+        return RunProgress(), 1
+    progress = apply_resume_state(state, loop.model, loop.optimizer, loop.scheduler)
+    loop.step = int(state["step"])
+    log("info", f"Resumed after epoch {state['epoch']} (step {loop.step}) with the optimizer and schedule state.")
+    return progress, int(state["epoch"]) + 1
+
+
+def _result(status: str, progress: RunProgress, loop: Loop, info: dict[str, Any], clock: Clock,
+            start_epoch: int, auto: dict[str, Any]) -> TrainResult:
+    h = progress.history
+    best = next((r for r in h if r["epoch"] == progress.best_epoch), None)
+    kept_acc = best["val_acc"] if best else evaluate(loop)[1]  # stopped before any epoch: the model as it is
+    return TrainResult(
+        status=status, val_accuracy=kept_acc, best_val_accuracy=kept_acc, train_seconds=round(clock.wall(), 3),
+        epochs=len(h), trainable_params=info["trainable_params"], frozen_params=info["frozen_params"],
+        weights=info["weights"], skipped_files=info["skipped_files"], classes=info["classes"],
+        feature_cache=loop.cache.info, freeze_label=info["freeze_label"], device=info["device"], history=h,
+        last_val_accuracy=h[-1]["val_acc"] if h else kept_acc, best_epoch=progress.best_epoch,
+        early_stopped=progress.early_stopped, resumed_from_epoch=start_epoch - 1,
+        gflops_per_epoch=info.get("gflops_per_epoch"), auto=auto, **clock.stop(),
+    )
+
+
 def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None, device: torch.device,
-           dist: Dist, log: Callable[[str, str], None], t_start: float, split: DatasetSplit | None) -> TrainResult:
+           dist: Dist, log: Callable[[str, str], None], t_start: float, split: DatasetSplit | None,
+           resume: bool) -> TrainResult:
     if split is None:
         split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
     check_config(config, None, check_freeze=False)  # the batch-vs-data check is for submissions (CLI, UI)
@@ -359,32 +426,32 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     config, auto = auto_head.resolve(config, prep.plan, prep.blocks, dist.world)
     loop = build_loop(config, prep, device, dist, t_start, log)
     auto["solver"] = auto["solver"] and loop.cache.used and isinstance(prep.model.get_classifier(), nn.Linear)
-    device_text = _device_text(device, dist)
-    info = _run_start_info(config, prep, loop, device_text)
+    progress, start_epoch = _resume(loop, out_dir, log) if resume and not auto["solver"] else (RunProgress(), 1)
+    clock = Clock(progress.wall_seconds, progress.cpu_seconds)
+    info = _run_start_info(config, prep, loop, _device_text(device, dist))
+    info.update(gflops_per_epoch=_cost(loop) if dist.main else None, resumed_from_epoch=start_epoch - 1)
     if auto["solver"]:  # one epoch per solver iteration, at most max_iter
         info.update(epochs=auto["max_iter"], steps_per_epoch=1)
     emit(cbs, "on_run_start", info)
     if auto["note"]:
         log("info", auto["note"][0].upper() + auto["note"][1:] + ".")
     meta = _checkpoint_meta(config, prep)
-    save = lambda e: save_epoch(loop, out_dir, prep.split.classes, meta, e)  # noqa: E731
-    if auto["solver"]:
+    save_best = lambda e: save_epoch(loop, out_dir, prep.split.classes, meta, e)  # noqa: E731
+
+    def save_state(epoch: int) -> None:
+        if out_dir is not None and dist.main:
+            done = replace(progress, wall_seconds=clock.wall(), cpu_seconds=clock.cpu())
+            save_resume_state(out_dir, epoch, loop.step, loop.model, loop.optimizer, loop.scheduler, done)
+
+    if auto["solver"]:  # the solver keeps its solution: the last iterate is the kept model
         history, status, auto["chosen"] = auto_head.train_cached_head(
             prep.model.get_classifier(), loop.cache.train, loop.y_train, loop.cache.val, loop.y_val, cbs,
             seed=config.seed, t_start=t_start, max_iter=auto["max_iter"], log=log)
-        save(len(history))
+        save_best(len(history))
+        progress.history, progress.best_epoch = history, (history[-1]["epoch"] if history else 0)
     else:
-        history, status = fit(loop, config.epochs, cbs, save, log)
-    result = TrainResult(
-        status=status,
-        val_accuracy=history[-1]["val_acc"] if history else 0.0,
-        best_val_accuracy=(history[-1]["val_acc"] if auto["solver"] and history  # the solver keeps its solution
-                           else max((h["val_acc"] for h in history), default=0.0)),
-        train_seconds=round(time.perf_counter() - t_start, 3),
-        epochs=len(history), trainable_params=info["trainable_params"], frozen_params=info["frozen_params"],
-        weights=info["weights"], skipped_files=info["skipped_files"], classes=prep.split.classes,
-        feature_cache=loop.cache.info, freeze_label=prep.plan.label, device=device_text, history=history,
-        auto=auto,
-    )
+        status = fit(loop, config.epochs, cbs, progress, patience=config.patience, log=log, start_epoch=start_epoch,
+                     save_best=save_best, save_state=save_state)
+    result = _result(status, progress, loop, info, clock, start_epoch, auto)
     emit(cbs, "on_run_end", result)
     return result

@@ -25,9 +25,9 @@ from .storage import check_free_space, dir_size, human_bytes
 __all__ = ["UploadTooLarge", "run_bytes_needed", "check_run_space", "check_run_start", "max_upload_bytes",
            "max_datasets_bytes", "check_upload", "CHECKPOINT_FILES"]
 
-# Model-sized files a run keeps in its folder (model.safetensors); one more model-sized temporary
-# file exists while a checkpoint is replaced.
-CHECKPOINT_FILES = 1
+# Model-sized files a run keeps in its folder (model.safetensors, and resume.pt with the optimizer
+# state besides); one more temporary copy of resume.pt exists while it is replaced.
+CHECKPOINT_FILES = 2
 _SMALL_FILES = 256 * 1024  # labels/preprocessing/config/summary/run.json
 _BYTES_PER_STEP = 200  # a step_metrics row (+ index) in runs.db, and its share of run.json
 
@@ -47,8 +47,8 @@ def run_bytes_needed(total_params: int, trainable_params: int = 0, epochs: int =
         dtype_bytes: bytes per stored parameter (float32).
     """
     model = total_params * dtype_bytes
-    del trainable_params  # no optimizer state is written yet; a resume file would add 2 x trainable x 4
-    return (CHECKPOINT_FILES + 1) * model + _SMALL_FILES + epochs * steps_per_epoch * _BYTES_PER_STEP
+    resume = model + 2 * trainable_params * 4  # resume.pt: the model + AdamW's two moments per trainable parameter
+    return model + 2 * resume + _SMALL_FILES + epochs * steps_per_epoch * _BYTES_PER_STEP
 
 
 RUN_FIX = "free space there (delete old runs or data sets) or set TL_RUNS_DIR to a larger disk, then start the run again"
@@ -56,7 +56,7 @@ RUN_FIX = "free space there (delete old runs or data sets) or set TL_RUNS_DIR to
 
 def run_files_what(epochs: int) -> str:
     """What a run writes, for a disk-full message ("a run of 3 epoch(s) (its checkpoint, ...)")."""
-    return f"{f'a run of {epochs} epoch(s)' if epochs else 'a run'} (its checkpoint, a copy while it is replaced, and metrics)"
+    return f"{f'a run of {epochs} epoch(s)' if epochs else 'a run'} (its checkpoint, its resume point and a copy while it is replaced, and metrics)"
 
 
 def check_run_space(runs_folder: str | Path, need: int, epochs: int) -> int:

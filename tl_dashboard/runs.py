@@ -329,6 +329,15 @@ class RunStore:
                               {"status": status, "error": error, **merged})
         self._record(run_id)
 
+    def requeue_from(self, run_id: str, epoch: int, step: int) -> None:
+        """Queue a ended run again to resume after ``epoch``: its metrics after that point are dropped."""
+        with self._tx(immediate=True) as con:
+            con.execute("UPDATE runs SET status='queued', finished=NULL, error=NULL, pid=NULL, heartbeat=NULL, "
+                        "stop_requested=0 WHERE id=?", (run_id,))
+            con.execute("DELETE FROM epoch_metrics WHERE run_id=? AND epoch>?", (run_id, epoch))
+            con.execute("DELETE FROM step_metrics WHERE run_id=? AND step>?", (run_id, step))
+        self._record(run_id)
+
     def update_summary(self, run_id: str, summary: dict[str, Any]) -> None:
         self._merge_json(run_id, "summary", summary)
         self._record(run_id)

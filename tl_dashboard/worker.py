@@ -31,6 +31,7 @@ from .engine import Callback, StopCheck, TrainConfig, TrainResult, train
 from .errors import UserError
 from .limits import RUN_FIX, check_run_start, run_bytes_needed, run_files_what
 from .records import record_end, record_failure
+from .resume import RESUME_FILE
 from .runs import RunStore
 from .storage import MARGIN_BYTES, DiskFull, free_bytes, is_disk_full
 
@@ -135,7 +136,9 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
 
     threading.Thread(target=beat, daemon=True).start()
     try:
-        result = train(config, callbacks, out_dir=store.run_dir(run_id), split=split)
+        resume = (store.run_dir(run_id) / RESUME_FILE).is_file()  # resume_run queued it again
+        t0 = time.time()
+        result = train(config, callbacks, out_dir=store.run_dir(run_id), split=split, resume=resume)
     except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
         msg, details = _failure_message(store, run_id, config, exc)
         record_failure(store, run_id, msg, details)
@@ -144,6 +147,8 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
         beating.set()
     summary = result.to_dict()
     summary.pop("history", None)
+    summary["concurrent_runs"] = _concurrent_runs(store, run_id, t0)
+    summary["shared_machine"] = bool(summary["shared_machine"] or summary["concurrent_runs"])
     record_end(store, run_id, result.status, summary=summary)
     return result
 
@@ -155,6 +160,13 @@ def _disk_full(store: RunStore, run_id: str, config: TrainConfig) -> DiskFull:
     need = run_bytes_needed(params, epochs=config.epochs) if params else None
     return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)), run_files_what(config.epochs),
                     RUN_FIX)
+
+
+def _concurrent_runs(store: RunStore, run_id: str, since: float) -> int:
+    """How many other runs of the store trained while this one did (they shared the machine's cores)."""
+    now = time.time()
+    return sum(1 for r in store.list_runs() if r["id"] != run_id and r.get("started") and r["started"] < now
+               and (r["status"] == "running" or (r.get("finished") or 0) > since))
 
 
 def _failure_message(store: RunStore, run_id: str, config: TrainConfig, exc: BaseException) -> tuple[str, str | None]:
