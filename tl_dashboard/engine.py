@@ -39,7 +39,6 @@ import torch
 from torch import nn
 
 from . import auto_head
-from .stats import limit_per_class
 from .backbones import WeightsInfo, create_backbone
 from .checkpoint import bn_eps, load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
@@ -53,6 +52,7 @@ from .layers import Block, FreezePlan, apply_freeze, count_params, list_blocks, 
 from .loop import Dist, Loop, Step, TrainingStopped, amp, emit, evaluate, make_optimizer, run_epoch, shard_indices
 from .preprocess import Normalizer, center_crop
 from .resume import RunProgress, apply_resume_state, load_resume_state, save_resume_state
+from .stats import limit_per_class
 from .unfreeze import UnfreezeSchedule
 
 __all__ = [
