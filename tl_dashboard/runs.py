@@ -140,10 +140,17 @@ class RunStore:
         finally:
             con.close()
 
-    def _record(self, run_id: str) -> None:
-        """Rewrite the run folder's ``run.json`` (what a rebuild of the index lists it from)."""
+    def _record(self, run_id: str, every: float = 0.0) -> None:
+        """Rewrite the run folder's ``run.json`` (what a rebuild of the index lists it from).
+
+        ``every``: skip if this store rewrote it less than that many seconds ago (fast epochs).
+        """
         from .records import write_record
 
+        last = self.__dict__.setdefault("_recorded", {})
+        if every and time.monotonic() - last.get(run_id, -every) < every:
+            return
+        last[run_id] = time.monotonic()
         write_record(self, run_id)
 
     def _notify(self, message: str) -> None:
@@ -443,7 +450,7 @@ class RunStore:
                 f"INSERT OR REPLACE INTO epoch_metrics (run_id, epoch, {', '.join(cols)}, time) VALUES (?,?,{','.join('?' * len(cols))},?)",
                 (run_id, row["epoch"], *[row.get(c) for c in cols], time.time()),
             )
-        self._record(run_id)
+        self._record(run_id, every=1.0)  # the run's end always rewrites it
 
     def steps(self, run_id: str, after: int = -1) -> list[dict[str, Any]]:
         return [dict(r) for r in self._query(
