@@ -429,7 +429,7 @@ def test_bind_keeps_canonical_values_across_dropped_widget_state():
     state: dict = {}
     ui_state.init_state(state)
     kw = ui_state.bind(state, "epochs")
-    assert kw["key"] == "w_epochs" and state["w_epochs"] == 10
+    assert kw["key"] == "w_epochs" and state["w_epochs"] == ui_state.DEFAULTS["epochs"]
     state["w_epochs"] = 3
     kw["on_change"]()
     del state["w_epochs"]  # Streamlit drops it when the page is not drawn
