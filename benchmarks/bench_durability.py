@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tl_dashboard import records  # noqa: E402
-from tl_dashboard.backup import backup_store  # noqa: E402
-from tl_dashboard.runs import RunStore  # noqa: E402
+from tl_dashboard import records
+from tl_dashboard.backup import backup_store
+from tl_dashboard.runs import RunStore
 
 RUNS, EPOCHS, STEPS = int(os.environ.get("RUNS", 200)), 20, 2500
 

@@ -32,12 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from quality_data import make_folder  # noqa: E402
+import torch
+from quality_data import make_folder
 
-from tl_dashboard.engine import TrainConfig, train  # noqa: E402
-from tl_dashboard.features import head_features  # noqa: E402
-from tl_dashboard.stats import accuracy_text  # noqa: E402
+from tl_dashboard.engine import TrainConfig, train
+from tl_dashboard.features import head_features
+from tl_dashboard.stats import accuracy_text
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -77,7 +77,7 @@ def test_click_on_a_confusion_cell_shows_its_images(review_server, cam_page):
         try:
             header.wait_for(timeout=20_000)
             break
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError; try the click again
+        except Exception:  # playwright's TimeoutError; try the click again
             continue
     header.wait_for()
     m = re.match(r"True (\w+), predicted (\w+): (\d+) images? \((correct|mistakes)\)", header.inner_text())

@@ -131,7 +131,7 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
         while not beating.wait(HEARTBEAT_S):
             try:
                 store.heartbeat(run_id)
-            except Exception:  # noqa: BLE001 - a missed beat is harmless
+            except Exception:  # a missed beat is harmless
                 pass
 
     threading.Thread(target=beat, daemon=True).start()
@@ -139,7 +139,7 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
         resume = (store.run_dir(run_id) / RESUME_FILE).is_file()  # resume_run queued it again
         t0 = time.time()
         result = train(config, callbacks, out_dir=store.run_dir(run_id), split=split, resume=resume)
-    except Exception as exc:  # noqa: BLE001 - a run must never stay 'running'
+    except Exception as exc:  # a run must never stay 'running'
         msg, details = _failure_message(store, run_id, config, exc)
         record_failure(store, run_id, msg, details)
         return None
@@ -256,18 +256,17 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
         return None
     if free_bytes(store.root) < MARGIN_BYTES:  # a full disk: queued runs wait for space, no worker to crash
         return None
-    log = open(store.root / "worker.log", "ab")
     env = {k: v for k, v in os.environ.items() if k != "TL_ADMIN_PASSWORD"}  # a worker needs no secret
     env["PYTHONUNBUFFERED"] = "1"
     gpu = _free_gpu(store)
     if gpu is not None:
         env["TL_WORKER_GPU"] = str(gpu)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        env=env, cwd=os.getcwd(),
-    )
-    log.close()
+    with open(store.root / "worker.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env=env, cwd=os.getcwd(),
+        )
     (_workers_dir(store) / str(proc.pid)).write_text("" if gpu is None else str(gpu))
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits: no zombies
     return proc
