@@ -260,3 +260,19 @@ def test_second_run_reuses_images_and_features_and_head_features_shares_them(sha
     assert {(e["kind"], e["key"]) for e in cache.list_entries()} == entries  # the probe reused the run's entry
     full = train(TrainConfig(**{**cfg.to_dict(), "freeze": "4", "epochs": 1}))  # another depth: its own entry
     assert full.feature_cache["persistent"] == "computed and stored"
+
+
+def test_row_view_reads_planned_batches_ahead_and_any_other_index_directly(tmp_path):
+    from tl_dashboard.imagestore import RowView
+
+    root = _folder(tmp_path / "d")
+    split = scan_images(root)
+    store, digests = open_images(split, 16)
+    view = RowView(store.read, store.rows(split.train + split.val, digests))
+    order = torch.randperm(len(view), generator=torch.Generator().manual_seed(0))
+    batches = [order[i:i + 3] for i in range(0, len(order), 3)]
+    view.plan(batches)
+    assert torch.equal(view[batches[0]], store.read(view.rows[batches[0]]))
+    odd = torch.tensor([5, 1])
+    assert torch.equal(view[odd], store.read(view.rows[odd]))  # off plan: read directly, plan dropped
+    assert torch.equal(view[1:3], store.read(view.rows[1:3])) and torch.equal(view[2], store.read([int(view.rows[2])])[0])

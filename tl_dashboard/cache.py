@@ -28,14 +28,26 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import UserError
 from .runs import _pid_alive  # the store's one pid check
 
-__all__ = ["CacheError", "cache_root", "max_bytes", "digest_key", "open_entry", "build_entry", "list_entries",
-           "usage", "clear", "evict", "human_bytes"]
+__all__ = [
+    "CacheError",
+    "build_entry",
+    "cache_root",
+    "clear",
+    "digest_key",
+    "evict",
+    "human_bytes",
+    "list_entries",
+    "max_bytes",
+    "open_entry",
+    "usage",
+]
 
 DEFAULT_MAX_GB = 10.0
 KINDS = ("images", "features")

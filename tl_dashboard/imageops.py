@@ -12,7 +12,7 @@ from PIL import Image
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["to_rgb", "resized_size", "resize_center_square", "square_array"]
+__all__ = ["resize_center_square", "resized_size", "square_array", "to_rgb"]
 
 
 def _to_uint8(arr: np.ndarray) -> np.ndarray:

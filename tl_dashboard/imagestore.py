@@ -20,16 +20,16 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import torch
 
 from . import cache, data
 from .data import DataError, DatasetSplit, Sample, env_number
 
-__all__ = ["ImageStore", "RowView", "open_images", "split_digests", "DecodedImageCache"]
+__all__ = ["DecodedImageCache", "ImageStore", "RowView", "open_images", "split_digests"]
 
 _FILE, _INDEX = "images.u8", "digests.txt"
 Progress = Callable[[int, int], None]
@@ -90,7 +90,7 @@ class ImageStore:
                     if stop.is_set():
                         return
                     q.put(self.read(s, pin=pin))
-            except BaseException as exc:  # handed to the consumer, raised there
+            except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
                 q.put(exc)
 
         t = threading.Thread(target=reader, name="imagestore-prefetch", daemon=True)
@@ -168,7 +168,7 @@ class RowView:
                     for b in batches:
                         if not put(q, (b, self._fetch(b))):
                             return
-                except BaseException as exc:
+                except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
                     put(q, exc)
 
             threading.Thread(target=reader, name="rowview-prefetch", daemon=True).start()

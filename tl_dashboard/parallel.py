@@ -17,11 +17,11 @@ import io
 import os
 import re
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
-__all__ = ["worker_count", "verify_files", "decode_rows", "INLINE_BELOW"]
+__all__ = ["INLINE_BELOW", "decode_rows", "verify_files", "worker_count"]
 
 INLINE_BELOW = 512
 _CHUNK = 64
