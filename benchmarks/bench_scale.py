@@ -4,8 +4,9 @@ For each case (N images at P px) it makes a synthetic folder of small JPEGs (in 
 the repository, reused by later invocations), points ``TL_CACHE_DIR`` at a fresh empty folder and
 measures, each in its own process:
 
-* ``reference``: one plain inference pass over every image: a torch ``DataLoader`` with one
-  worker per core decodes + resizes, the backbone runs in inference mode (the floor any method pays);
+* ``reference``: one plain inference pass over every image: the files listed with ``rglob``, a torch
+  ``DataLoader`` with one worker per core decodes + resizes, the backbone runs in inference mode (the
+  floor any method pays; it checks nothing and caches nothing);
 * ``first run``: ``engine.train`` head-only on an empty cache (scan + decode into the image cache +
   frozen features computed and stored + the epochs);
 * ``second run``: the same run again (scan memo, image cache and feature cache all hit).
@@ -85,40 +86,47 @@ def make_folder(base: Path, n: int) -> Path:
 
 
 # -- the measured processes ----------------------------------------------------------------------
-def child_train(data_dir: str, image_size: int, epochs: int, batch: int) -> dict:
+def child_train(data_dir: str, image_size: int, epochs: int, batch: int, model: str = "efficientnet_lite0",
+                weights: str = "auto") -> dict:
     from tl_dashboard.engine import TrainConfig, train
 
-    r = train(TrainConfig(data_dir=data_dir, freeze="head", image_size=image_size, epochs=epochs, batch_size=batch))
+    r = train(TrainConfig(data_dir=data_dir, freeze="head", image_size=image_size, epochs=epochs, batch_size=batch,
+                          model=model, weights=weights))
     return {"val_acc": r.val_accuracy, "feature_cache": r.feature_cache, "train_seconds": r.train_seconds,
             "epoch_seconds": [round(h["seconds"], 2) for h in r.history]}
 
 
-def child_infer(data_dir: str, image_size: int) -> dict:
+def child_infer(data_dir: str, image_size: int, model: str = "efficientnet_lite0", weights: str = "auto") -> dict:
     """One plain inference pass: DataLoader workers decode + resize, the backbone runs once per image."""
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from tl_dashboard.data import load_rgb, resize_center_square
-    from tl_dashboard.engine import Normalizer, TrainConfig, center_crop, prepare
+    import math
 
-    prep = prepare(TrainConfig(data_dir=data_dir, freeze="head", image_size=image_size))
-    samples = prep.split.train + prep.split.val
-    L, interp = prep.load_size, prep.weights.interpolation
+    from tl_dashboard.backbones import create_backbone
+    from tl_dashboard.data import IMAGE_EXTENSIONS, load_rgb, resize_center_square
+    from tl_dashboard.engine import Normalizer, center_crop
+
+    # the plain way lists the files itself: no scan, no check, no cache of any kind
+    samples = sorted(str(p) for p in Path(data_dir).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    net, weights = create_backbone(model, len(CLASSES), weights)
+    size = image_size or weights.input_size
+    L, interp = int(math.floor(size / weights.crop_pct)), weights.interpolation
 
     class Images(Dataset):
         def __len__(self) -> int:
             return len(samples)
 
         def __getitem__(self, i: int):
-            return resize_center_square(load_rgb(samples[i].path, draft_size=L), L, interp)
+            return resize_center_square(load_rgb(samples[i], draft_size=L), L, interp)
 
-    model = prep.model.eval().to(memory_format=torch.channels_last)
-    norm = Normalizer(prep.weights.mean, prep.weights.std)
+    net = net.eval().to(memory_format=torch.channels_last)
+    norm = Normalizer(weights.mean, weights.std)
     n = 0
     loader = DataLoader(Images(), batch_size=64, num_workers=os.cpu_count() or 1, prefetch_factor=4)
     with torch.inference_mode():
         for x in loader:
-            model(norm(center_crop(x, prep.image_size)).contiguous(memory_format=torch.channels_last))
+            net(norm(center_crop(x, size)).contiguous(memory_format=torch.channels_last))
             n += len(x)
     return {"images": n}
 
@@ -180,9 +188,9 @@ def run_child(mode: str, args: list[str], cache_dir: Path) -> dict:
 def _child_main(mode: str, rest: list[str]) -> None:
     t0 = time.perf_counter()
     if mode == "train":
-        out = child_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
+        out = child_train(rest[0], int(rest[1]), int(rest[2]), int(rest[3]), *rest[4:6])
     else:
-        out = child_infer(rest[0], int(rest[1]))
+        out = child_infer(rest[0], int(rest[1]), *rest[2:4])
     out["inner_wall"] = time.perf_counter() - t0
     out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     out["children_maxrss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
@@ -206,6 +214,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tl-bench-scale",
                     help="where the synthetic folders go (outside the repository; reused)")
+    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="auto", help="auto | none (random init: same cost, no download)")
     ap.add_argument("--skip-reference", action="store_true")
     args = ap.parse_args()
     if args.sizes:
@@ -215,7 +225,7 @@ def main() -> None:
     if REPO in args.data.absolute().parents:
         raise SystemExit("--data must be outside the repository")
     print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; head-only "
-          f"efficientnet_lite0, {args.epochs} epochs, batch {args.batch_size}; load at start {_load()}", flush=True)
+          f"{args.model} (weights {args.weights}), {args.epochs} epochs, batch {args.batch_size}; load at start {_load()}", flush=True)
     rows = []
     for n, px in cases:
         t = time.perf_counter()
@@ -223,8 +233,9 @@ def main() -> None:
         print(f"{n} images: folder ready in {time.perf_counter() - t:.0f} s ({root})", flush=True)
         cache_dir = Path(tempfile.mkdtemp(prefix="tl-bench-cache-"))
         try:
-            ref = None if args.skip_reference else run_child("infer", [str(root), str(px)], cache_dir)
-            train_args = [str(root), str(px), str(args.epochs), str(args.batch_size)]
+            ref = None if args.skip_reference else run_child("infer", [str(root), str(px), args.model, args.weights],
+                                                             cache_dir)
+            train_args = [str(root), str(px), str(args.epochs), str(args.batch_size), args.model, args.weights]
             first = run_child("train", train_args, cache_dir)
             second = run_child("train", train_args, cache_dir)
             disk = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
