@@ -11,7 +11,8 @@ run compete for; the frames the sessions sent are counted to show they kept poll
 
 Each N is measured right after a solo phase (the same run with no session open) and reported as a
 ratio to it, because others share this machine's CPU. Per phase, over a ``--window`` of seconds
-after warm-up: the run's training images/s (epochs that started and ended in the window), the
+after warm-up: the run's training images/s (training steps recorded in the window × batch size /
+their time span), the
 server's CPU share (its CPU seconds / wall seconds; 100% = one core) and its resident memory.
 
     python benchmarks/bench_classroom.py --sessions 1 10 30
@@ -23,8 +24,8 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -93,9 +94,9 @@ def _queue_run(store, ws: str, args) -> str:
     return workspaces.submit(store, cfg, ws, label="bench")
 
 
-def _wait_epochs(store, run_id: str, n: int, timeout: float = 600) -> None:
+def _wait_steps(store, run_id: str, n: int, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
-    while len(store.epochs(run_id)) < n:
+    while len(store.steps(run_id)) < n:
         run = store.get_run(run_id)
         if run["status"] not in ("queued", "running") or time.monotonic() > deadline:
             raise SystemExit(f"run {run_id} is {run['status']}: {run.get('error')}")
@@ -105,7 +106,7 @@ def _wait_epochs(store, run_id: str, n: int, timeout: float = 600) -> None:
 def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
     """One run trained for a window with ``n`` sessions watching it (0 = solo)."""
     run_id = _queue_run(store, ws, args)
-    _wait_epochs(store, run_id, 1)  # the worker is up and the data decoded
+    _wait_steps(store, run_id, 3)  # the worker is up, the data decoded, training under way
     proc, frames = None, None
     if n:
         proc = subprocess.Popen(["nice", "-n", "19", sys.executable, __file__, "--client", str(n), "--url",
@@ -127,9 +128,11 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
     store.request_stop(run_id)
     while store.get_run(run_id)["status"] in ("queued", "running"):
         time.sleep(0.5)
-    rows = [e for e in store.epochs(run_id) if e["time"] - e["seconds"] >= t0 and e["time"] <= t1]
-    ips = statistics.median(e["images_per_sec"] for e in rows) if rows else float("nan")
-    return {"sessions": n, "images_per_sec": ips, "epochs": len(rows), "server_cpu": (c1 - c0) / (t1 - t0),
+    steps = [r for r in store.steps(run_id) if t0 <= r["time"] <= t1]
+    batch = store.get_run(run_id)["config"]["batch_size"]
+    span = steps[-1]["time"] - steps[0]["time"] if len(steps) >= 2 else 0.0
+    ips = batch * (len(steps) - 1) / span if span > 0 else float("nan")  # validation pauses count, in both phases
+    return {"sessions": n, "images_per_sec": ips, "steps": len(steps), "server_cpu": (c1 - c0) / (t1 - t0),
             "server_rss_mb": max(rss), "frames_per_s": frames and frames["frames_sent"] / frames["seconds"]}
 
 
@@ -155,7 +158,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 30], help="N values to measure")
     ap.add_argument("--window", type=float, default=45.0, help="seconds measured per phase")
-    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -169,6 +172,7 @@ def main() -> None:
     store = RunStore(tmp / "runs")
     ws = workspaces.create_workspace(store, "bench")
     server, url = _server(tmp)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on a kill too
     print(f"load before: {os.getloadavg()}", flush=True)
     results = []
     try:
@@ -176,13 +180,15 @@ def main() -> None:
             solo = phase(store, ws, server.pid, url, 0, args)
             watched = phase(store, ws, server.pid, url, n, args)
             results.append((solo, watched))
-            print(f"N={n:3d}: solo {solo['images_per_sec']:.1f} img/s ({solo['epochs']} epochs), watched "
-                  f"{watched['images_per_sec']:.1f} img/s ({watched['epochs']} epochs), ratio "
+            print(f"N={n:3d}: solo {solo['images_per_sec']:.1f} img/s ({solo['steps']} steps), watched "
+                  f"{watched['images_per_sec']:.1f} img/s ({watched['steps']} steps), ratio "
                   f"{watched['images_per_sec'] / solo['images_per_sec']:.2f}; server CPU {solo['server_cpu']:.1%} -> "
                   f"{watched['server_cpu']:.1%} of a core, RSS {watched['server_rss_mb']:.0f} MB, "
                   f"{watched['frames_per_s']:.1f} frames/s from the sessions; load {os.getloadavg()[0]:.1f}",
                   flush=True)
     finally:
+        for run in store.list_runs(("queued", "running")):
+            store.request_stop(run["id"])
         os.killpg(server.pid, 15)
     print("\n| sessions | run alone (img/s) | run watched (img/s) | kept | server CPU (1 core = 100%) | server RSS | "
           "frames/s from sessions |")
