@@ -243,7 +243,7 @@ def test_submitted_runs_record_owner_and_data_set(store, shapes_dir):
     run = store.get_run(run_id)
     assert run["workspace"] == ws
     assert run["dataset"]["name"] == shapes_dir.name and run["dataset"]["path"] == str(shapes_dir.resolve())
-    group, ids = workspaces.submit_sweep(store, TrainConfig(data_dir=str(shapes_dir)), ["head", "none"], ws,
+    _group, ids = workspaces.submit_sweep(store, TrainConfig(data_dir=str(shapes_dir)), ["head", "none"], ws,
                                          start=False)
     assert all(store.get_run(i)["workspace"] == ws for i in ids)
 

@@ -52,6 +52,7 @@ __all__ = [
     "is_admin",
     "list_runs",
     "load_state",
+    "names",
     "new_workspace_id",
     "open_workspace",
     "owns",
@@ -62,7 +63,6 @@ __all__ = [
     "submit_sweep",
     "sync_state",
     "valid_workspace_id",
-    "names",
 ]
 
 ADMIN_ENV = "TL_ADMIN_PASSWORD"

@@ -7,13 +7,14 @@ writing their usual session keys while the store keeps them per workspace.
 """
 from __future__ import annotations
 
-from typing import Any, MutableMapping
+from collections.abc import MutableMapping
+from typing import Any
 
 from tl_dashboard import workspaces
 from tl_dashboard.runs import RunStore
 from tl_dashboard.ui_state import DEFAULTS
 
-__all__ = ["PERSISTED", "WS_KEY", "ADMIN_KEY", "attach", "admin_password", "me"]
+__all__ = ["ADMIN_KEY", "PERSISTED", "WS_KEY", "admin_password", "attach", "me"]
 
 PERSISTED = tuple(DEFAULTS)  # every canonical choice: data, model, freeze plan, BN mode, hyperparameters, label
 WS_KEY = "ws_id"  # the session's workspace id (also in the URL as ?ws=)
