@@ -2,12 +2,16 @@
 
 One ``streamlit run app.py`` server, one training run (queued through the core in one workspace:
 the sample set, efficientnet_lite0, first 3 blocks frozen, feature cache off so every epoch really
-trains), and N sessions on that workspace's Train page while it trains. The sessions are **real
-browser contexts**: one headless Chromium, one context (own cookies, own websocket, own Streamlit
-session) per session, each on ``/train?ws=...``, so each polls the run as a person's tab does
-(status every 2 s, curves every 4 s). The browser runs at ``nice 19``: in a class the browsers
-are on the students' laptops, not on the server, so they must not take the CPU the server and the
-run compete for; the frames the sessions sent are counted to show they kept polling anyway.
+trains), and N sessions on that workspace's Train page while it trains.
+
+The sessions are **websocket clients** by default (``--clients websocket``): each opens its own
+Streamlit session over ``/_stcore/stream`` and speaks the frontend's protocol: it opens the Train
+page of ``?ws=...`` and then reruns each ``st.fragment(run_every=...)`` at the interval the server
+asks for (status every 2 s, curves every 4 s), as a person's tab does; the server does all the work
+it does for a browser (script runs, charts serialised, store reads), and the reruns it served are
+counted. They cost this machine almost no CPU, which stands for the class's browsers being on the
+students' laptops. ``--clients browser`` uses real headless Chromium contexts instead (at
+``nice 19``); on a shared, loaded 2-core machine they could not even load the page in time.
 
 Each N is measured right after a solo phase (the same run with no session open) and reported as a
 ratio to it, because others share this machine's CPU. Per phase, over a ``--window`` of seconds
@@ -84,6 +88,95 @@ def clients(n: int, url: str) -> None:
         browser.close()
 
 
+# -- websocket clients (no browser: only the server's work) -----------------------------------------
+async def _ws_session(url: str, query: str, stats: dict, stop) -> None:
+    """One Streamlit session over its websocket, doing what the frontend does on the Train page: open it,
+    then rerun each ``st.fragment(run_every=...)`` at its interval (the server asks with AutoRerun)."""
+    import asyncio
+
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+    from websockets.asyncio.client import connect
+
+    conn = await connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None)
+    page_hash = ""
+
+    async def send(fragment_id: str = "") -> None:
+        msg = BackMsg()
+        cs = msg.rerun_script
+        cs.query_string, cs.page_name = query, "train"
+        if page_hash:
+            cs.page_script_hash = page_hash
+        if fragment_id:
+            cs.fragment_id, cs.is_auto_rerun = fragment_id, True
+        await conn.send(msg.SerializeToString())
+
+    timers: dict[str, asyncio.Task] = {}
+
+    async def tick(fid: str, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await send(fid)
+            stats["sent"] += 1
+
+    await send()
+    while not stop.is_set():
+        try:
+            raw = await asyncio.wait_for(conn.recv(), 1.0)
+        except asyncio.TimeoutError:
+            continue
+        fwd = ForwardMsg.FromString(raw)
+        kind = fwd.WhichOneof("type")
+        stats["bytes"] += len(raw)
+        if kind == "navigation":  # the router's pages: open Train by its hash, as a click in the menu does
+            for pg in fwd.navigation.app_pages:
+                if pg.page_name == "Train" and page_hash != pg.page_script_hash:
+                    page_hash = pg.page_script_hash
+                    await send()
+        elif kind == "auto_rerun" and fwd.auto_rerun.fragment_id not in timers:
+            timers[fwd.auto_rerun.fragment_id] = asyncio.create_task(tick(fwd.auto_rerun.fragment_id, fwd.auto_rerun.interval))
+        elif kind == "stop_auto_rerun":
+            for t in timers.values():
+                t.cancel()
+            timers.clear()
+        elif kind == "script_finished":
+            stats["finished"] += 1
+            if timers:  # on the Train page, polling the run
+                stats["ready"].add(id(conn))
+    for t in timers.values():
+        t.cancel()
+    await conn.close()
+
+
+def ws_clients(n: int, url: str, query: str) -> None:
+    """``n`` websocket sessions; READY when each finished its first script run; counts until stdin says STOP."""
+    import asyncio
+    import threading
+
+    stats = {"sent": 0, "finished": 0, "bytes": 0, "ready": set()}
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(_ws_session(url, query, stats, stop)) for _ in range(n)]
+        while len(stats["ready"]) < n:
+            await asyncio.sleep(0.5)
+        base = dict(sent=stats["sent"], finished=stats["finished"], bytes=stats["bytes"])
+        t0 = time.time()
+        print("READY", flush=True)
+        line = threading.Event()
+        threading.Thread(target=lambda: (sys.stdin.readline(), line.set()), daemon=True).start()
+        while not line.is_set():
+            await asyncio.sleep(0.5)
+        dt = time.time() - t0
+        print(json.dumps({"frames_sent": stats["sent"] - base["sent"], "seconds": dt,
+                          "reruns": stats["finished"] - base["finished"], "bytes": stats["bytes"] - base["bytes"]}),
+              flush=True)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
 # -- the server side ------------------------------------------------------------------------------
 def _queue_run(store, ws: str, args) -> str:
     from tl_dashboard import workspaces
@@ -109,8 +202,10 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
     _wait_steps(store, run_id, 3)  # the worker is up, the data decoded, training under way
     proc, frames = None, None
     if n:
-        proc = subprocess.Popen(["nice", "-n", "19", sys.executable, __file__, "--client", str(n), "--url",
-                                 f"{url}/train?ws={ws}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        mode = ["nice", "-n", "19", sys.executable, __file__, "--client", str(n), "--url", f"{url}/train?ws={ws}"]
+        if args.clients == "websocket":
+            mode = [sys.executable, __file__, "--ws-client", str(n), "--url", url, "--query", f"ws={ws}"]
+        proc = subprocess.Popen(mode, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = proc.stdout.readline()
         if line.strip() != "READY":
             raise SystemExit(f"browser clients failed: {line!r}")
@@ -133,7 +228,8 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
     span = steps[-1]["time"] - steps[0]["time"] if len(steps) >= 2 else 0.0
     ips = batch * (len(steps) - 1) / span if span > 0 else float("nan")  # validation pauses count, in both phases
     return {"sessions": n, "images_per_sec": ips, "steps": len(steps), "server_cpu": (c1 - c0) / (t1 - t0),
-            "server_rss_mb": max(rss), "frames_per_s": frames and frames["frames_sent"] / frames["seconds"]}
+            "server_rss_mb": max(rss), "frames_per_s": frames and frames["frames_sent"] / frames["seconds"],
+            "reruns_per_s": frames and frames.get("reruns", 0) / frames["seconds"]}
 
 
 def _server(tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -159,11 +255,18 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 30], help="N values to measure")
     ap.add_argument("--window", type=float, default=45.0, help="seconds measured per phase")
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--clients", choices=["websocket", "browser"], default="websocket",
+                    help="websocket: Python clients speaking Streamlit's protocol as the frontend does (no browser "
+                         "CPU on this machine); browser: headless Chromium contexts at nice 19")
     ap.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ws-client", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--query", default="", help=argparse.SUPPRESS)
     ap.add_argument("--url", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
         return clients(args.client, args.url)
+    if args.ws_client is not None:
+        return ws_clients(args.ws_client, args.url, args.query)
     tmp = Path(tempfile.mkdtemp(prefix="tl-bench-classroom-"))
     os.environ.update(TL_RUNS_DIR=str(tmp / "runs"), TL_OFFLINE="1", TL_MAX_RUNNING="1")
     from tl_dashboard import workspaces
