@@ -183,7 +183,7 @@ def _queue_run(store, ws: str, args) -> str:
     from tl_dashboard.engine import TrainConfig
 
     cfg = TrainConfig(data_dir=str(REPO / "sample_data" / "emoji3"), freeze="3", feature_cache="off",
-                      epochs=10_000, image_size=args.image_size, batch_size=32)
+                      epochs=10_000, image_size=args.image_size, batch_size=args.batch_size)
     return workspaces.submit(store, cfg, ws, label="bench")
 
 
@@ -255,6 +255,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 30], help="N values to measure")
     ap.add_argument("--window", type=float, default=45.0, help="seconds measured per phase")
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--clients", choices=["websocket", "browser"], default="websocket",
                     help="websocket: Python clients speaking Streamlit's protocol as the frontend does (no browser "
                          "CPU on this machine); browser: headless Chromium contexts at nice 19")
