@@ -252,3 +252,12 @@ def test_auto_head_accepts_inference_mode_tensors():
         x, y = torch.randn(30, 6), torch.arange(30) % 3
     fit = fit_head(x, y, 3, f_val=x, y_val=y)
     assert fit.weight.shape == (3, 6)
+
+
+def test_lr_find_reports_every_step_to_on_step():
+    from tl_dashboard.engine import TrainConfig
+    from tl_dashboard.lr_finder import lr_find
+
+    seen = []
+    r = lr_find(TrainConfig(str(SAMPLE), image_size=64), num_iter=8, on_step=lambda k, n: seen.append((k, n)))
+    assert seen == [(k, 8) for k in range(1, r.iterations + 1)]  # step k of N, for the Train page's bar

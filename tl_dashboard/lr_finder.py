@@ -138,8 +138,13 @@ def _trainable_step(config: TrainConfig, prep: Any, device: torch.device,
 
 def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
             beta: float = 0.98, diverge: float = 4.0, progress: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None) -> LRFindResult:
+            should_stop: Callable[[], bool] | None = None,
+            on_step: Callable[[int, int], None] | None = None) -> LRFindResult:
     """Run the range test; see the module docstring.
+
+    ``progress`` gets a line every 10 steps (the CLI prints it); ``on_step(k, num_iter)`` is called
+    after every step k = 1.. (the Train page's progress bar). The sweep may end before
+    ``num_iter`` when the loss diverges.
 
     Raises:
         ValueError: a bad range (``0 < start_lr < end_lr`` and ``num_iter >= 5`` are needed).
@@ -178,6 +183,8 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
         raw.append(float(loss))
         sm = smooth(raw, beta)[-1]
         best = min(best, sm)
+        if on_step is not None:
+            on_step(i + 1, num_iter)
         if progress and (i + 1) % 10 == 0:
             progress(f"lr {lr:.2e}: loss {sm:.4f} ({i + 1}/{num_iter})")
         if not math.isfinite(sm) or sm > diverge * best:
