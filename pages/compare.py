@@ -64,13 +64,16 @@ else:
     if len(picked) == 1:
         st.caption("One run picked: add another to compare.")
     rows = compare.overlay_rows(store, picked)
+    names = compare.run_labels([by_id[i] for i in picked])  # every picked run in the legend, even without points
     c1, c2 = st.columns(2)
-    widgets.plot(charts.overlay_figure(rows, "loss"), "cmp_loss", c1)
-    widgets.plot(charts.overlay_figure(rows, "accuracy"), "cmp_accuracy", c2)
+    widgets.plot(charts.overlay_figure(rows, "loss", runs=names), "cmp_loss", c1)
+    widgets.plot(charts.overlay_figure(rows, "accuracy", runs=names), "cmp_accuracy", c2)
     st.caption("Overfitting shows as a gap that opens between the dotted (train) and solid (validation) line of one "
                "colour: train loss keeps falling while validation loss stops falling or rises.")
 
     table = compare.compare_table([by_id[i] for i in picked], {i: store.epochs(i) for i in picked})
+    timing = next((r for r in table if r.get("field") == "timing"), None)  # a sentence: below, where it can wrap
+    table = [r for r in table if r.get("field") != "timing"]
     only_diff = st.toggle("Show only the rows that differ", key="cmp_only_diff")
     shown = [r for r in table if r["differs"]] if only_diff else table
     df = pd.DataFrame([{"≠": "≠" if r["differs"] else "", **{k: v for k, v in r.items() if k != "differs"}}
@@ -89,6 +92,8 @@ else:
                    "measured epochs; total time includes loading data and weights and building the feature cache. "
                    "Accuracies show their 95% (Wilson) interval and the number of validation images; the cost per "
                    "epoch in GFLOPs does not depend on the machine, seconds do (see timing).")
+    if timing:
+        st.caption("Timing: " + "; ".join(f"**{k}**: {v}" for k, v in timing.items() if k not in ("field", "differs")))
     note = compare.compare_overlap_note([by_id[i] for i in picked])
     if note:
         st.warning(note, icon=":material/compare_arrows:")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import charts
+from tl_dashboard import charts, stats
 from tl_dashboard import evaluate as ev
 from tl_dashboard import ui_state as ui
 from tl_dashboard.runs import RunStore
@@ -179,7 +179,12 @@ with widgets.reported("Cannot evaluate this run on its validation set"):
 if result is not None:
     n_classes = len(result.classes)
     c1, c2, c3, c4 = st.columns(4)
-    c1.metric("Validation accuracy", f"{result.accuracy:.1%}")
+    n_val = len(result.paths)
+    lo, hi = stats.wilson_interval(round(result.accuracy * n_val), n_val)
+    c1.metric("Validation accuracy", f"{result.accuracy:.1%}",
+              help="95% Wilson score interval: where the accuracy on new images of the same kind likely lies, "
+                   "given only this many validation images.")
+    c1.caption(f"95% interval {lo:.0%}-{hi:.0%} · n={n_val}")
     c2.metric("Macro F1", f"{result.macro_f1:.2f}")
     c3.metric("Validation images", len(result.paths))
     c4.metric("Misclassified", len(result.misclassified))

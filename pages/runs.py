@@ -55,9 +55,14 @@ def runs_view() -> bool:
         present.run_rows(runs, me=ws_id, names=workspaces.names(store)), hide_index=True, key="runs_table",
         column_config={
             "id": st.column_config.TextColumn("run id"),
-            "trainable params": st.column_config.NumberColumn(format="compact"),
-            "best val acc": st.column_config.ProgressColumn("best val acc", min_value=0, max_value=100,
-                                                            format="%.1f %%"),
+            "label": st.column_config.TextColumn("label", width="medium"),
+            "data set": st.column_config.TextColumn("data set", width="medium"),
+            "freeze plan": st.column_config.TextColumn("freeze plan", width="medium"),
+            "trainable params": st.column_config.NumberColumn("params", format="compact", help="trainable parameters"),
+            "best val acc": st.column_config.ProgressColumn("best val", min_value=0, max_value=100,
+                                                            format="%.1f %%", help="best validation accuracy"),
+            "95% interval": st.column_config.TextColumn("95% CI", help="95% Wilson interval of the best val "
+                                                        "accuracy, and the number of validation images"),
         },
     )
     by_id = {r["id"]: r for r in runs}

@@ -180,23 +180,31 @@ def accuracy_figure(epochs: Sequence[Mapping[str, Any]], n_epochs: int | None = 
 
 
 # -- comparing runs: overlaid curves, freeze-depth sweep, weight drift ---------------------------
-def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss") -> go.Figure:
+def overlay_figure(rows: Sequence[Mapping[str, Any]], metric: str = "loss",
+                   runs: Sequence[str] | None = None) -> go.Figure:
     """Curves of several runs on the same axes: one colour per run, validation solid, train dotted.
 
     Args:
         rows: ``compare.overlay_rows`` output (``run``, ``epoch``, ``split``, ``loss``, ``accuracy``).
         metric: ``"loss"`` or ``"accuracy"``.
+        runs: every run's name, in legend order; one without rows (stopped before its first epoch)
+            is listed as "NAME (no completed epoch)" instead of vanishing. Default: the runs in ``rows``.
 
     Raises:
         ValueError: another ``metric``.
     """
     if metric not in ("loss", "accuracy"):
         raise ValueError(f"metric must be 'loss' or 'accuracy', not {metric!r}.")
-    runs = list(dict.fromkeys(r["run"] for r in rows))
+    with_points = set(r["run"] for r in rows)
+    runs = list(dict.fromkeys([*(runs or []), *(r["run"] for r in rows)]))
     scale = 100.0 if metric == "accuracy" else 1.0
     fig = go.Figure()
     for i, run in enumerate(runs):
         colour = PALETTE[i % len(PALETTE)]
+        if run not in with_points:  # a legend entry only: said, not silently dropped
+            fig.add_scatter(x=[None], y=[None], mode="markers", name=f"{run} (no completed epoch)",
+                            marker=dict(color=colour, size=6), hoverinfo="skip")
+            continue
         for split, dash in (("val", "solid"), ("train", "dot")):
             pts = [r for r in rows if r["run"] == run and r["split"] == split]
             fig.add_scatter(

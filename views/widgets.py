@@ -17,7 +17,8 @@ from tl_dashboard import charts
 from tl_dashboard.data import IMAGE_EXTENSIONS
 from tl_dashboard.errors import UserError
 
-__all__ = ["IMAGE_TYPES", "PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported"]
+__all__ = ["IMAGE_TYPES", "PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported",
+           "auto_number"]
 
 # What the upload widgets accept: exactly the images the scanner reads.
 IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
@@ -85,11 +86,34 @@ def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any
         key: prefix of the two charts' widget keys (``{key}_loss``, ``{key}_accuracy``).
         live: fix the x axis to the planned epochs, so a growing curve does not rescale it.
     """
+    if not epochs:  # queued, or still in epoch 1: empty axes say nothing, a sentence does
+        last = next((s for s in reversed(steps) if s.get("loss") is not None), None)
+        st.caption("No completed epoch yet: the loss and accuracy curves appear after the first epoch."
+                   + (f" Training loss after {len(steps)} step(s): {float(last['loss']):.3f}." if last else ""))
+        return
     n_epochs = (run.get("config") or {}).get("epochs") if live else None
     unfreeze = (run.get("summary") or {}).get("unfreeze")
     left, right = st.columns(2)
     plot(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_loss", left)
     plot(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_accuracy", right)
+
+
+def auto_number(where: Any, label: str, name: str, lo: int, hi: int, *, step: int = 1, placeholder: str = "auto",
+                help: str | None = None) -> None:
+    """A number input for a setting whose 0 means "auto": empty (showing ``placeholder``) while auto.
+
+    The canonical key ``name`` keeps 0 for auto (``TrainConfig``'s meaning); the widget (key
+    ``w_{name}``) shows nothing instead of a misleading 0, and clearing it goes back to auto.
+    """
+    state = st.session_state
+    wkey = f"w_{name}"
+    state[wkey] = int(state[name]) if state.get(name) else None
+
+    def _changed() -> None:
+        state[name] = int(state[wkey] or 0)
+
+    where.number_input(label, lo, hi, step=step, value=None, placeholder=placeholder, key=wkey, on_change=_changed,
+                       help=help)
 
 
 def unexpected(exc: BaseException, what: str) -> None:
