@@ -3,10 +3,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import compare, data, fairqueue, layers, stats, workspaces
+from tl_dashboard import auto_head, compare, data, fairqueue, layers, stats, workspaces
 from tl_dashboard import formatting as fmt
 from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
+from tl_dashboard.configcheck import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from tl_dashboard.engine import TrainConfig, available_devices
 from tl_dashboard.layers import describe_blocks
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
@@ -38,6 +39,33 @@ def config() -> TrainConfig | None:
         widgets.flash("train", "error", f"Data folder not found: {cfg.data_dir}. Choose the data on the Data page.")
         return None
     return cfg
+
+
+def auto_image_size() -> int | None:
+    """The input size auto picks for the chosen model (from its weights' config), or None if unknown."""
+    from dataclasses import replace
+
+    from tl_dashboard.augment_preview import input_sizes
+
+    try:
+        return input_sizes(replace(ui.config_from_state(ss), image_size=0))[0]
+    except Exception:  # an unknown model name: the Model page says so
+        return None
+
+
+def auto_epochs_text() -> str:
+    """What epochs auto does with the current choices (auto_head.resolve's rule, in words)."""
+    solver = (not ss.lr and ss.freeze == "head" and not ss.augment and ss.feature_cache != "off"
+              and not ss.unfreeze_at and int(ss.get("nproc") or 1) == 1)
+    return "until the head's fit converges" if solver else f"{auto_head.FALLBACK_EPOCHS} epochs"
+
+
+def clock(seconds: float | None) -> str:
+    """Elapsed time as a clock, short enough for a narrow metric: '0:42', '1:12', '1:03:05'."""
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def start() -> None:
@@ -107,9 +135,11 @@ with settings:
 
     st.markdown("**Hyperparameters**")
     h1, h2 = st.columns(2)
-    h1.number_input("Epochs (0 = auto)", 0, 500, step=1, **ui.bind(ss, "epochs"),
-                    help="auto: head only on cached features trains until the solver converges (each solver "
-                         "iteration is shown as one epoch); otherwise 10.")
+    widgets.auto_number(h1, "Epochs", "epochs", 1, 500, placeholder=f"auto ({auto_epochs_text()})",
+                        help="Empty = auto. With the learning rate auto too and only the head training on cached "
+                             "features, an L-BFGS fit of the head runs until it converges (each solver iteration is "
+                             f"shown as one epoch, at most {auto_head.MAX_ITER}); otherwise "
+                             f"{auto_head.FALLBACK_EPOCHS} epochs.")
     h2.number_input("Batch size", 1, 1024, step=8, **ui.bind(ss, "batch_size"))
     if ss.lr not in LRS:
         LRS = sorted({*LRS, float(ss.lr)})
@@ -120,8 +150,11 @@ with settings:
     quality_views.lr_finder_panel(ss)
     h3, h4 = st.columns(2)
     h3.number_input("Weight decay", 0.0, 1.0, step=0.01, format="%.3f", **ui.bind(ss, "weight_decay"))
-    h4.number_input("Image size (px)", 0, 1024, step=16, help="0 = the size the weights were trained at (224 for most).",
-                    **ui.bind(ss, "image_size"))
+    auto_px = auto_image_size()
+    widgets.auto_number(h4, "Image size (px)", "image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, step=16,
+                        placeholder=f"auto ({auto_px} px)" if auto_px else "auto",
+                        help="Empty = auto: the size the weights were trained at"
+                             + (f" ({auto_px} px for {ss.model})." if auto_px else " (224 for most)."))
     h5, h6 = st.columns(2)
     h5.number_input("Seed", 0, 2**31 - 1, step=1, help="Same seed, same data, same settings: the same numbers.",
                     **ui.bind(ss, "seed"))
@@ -205,14 +238,14 @@ def show_status(run_id: str) -> bool | None:
     s_best = (run["summary"] or {}).get("best_val_accuracy")
     best = s_best if s_best is not None and run["status"] not in ACTIVE_STATUSES else (
         max(e["val_acc"] for e in epochs) if epochs else None)
-    m[1].metric("Best val accuracy", f"{best:.1%}" if best is not None else "-",
+    m[1].metric("Best val", f"{best:.1%}" if best is not None else "-",
                 help="The kept model's accuracy (the checkpoint Evaluate, Predict and Export use).")
     cached = bool((run["summary"].get("feature_cache") or {}).get("used"))
-    m[2].metric("Images / s" + (" (cached)" if cached else ""), f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-",
+    m[2].metric("img/s" + (" (cached)" if cached else ""), f"{prog['images_per_sec']:,.0f}" if prog["images_per_sec"] else "-",
                 help="Training images per second in the last epoch. With the feature cache the frozen blocks ran once "
                      "before epoch 1, so this counts passes of the trainable rest over cached features." if cached else
                      "Training images per second in the last epoch (forward and backward).")
-    m[3].metric("Elapsed", fmt.format_seconds(present.run_duration(run)))
+    m[3].metric("Elapsed", clock(present.run_duration(run)))
     n_val = (run["summary"] or {}).get("val_images")
     if best is not None and n_val:
         st.caption(f"Best val accuracy {stats.accuracy_text(best, n_val)}: 95% Wilson interval on {n_val} validation "
@@ -254,11 +287,12 @@ def show_queue() -> bool:
     st.markdown("**Your queued runs**")
     labels = {r["id"]: r.get("label") or r["id"] for r in mine}
     for q in waiting:
-        c1, c2 = st.columns([5, 1], vertical_alignment="center")
+        c1, c2 = st.columns([3, 1], vertical_alignment="center")
         wait = "starts next" if q["ahead"] == 0 else f"{q['ahead']} run(s) ahead"
         eta = "" if q["wait_s"] is None else f" · starts in about {fmt.format_seconds(q['wait_s'])}"
         c1.markdown(f"{labels.get(q['id'], q['id'])} · place **{q['position']}** in line ({wait}){eta}")
-        c2.button("Cancel", key=f"cancel_{q['id']}", icon=":material/close:", on_click=stop, args=(q["id"],))
+        c2.button("Cancel", key=f"cancel_{q['id']}", icon=":material/close:", on_click=stop, args=(q["id"],),
+                  width="stretch")
     return True
 
 
@@ -270,13 +304,14 @@ def teacher_controls() -> None:
         if not others:
             st.caption("Nothing is queued or training.")
         for r in others:
-            c1, c2 = st.columns([5, 1], vertical_alignment="center")
+            c1, c2 = st.columns([3, 1], vertical_alignment="center")
             c1.markdown(f"{r.get('label') or r['id']} · {present.owner_text(r, ws_id, names)} · {r['status']}")
             c2.button("Stop" if r["status"] == "running" else "Cancel", key=f"teacher_stop_{r['id']}",
-                      icon=":material/stop:", on_click=stop, args=(r["id"],))
-        ss.teacher_limit = fairqueue.max_queued_per_workspace(store)
-        st.number_input("Queued runs per person (0 = no limit)", 0, 100, step=1, key="teacher_limit",
-                        on_change=lambda: fairqueue.set_max_queued_per_workspace(store, int(ss.teacher_limit)))
+                      icon=":material/stop:", on_click=stop, args=(r["id"],), width="stretch")
+        ss.teacher_limit = fairqueue.max_queued_per_workspace(store) or None
+        st.number_input("Queued runs per person", 1, 100, step=1, value=None, key="teacher_limit",
+                        placeholder="no limit", help="Empty = no limit.",
+                        on_change=lambda: fairqueue.set_max_queued_per_workspace(store, int(ss.teacher_limit or 0)))
 
 
 with live:
@@ -287,8 +322,13 @@ with live:
         st.info("No runs yet in your workspace. Check your choices on the left and press **Start training**: with the sample set "
                 "and the default linear probe the first curves appear within seconds.")
     else:
-        title = "Your current run" if active else "Your last run"
-        st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
-                    f"{fmt.format_time(current.get('started') or current['created'])}")
-        show_status(current["id"])
-        show_curves(current["id"])
+        queued = current["status"] == "queued"
+        if queued:  # already listed under "Your queued runs" with its place in line: one line here
+            st.caption(f"Next: {current.get('label') or current['id']} · queued at {fmt.format_time(current['created'])}. "
+                       "Its progress and curves show here once it starts.")
+        else:
+            title = "Your current run" if active else "Your last run"
+            st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "
+                        f"{fmt.format_time(current.get('started') or current['created'])}")
+            show_status(current["id"])
+            show_curves(current["id"])

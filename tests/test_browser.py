@@ -206,7 +206,7 @@ def test_sweep_compare_learn_and_evaluate(server, page):
     store = RunStore(server["runs"])
     before = {r["id"] for r in store.list_runs()}
     _nav(page, server, "Train")
-    _set_number(page, "Epochs (0 = auto)", 2)
+    _set_number(page, "Epochs", 2)
     _set_number(page, "Image size (px)", 64)
     page.get_by_text("Freeze-depth sweep", exact=False).first.click()
     page.get_by_role("button", name="Queue the sweep").click()

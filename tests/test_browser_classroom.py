@@ -86,7 +86,7 @@ def _choices(page) -> dict:
     data = re.search(r"Data: (\S+)", card)
     return {"data": data.group(1) if data else None,
             "plan": "full fine-tune" if "full fine-tune" in card else "head only" if "head only" in card else None,
-            "epochs": page.get_by_label("Epochs (0 = auto)", exact=True).input_value(),
+            "epochs": page.get_by_label("Epochs", exact=True).input_value(),
             "image size": page.get_by_label("Image size (px)", exact=True).input_value(),
             "label": page.get_by_label("Run label (optional)", exact=True).input_value()}
 
@@ -118,7 +118,7 @@ def test_teacher_and_two_students_share_one_server(classroom):
     _idle(bob)
     for page, label in ((alice, "alice"), (bob, "bob")):
         _nav(page, "Train")
-        _fill(page, "Epochs (0 = auto)", 1)
+        _fill(page, "Epochs", 1)
         _fill(page, "Image size (px)", 64)
         _fill(page, "Run label (optional)", label)
     want_a = {"data": "emoji3", "plan": "head only", "epochs": "1", "image size": "64", "label": "alice"}
@@ -164,12 +164,12 @@ def test_teacher_and_two_students_share_one_server(classroom):
 
     # A student's Stop never touches the other's run: Bob's long run trains, Alice's waits behind it;
     # Alice cancels hers and Bob's keeps going.
-    _fill(bob, "Epochs (0 = auto)", 300)
+    _fill(bob, "Epochs", 300)
     _fill(bob, "Run label (optional)", "bob-long")
     _start(bob)
     bob_long = _wait(lambda: next((r for r in store.list_runs("running") if r["label"] == "bob-long"), None),
                      "Bob's long run to train", 300)
-    _fill(alice, "Epochs (0 = auto)", 300)
+    _fill(alice, "Epochs", 300)
     _fill(alice, "Run label (optional)", "alice-long")
     _start(alice)
     alice_long = next(r for r in store.list_runs("queued") if r["label"] == "alice-long")
@@ -181,7 +181,7 @@ def test_teacher_and_two_students_share_one_server(classroom):
     assert bob_now["status"] == "running" and not bob_now["stop_requested"]
 
     # The teacher types the admin password in the sidebar and stops either student's run.
-    _fill(alice, "Epochs (0 = auto)", 300)
+    _fill(alice, "Epochs", 300)
     _fill(alice, "Run label (optional)", "alice-again")
     _start(alice)
     alice_again = next(r for r in store.list_runs("queued") if r["label"] == "alice-again")

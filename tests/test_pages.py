@@ -287,11 +287,12 @@ def test_model_search_and_switch_keeps_a_valid_plan(env):
 # -- train and runs ---------------------------------------------------------------------------------
 def test_train_page_defaults_and_buttons(env):
     at = open_page("train")
-    assert at.number_input(key="w_epochs").value == 0  # auto
+    assert at.number_input(key="w_epochs").value is None  # auto: empty, placeholder "auto (...)"
     assert at.number_input(key="w_batch_size").value == 32
     assert at.select_slider(key="w_lr").value == 0.0  # auto
     assert at.number_input(key="w_weight_decay").value == pytest.approx(0.01)
-    assert at.number_input(key="w_image_size").value == 0
+    assert at.number_input(key="w_image_size").value is None  # auto
+    assert at.session_state["epochs"] == 0 and at.session_state["image_size"] == 0  # TrainConfig: 0 = auto
     assert at.number_input(key="w_seed").value == 0
     assert at.toggle(key="w_augment").value is False
     assert at.radio(key="w_feature_cache").value == "auto"
@@ -541,3 +542,27 @@ def test_run_title_names_a_run_once_in_every_picker():
     assert "best val acc 90.0%" in title and "finished" not in title
     bare = present.run_title({**run, "label": "", "status": "stopped", "summary": {}})
     assert bare.startswith(run["id"] + " · efficientnet_lite0 · first 3 blocks frozen · stopped")
+
+
+def test_overlay_lists_a_run_without_epochs_and_curves_say_no_epoch_yet(env):
+    rows = [{"run": "a", "epoch": 1, "split": s, "loss": 0.5, "accuracy": 0.8} for s in ("val", "train")]
+    fig = charts.overlay_figure(rows, "loss", runs=["a", "b"])
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b (no completed epoch)"]
+    assert [t.name for t in charts.overlay_figure(rows, "accuracy").data] == ["a", "a"]  # runs= optional
+
+    def page():
+        import streamlit as st
+
+        from views import widgets
+        widgets.curves([{"epoch": 0.1, "loss": 1.234}], [], {"config": {"epochs": 3}}, key="t", live=True)
+        st.session_state.setdefault("epochs", 0)
+        widgets.auto_number(st, "Epochs", "epochs", 1, 500, placeholder="auto (10 epochs)")
+
+    at = AppTest.from_function(page).run()
+    assert not at.exception and not at.get("plotly_chart")
+    assert "No completed epoch yet" in at.caption[0].value and "1.234" in at.caption[0].value
+    assert at.number_input[0].value is None and at.session_state["epochs"] == 0
+    at.number_input[0].set_value(4).run()
+    assert at.session_state["epochs"] == 4
+    at.number_input[0].set_value(None).run()
+    assert at.session_state["epochs"] == 0  # cleared: back to auto
