@@ -98,10 +98,10 @@ def child_train(data_dir: str, image_size: int, epochs: int, batch: int, model: 
 
 def child_infer(data_dir: str, image_size: int, model: str = "efficientnet_lite0", weights: str = "auto") -> dict:
     """One plain inference pass: DataLoader workers decode + resize, the backbone runs once per image."""
+    import math
+
     import torch
     from torch.utils.data import DataLoader, Dataset
-
-    import math
 
     from tl_dashboard.backbones import create_backbone
     from tl_dashboard.data import IMAGE_EXTENSIONS, load_rgb, resize_center_square

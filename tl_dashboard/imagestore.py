@@ -90,7 +90,7 @@ class ImageStore:
                     if stop.is_set():
                         return
                     q.put(self.read(s, pin=pin))
-            except BaseException as exc:  # noqa: BLE001  (handed to the consumer, raised there)
+            except BaseException as exc:  # handed to the consumer, raised there
                 q.put(exc)
 
         t = threading.Thread(target=reader, name="imagestore-prefetch", daemon=True)
@@ -168,7 +168,7 @@ class RowView:
                     for b in batches:
                         if not put(q, (b, self._fetch(b))):
                             return
-                except BaseException as exc:  # noqa: BLE001  (handed to the consumer)
+                except BaseException as exc:  # handed to the consumer
                     put(q, exc)
 
             threading.Thread(target=reader, name="rowview-prefetch", daemon=True).start()
