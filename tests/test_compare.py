@@ -176,7 +176,9 @@ def test_compare_page_renders_two_runs(trained, monkeypatch):
     assert "model" in set(table.loc[table["≠"] == "", "field"])
     assert at.selectbox(key="w_cmp_sweep").value == "sweep-test"
     assert at.selectbox(key="w_cmp_drift_run").value == a  # the partial fine-tune: frozen and trainable blocks
-    assert not at.warning, [w.value for w in at.warning]  # the drift was measured
+    # the drift was measured: no warning but the honest-uncertainty note (tiny val sets overlap)
+    others = [w.value for w in at.warning if not w.value.startswith("95% intervals overlap")]
+    assert not others, others
     assert len(at.get("plotly_chart")) == 4  # loss, accuracy, sweep, drift
     at.toggle(key="cmp_only_diff").set_value(True).run()
     assert not at.exception
