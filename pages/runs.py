@@ -55,9 +55,6 @@ def runs_view() -> bool:
         present.run_rows(runs, me=ws_id, names=workspaces.names(store)), hide_index=True, key="runs_table",
         column_config={
             "id": st.column_config.TextColumn("run id"),
-            "label": st.column_config.TextColumn("label", width="medium"),
-            "data set": st.column_config.TextColumn("data set", width="medium"),
-            "freeze plan": st.column_config.TextColumn("freeze plan", width="medium"),
             "trainable params": st.column_config.NumberColumn("params", format="compact", help="trainable parameters"),
             "best val acc": st.column_config.ProgressColumn("best val", min_value=0, max_value=100,
                                                             format="%.1f %%", help="best validation accuracy"),

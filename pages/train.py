@@ -135,11 +135,13 @@ with settings:
 
     st.markdown("**Hyperparameters**")
     h1, h2 = st.columns(2)
-    widgets.auto_number(h1, "Epochs", "epochs", 1, 500, placeholder=f"auto ({auto_epochs_text()})",
+    widgets.auto_number(h1, "Epochs", "epochs", 1, 500, placeholder="auto",
                         help="Empty = auto. With the learning rate auto too and only the head training on cached "
                              "features, an L-BFGS fit of the head runs until it converges (each solver iteration is "
                              f"shown as one epoch, at most {auto_head.MAX_ITER}); otherwise "
                              f"{auto_head.FALLBACK_EPOCHS} epochs.")
+    if not ss.epochs:
+        h1.caption(f"auto → {auto_epochs_text()}")
     h2.number_input("Batch size", 1, 1024, step=8, **ui.bind(ss, "batch_size"))
     if ss.lr not in LRS:
         LRS = sorted({*LRS, float(ss.lr)})
@@ -152,9 +154,11 @@ with settings:
     h3.number_input("Weight decay", 0.0, 1.0, step=0.01, format="%.3f", **ui.bind(ss, "weight_decay"))
     auto_px = auto_image_size()
     widgets.auto_number(h4, "Image size (px)", "image_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE, step=16,
-                        placeholder=f"auto ({auto_px} px)" if auto_px else "auto",
+                        placeholder="auto",
                         help="Empty = auto: the size the weights were trained at"
                              + (f" ({auto_px} px for {ss.model})." if auto_px else " (224 for most)."))
+    if not ss.image_size and auto_px:
+        h4.caption(f"auto → {auto_px} px (the weights')")
     h5, h6 = st.columns(2)
     h5.number_input("Seed", 0, 2**31 - 1, step=1, help="Same seed, same data, same settings: the same numbers.",
                     **ui.bind(ss, "seed"))
@@ -324,8 +328,8 @@ with live:
     else:
         queued = current["status"] == "queued"
         if queued:  # already listed under "Your queued runs" with its place in line: one line here
-            st.caption(f"Next: {current.get('label') or current['id']} · queued at {fmt.format_time(current['created'])}. "
-                       "Its progress and curves show here once it starts.")
+            st.caption(f"{current.get('label') or current['id']}: queued at {fmt.format_time(current['created'])}; "
+                       "its progress and curves show here once it starts.")
         else:
             title = "Your current run" if active else "Your last run"
             st.markdown(f"**{title}** · {current.get('label') or current['id']} · started "

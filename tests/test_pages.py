@@ -293,6 +293,7 @@ def test_train_page_defaults_and_buttons(env):
     assert at.number_input(key="w_weight_decay").value == pytest.approx(0.01)
     assert at.number_input(key="w_image_size").value is None  # auto
     assert at.session_state["epochs"] == 0 and at.session_state["image_size"] == 0  # TrainConfig: 0 = auto
+    assert "auto → 224 px" in texts(at, "caption") and "auto → until the head's fit converges" in texts(at, "caption")
     assert at.number_input(key="w_seed").value == 0
     assert at.toggle(key="w_augment").value is False
     assert at.radio(key="w_feature_cache").value == "auto"
