@@ -96,7 +96,7 @@ else:
         st.caption("Timing: " + "; ".join(f"**{k}**: {v}" for k, v in timing.items() if k not in ("field", "differs")))
     note = compare.compare_overlap_note([by_id[i] for i in picked])
     if note:
-        st.warning(note, icon=":material/compare_arrows:")
+        st.info(note, icon=":material/compare_arrows:")
 
 # -- sweeps --------------------------------------------------------------------------------------
 st.header("Sweeps: freeze depth against accuracy and time")
