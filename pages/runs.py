@@ -3,7 +3,8 @@ import streamlit as st
 
 from tl_dashboard import ui_state as ui
 from tl_dashboard import workspaces
-from tl_dashboard.resume import can_resume, resume_run
+from tl_dashboard.formatting import config_view
+from tl_dashboard.resume import can_resume, resume_run, why_not_resumable
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
 from tl_dashboard.worker import reap
 from views import present, widgets, workspace
@@ -81,7 +82,7 @@ def runs_view() -> bool:
     if note:
         st.caption(note)
     t1, t2, t3 = st.tabs(["Config", "Summary", "Log"])
-    t1.json(run["config"])
+    t1.json(config_view(run["config"], run["summary"]))  # 0 sentinels read "auto" / "off"
     t2.json({k: v for k, v in run["summary"].items() if k not in ("blocks", "skipped_files")}, expanded=False)
     t3.code(present.log_text(store.logs(run_id)), language=None)
 
@@ -98,6 +99,8 @@ def runs_view() -> bool:
             st.button("Resume", key="runs_resume", icon=":material/resume:", on_click=resume, args=(run_id,),
                       help="Continue from the last completed epoch with the optimizer and schedule state, "
                            "under the same run id, up to the planned number of epochs.")
+        elif why_not_resumable(store, run_id):
+            st.caption(why_not_resumable(store, run_id))
         sure = st.checkbox(f"Yes, delete run {run_id} with its checkpoint and metrics", key=f"runs_confirm_{run_id}")
         st.button("Delete run", key="runs_delete", icon=":material/delete:", disabled=not sure,
                   on_click=delete, args=(run_id,))

@@ -234,7 +234,8 @@ def show_status(run_id: str) -> bool | None:
     steps, epochs = store.steps(run_id), store.epochs(run_id)
     kind, text = present.status_message(run)
     getattr(st, kind)(text)
-    prog = present.progress_info(run, steps, (run["config"] or {}).get("batch_size"))
+    prog = present.progress_info(run, steps, (run["config"] or {}).get("batch_size"),
+                                 running_now=len(store.list_runs("running")) if run["status"] == "queued" else 0)
     st.progress(prog["fraction"], text=prog["text"])
     last = epochs[-1] if epochs else {}
     m = st.columns(4)
@@ -293,7 +294,8 @@ def show_queue() -> bool:
     for q in waiting:
         c1, c2 = st.columns([3, 1], vertical_alignment="center")
         wait = "starts next" if q["ahead"] == 0 else f"{q['ahead']} run(s) ahead"
-        eta = "" if q["wait_s"] is None else f" · starts in about {fmt.format_seconds(q['wait_s'])}"
+        eta = ((" · starts after the current run" if q["ahead"] == 0 and n_running else "") if q["wait_s"] is None
+               else f" · starts in about {fmt.format_seconds(q['wait_s'])}")
         c1.markdown(f"{labels.get(q['id'], q['id'])} · place **{q['position']}** in line ({wait}){eta}")
         c2.button("Cancel", key=f"cancel_{q['id']}", icon=":material/close:", on_click=stop, args=(q["id"],),
                   width="stretch")

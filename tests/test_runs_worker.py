@@ -90,7 +90,10 @@ def test_stop_and_sigkill(shapes_dir, tmp_path):
         time.sleep(0.2)
     request_stop(store, a)
     run = _wait(store, a, ("stopped",))
-    assert (store.run_dir(a) / "model.safetensors").exists()
+    if run["summary"]["epochs"] == 0:  # stopped inside epoch 1: no model, no score (review finding 1)
+        assert not (store.run_dir(a) / "model.safetensors").exists() and run["summary"]["best_val_accuracy"] is None
+    else:
+        assert (store.run_dir(a) / "model.safetensors").exists()
     assert (store.run_dir(a) / "summary.json").exists()
 
     b = submit_run(store, cfg)

@@ -322,7 +322,9 @@ def resolve(config: Any, plan: Any, blocks: Sequence[Any], world: int = 1) -> tu
         out["note"] = ("lr and epochs auto: the head is fitted by L-BFGS on the cached features with its weight "
                        "decay cross-validated on the training split")
     elif lr_auto or ep_auto:
-        why = ("a pinned setting asks for AdamW" if cacheable else
+        pinned = " and ".join(x for x in (f"lr is pinned to {config.lr:g}" if not lr_auto else "",
+                                          f"epochs is pinned to {config.epochs}" if not ep_auto else "") if x)
+        why = (f"{pinned}, which means AdamW for exactly that" if cacheable else
                "only the head trains but its input changes every epoch (augmentation, unfreeze schedule, cache off "
                "or several processes)" if head_only else "blocks of the backbone train")
         out["note"] = (f"auto: {why}, so the solver cannot run; "

@@ -303,7 +303,9 @@ def cli_cache(show_list: bool, do_clear: bool, as_json: bool) -> int:
         print(json.dumps(out))
         return 0
     for e in entries:
-        what = (f"{e.get('images', '?')} images at {e.get('load_size', '?')} px" if e["kind"] == "images" else
+        size = (f"{e['image_size']} px (decoded at {e.get('load_size', '?')})" if e.get("image_size") else
+                f"{e.get('load_size', '?')} px (decoded size)")
+        what = (f"{e.get('images', '?')} images at {size}" if e["kind"] == "images" else
                 f"{e.get('model', '?')} depth {e.get('depth', '?')}, {e.get('images', '?')} images")
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
         print(f"{e['kind']:<9} {e['key'][:12]}  {human_bytes(e['bytes']):>9}  used {used}  {what}")

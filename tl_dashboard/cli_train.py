@@ -153,7 +153,9 @@ def _print_result(out: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print(json.dumps(out))
     elif not disk_full:  # a full disk: only the error line below
-        print(f"run {out['run_id']}: {out['status']}, val accuracy {out['val_accuracy']} (best epoch {out['best_epoch']}), "
+        acc = ("no completed epoch" if out.get("val_accuracy") is None else
+               f"val accuracy {out['val_accuracy']} (best epoch {out['best_epoch']})")
+        print(f"run {out['run_id']}: {out['status']}, {acc}, "
               f"{out['train_seconds']} s, weights: {out['weights']}")
         for s in out["skipped_files"]:
             print(f"  skipped {s['path']}: {s['reason']}")
@@ -230,7 +232,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(json.dumps({"group_id": group, "runs": results, "depths": depths}))
     else:
         for r in results:
-            print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {r['val_accuracy']:.3f}  {r['train_seconds']:.1f} s  ({r['run_id']})")
+            print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {'-' if r['val_accuracy'] is None else format(r['val_accuracy'], '.3f')}  {r['train_seconds']:.1f} s  ({r['run_id']})")
         for d in depths:
             print(f"{d['freeze']:>6}: mean best val acc {d['mean_accuracy']:.3f} (95% {d['low']:.3f}-{d['high']:.3f}, "
                   f"{d['repeats']} run(s))")

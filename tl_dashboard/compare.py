@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 from . import worker
 from .engine import TrainConfig
 from .errors import UserError
-from .formatting import format_seconds
+from .formatting import NO_EPOCH, best_accuracy, format_config_value, format_seconds, no_completed_epoch
 from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
 from .runs import ACTIVE_STATUSES, RunStore
 from .stats import accuracy_text, overlap_note, run_interval
@@ -109,8 +109,8 @@ def _data_set_text(run: Mapping[str, Any]) -> str:
 
 def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
     c, s = run.get("config") or {}, run.get("summary") or {}
-    best = s.get("best_val_accuracy")
-    done, planned = s.get("epochs"), c.get("epochs")
+    best = best_accuracy(s)
+    done, planned = s.get("epochs"), c.get("epochs") or (s.get("auto") or {}).get("epochs_planned")
     if done is None:
         epochs_txt = f"- of {planned}" if planned else "-"
     else:
@@ -126,13 +126,13 @@ def _field_values(run: Mapping[str, Any], epochs: Sequence[Mapping[str, Any]] | 
         "freeze plan": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
         "trainable params": "-" if trainable is None else f"{int(trainable):,}",
         "BN mode": str(c.get("bn_mode", "")),
-        "learning rate": "-" if c.get("lr") is None else f"{float(c['lr']):g}",
+        "learning rate": "-" if c.get("lr") is None else str(format_config_value("lr", float(c["lr"]), s)),
         "batch size": str(c.get("batch_size", "")),
         "augmentation": "on" if c.get("augment") else "off",
         "image size": f"{size} px" if size else "default",
         "seed": str(c.get("seed", "")),
         "epochs": epochs_txt,
-        "best val accuracy": accuracy_text(best, s.get("val_images")),
+        "best val accuracy": NO_EPOCH if no_completed_epoch(s) else accuracy_text(best, s.get("val_images")),
         "time per epoch": format_seconds(_time_per_epoch(run, epochs)),
         "total time": format_seconds(_total_time(run)),
         "cost per epoch": f"{float(s['gflops_per_epoch']):.3g} GFLOPs" if s.get("gflops_per_epoch") else "-",
@@ -155,7 +155,8 @@ def _timing_text(s: Mapping[str, Any]) -> str:
 
 def compare_overlap_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
     """A sentence naming the runs whose best-accuracy 95% intervals overlap (None if none do)."""
-    return overlap_note(run_labels(runs), [run_interval(r.get("summary") or {}, "best_val_accuracy") for r in runs])
+    return overlap_note(run_labels(runs), [run_interval({**(r.get("summary") or {}), "best_val_accuracy": best_accuracy(r.get("summary"))},
+                                                          "best_val_accuracy") for r in runs])
 
 
 def compare_table(runs: Sequence[Mapping[str, Any]],
@@ -465,7 +466,7 @@ def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
             "run_id": r["id"], "label": r.get("label") or r["id"], "status": r["status"],
             "freeze": c.get("freeze"), "freeze_label": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
             "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
-            "trainable_params": s.get("trainable_params"), "best_val_accuracy": s.get("best_val_accuracy"),
+            "trainable_params": s.get("trainable_params"), "best_val_accuracy": best_accuracy(s),
             "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,
             "epochs": s.get("epochs"), "seed": c.get("seed"), "val_images": s.get("val_images"),
             "gflops_per_epoch": s.get("gflops_per_epoch"), "shared_machine": s.get("shared_machine"),

@@ -67,8 +67,8 @@ EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_r
 @dataclass
 class TrainResult:
     status: str  # "finished" | "stopped"
-    val_accuracy: float
-    best_val_accuracy: float
+    val_accuracy: float | None  # None: stopped before the first epoch completed (no model kept)
+    best_val_accuracy: float | None
     train_seconds: float
     epochs: int  # completed epochs
     trainable_params: int
@@ -81,8 +81,8 @@ class TrainResult:
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
     auto: dict[str, Any] = field(default_factory=dict)  # what "auto" lr/epochs chose (auto_head.resolve)
-    last_val_accuracy: float = 0.0  # the last completed epoch's (val_accuracy is the kept, best epoch's)
-    best_epoch: int = 0  # the epoch whose weights are the checkpoint (0: stopped before the first epoch)
+    last_val_accuracy: float | None = None  # the last completed epoch's (val_accuracy is the kept, best epoch's)
+    best_epoch: int | None = None  # the epoch whose weights are the checkpoint (None: no epoch completed, no checkpoint)
     early_stopped: bool = False
     resumed_from_epoch: int = 0
     wall_seconds: float = 0.0  # all sessions of the run
@@ -203,7 +203,8 @@ def load_data(prep: Prepared, device: torch.device) -> tuple[RowView, torch.Tens
 
     ``x_*`` are :class:`~tl_dashboard.imagestore.RowView`: indexed like uint8 tensors, they read
     only the rows asked for (pinned memory on CUDA), so memory does not grow with the data set."""
-    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation)
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation,
+                                  image_size=prep.image_size)
     pin = device.type == "cuda"  # pinned host memory: non-blocking copies overlap with compute
     views = []
     for samples in (prep.split.train, prep.split.val):
@@ -332,9 +333,8 @@ def fit(loop: Loop, epochs: int, cbs: Sequence[Callback], progress: RunProgress,
             progress.early_stopped = False  # the planned epochs all ran
     except TrainingStopped:
         log("info", f"Stopped on request after {len(progress.history)} of {epochs} epochs"
-                    + (f"; keeping epoch {progress.best_epoch}." if progress.history else "."))
-        if not progress.history:  # nothing completed: keep the model as it is, so the run can be evaluated
-            save_best(0)
+                    + (f"; keeping epoch {progress.best_epoch}." if progress.history else
+                       ": no epoch completed, so no model is kept (nothing to evaluate or resume; start it again)."))
         return "stopped"
     return "finished"
 
@@ -404,13 +404,13 @@ def _result(status: str, progress: RunProgress, loop: Loop, info: dict[str, Any]
             start_epoch: int, auto: dict[str, Any]) -> TrainResult:
     h = progress.history
     best = next((r for r in h if r["epoch"] == progress.best_epoch), None)
-    kept_acc = best["val_acc"] if best else evaluate(loop)[1]  # stopped before any epoch: the model as it is
+    kept_acc = best["val_acc"] if best else None  # no completed epoch: no score (a mid-epoch model is not a result)
     return TrainResult(
         status=status, val_accuracy=kept_acc, best_val_accuracy=kept_acc, train_seconds=round(clock.wall(), 3),
         epochs=len(h), trainable_params=info["trainable_params"], frozen_params=info["frozen_params"],
         weights=info["weights"], skipped_files=info["skipped_files"], classes=info["classes"],
         feature_cache=loop.cache.info, freeze_label=info["freeze_label"], device=info["device"], history=h,
-        last_val_accuracy=h[-1]["val_acc"] if h else kept_acc, best_epoch=progress.best_epoch,
+        last_val_accuracy=h[-1]["val_acc"] if h else None, best_epoch=progress.best_epoch if best else None,
         early_stopped=progress.early_stopped, resumed_from_epoch=start_epoch - 1,
         gflops_per_epoch=info.get("gflops_per_epoch"), auto=auto, **clock.stop(),
     )
@@ -426,6 +426,8 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     config, auto = auto_head.resolve(config, prep.plan, prep.blocks, dist.world)
     loop = build_loop(config, prep, device, dist, t_start, log)
     auto["solver"] = auto["solver"] and loop.cache.used and isinstance(prep.model.get_classifier(), nn.Linear)
+    auto.update(lr_used=None if auto["solver"] else config.lr,  # what auto resolved to, for the pages
+                epochs_planned=auto["max_iter"] if auto["solver"] else config.epochs)
     progress, start_epoch = _resume(loop, out_dir, log) if resume and not auto["solver"] else (RunProgress(), 1)
     clock = Clock(progress.wall_seconds, progress.cpu_seconds)
     info = _run_start_info(config, prep, loop, _device_text(device, dist))
@@ -447,7 +449,8 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
         history, status, auto["chosen"] = auto_head.train_cached_head(
             prep.model.get_classifier(), loop.cache.train, loop.y_train, loop.cache.val, loop.y_val, cbs,
             seed=config.seed, t_start=t_start, max_iter=auto["max_iter"], log=log)
-        save_best(len(history))
+        if history:
+            save_best(len(history))
         progress.history, progress.best_epoch = history, (history[-1]["epoch"] if history else 0)
     else:
         status = fit(loop, config.epochs, cbs, progress, patience=config.patience, log=log, start_epoch=start_epoch,

@@ -143,14 +143,21 @@ def typical_run_seconds(store: RunStore, n: int = 20) -> float | None:
     return statistics.median(ds) if ds else None
 
 
-def _remaining(run: Mapping[str, Any], typical: float | None, now: float) -> float:
+def _remaining(store: RunStore, run: Mapping[str, Any], typical: float | None, now: float) -> float | None:
+    """Seconds the running ``run`` still needs: from its own recent steps (as the Train page's "about
+    ... left"), else its progress, else the typical run; None when nothing tells (never a made-up 0)."""
     p = run.get("progress") or {}
     step, total, elapsed = int(p.get("step") or 0), int(p.get("total_steps") or 0), p.get("elapsed")
+    steps = store.steps(run["id"], after=max(-1, step - 50)) if total else []
+    if len(steps) >= 2 and total:
+        dt, ds = float(steps[-1]["time"]) - float(steps[0]["time"]), int(steps[-1]["step"]) - int(steps[0]["step"])
+        if dt > 0 and ds > 0:
+            return max(0.0, dt / ds * (total - max(step, int(steps[-1]["step"]))))
     if step and total and elapsed:
         return max(0.0, float(elapsed) / step * (total - step))
     if typical is not None:
         return max(0.0, typical - (now - float(run.get("started") or now)))
-    return 0.0
+    return None
 
 
 def queue_view(store: RunStore, workspace: str | None = None, now: float | None = None) -> list[dict[str, Any]]:
@@ -161,21 +168,21 @@ def queue_view(store: RunStore, workspace: str | None = None, now: float | None 
 
     Returns:
         ``{"id", "workspace", "position" (1 = next), "ahead" (runs before it),
-        "wait_s" (estimated seconds until it starts, None without a finished run to go by)}``.
+        "wait_s" (estimated seconds until it starts; None when unknown: the running run has no
+        measured steps yet and no finished run gives a typical duration)}``.
     """
     now = time.time() if now is None else now
     queued, last = store._queue_rows()
     order = fair_order(queued, last)
     owner = {r["id"]: r.get("workspace") for r in queued}
     typical = typical_run_seconds(store)
-    slots = sorted(_remaining(r, typical, now) for r in store.list_runs("running"))
+    slots: list[float | None] = [_remaining(store, r, typical, now) for r in store.list_runs("running")]
     slots = (slots + [0.0] * max_running())[:max(max_running(), len(slots))]
     out = []
-    for i, run_id in enumerate(order):
-        k = min(range(len(slots)), key=slots.__getitem__)
+    for i, run_id in enumerate(order):  # each run takes the slot that frees first; unknown (None) stays unknown
+        k = min(range(len(slots)), key=lambda j: math.inf if slots[j] is None else slots[j])
         wait = slots[k]
-        slots[k] += typical or 0.0
+        slots[k] = None if wait is None or typical is None else wait + typical
         if workspace is None or owner[run_id] == workspace:
-            out.append({"id": run_id, "workspace": owner[run_id], "position": i + 1, "ahead": i,
-                        "wait_s": wait if typical is not None or i < len(slots) else None})
+            out.append({"id": run_id, "workspace": owner[run_id], "position": i + 1, "ahead": i, "wait_s": wait})
     return out

@@ -63,7 +63,8 @@ def head_features(config: TrainConfig, *, batch: int = 64,
     model = prep.model.eval()
     nhwc = _place_model(model, torch.device("cpu"))  # as a head-only run computes them: they share the cache entry
     norm = Normalizer(prep.weights.mean, prep.weights.std)
-    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation)
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation,
+                                  image_size=prep.image_size)
 
     def compute(x: torch.Tensor) -> torch.Tensor:
         x = norm(center_crop(x, prep.image_size))

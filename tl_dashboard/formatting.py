@@ -3,8 +3,14 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any, Mapping
 
-__all__ = ["format_params", "format_seconds", "format_time"]
+__all__ = ["NO_EPOCH", "best_accuracy", "config_view", "format_config_value", "format_params", "format_seconds",
+           "format_time", "no_completed_epoch"]
+
+NO_EPOCH = "no completed epoch"
+_AUTO_ZERO = ("lr", "epochs", "image_size")  # 0 means "auto": the engine picks
+_OFF_ZERO = ("patience", "unfreeze_at")  # 0 means "off"
 
 
 def format_params(n: int | float | None) -> str:
@@ -44,3 +50,41 @@ def format_time(t: float | None, *, short: bool = False) -> str:
     if not t:
         return ""
     return time.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+
+
+def no_completed_epoch(summary: Mapping[str, Any] | None) -> bool:
+    """Whether a run ended before its first epoch (no model worth a score; older stores kept one)."""
+    return (summary or {}).get("epochs") == 0
+
+
+def best_accuracy(summary: Mapping[str, Any] | None) -> float | None:
+    """The run's best validation accuracy, None when it has none or no epoch completed."""
+    s = summary or {}
+    best = s.get("best_val_accuracy")
+    return None if best is None or no_completed_epoch(s) else float(best)
+
+
+def format_config_value(key: str, value: Any, summary: Mapping[str, Any] | None = None) -> Any:
+    """One config value as people read it: 0 sentinels as 'auto' / 'off', with what auto chose when known.
+
+    Example:
+        >>> format_config_value("lr", 0, {"auto": {"lr_used": 0.001}}), format_config_value("patience", 0)
+        ('0.001 (auto)', 'off')
+    """
+    auto = (summary or {}).get("auto") or {}
+    if key in _AUTO_ZERO and value in (0, None):
+        used = {"lr": auto.get("lr_used"), "epochs": auto.get("epochs_planned"),
+                "image_size": (summary or {}).get("image_size")}[key]
+        if key == "lr" and auto.get("solver"):
+            return "auto (L-BFGS solver)"
+        return "auto" if used is None else f"{used:g} (auto)" if key == "lr" else f"{used} (auto)"
+    if key in _OFF_ZERO and value in (0, None):
+        return "off"
+    if key == "train_per_class" and value in (0, None):
+        return "all"
+    return value
+
+
+def config_view(config: Mapping[str, Any], summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A run's config for display (the Runs page's Config tab): :func:`format_config_value` on every key."""
+    return {k: format_config_value(k, v, summary) for k, v in (config or {}).items()}

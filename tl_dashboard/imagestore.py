@@ -246,7 +246,7 @@ def _build(tmp: Path, digests: list[str], paths: dict[str, Path], L: int, interp
 
 
 def open_images(split: DatasetSplit, load_size: int, interpolation: str = "bicubic", *,
-                progress: Progress | None = None) -> tuple[ImageStore, dict[Path, str]]:
+                progress: Progress | None = None, image_size: int | None = None) -> tuple[ImageStore, dict[Path, str]]:
     """The decoded images of every train and val sample, from the cache or decoded now on every core.
 
     Args:
@@ -254,6 +254,8 @@ def open_images(split: DatasetSplit, load_size: int, interpolation: str = "bicub
         load_size: side of the stored squares.
         interpolation: resize filter (``bicubic``, ``bilinear``, ``nearest``).
         progress: ``(decoded, to decode)`` while building.
+        image_size: the model input (crop) size the entry is decoded for, recorded for ``cache --list``
+            (not part of the key: every crop of the same ``load_size`` shares the entry).
 
     Returns:
         The store and ``{path: digest}`` (for :meth:`ImageStore.rows`).
@@ -269,7 +271,8 @@ def open_images(split: DatasetSplit, load_size: int, interpolation: str = "bicub
     key = _key(digests, L, interpolation)
     hit = cache.open_entry("images", key)
     if hit is None:
-        meta = {"load_size": L, "interpolation": interpolation, "images": len(digests), "root": str(split.root)}
+        meta = {"load_size": L, "interpolation": interpolation, "images": len(digests), "root": str(split.root),
+                **({"image_size": int(image_size)} if image_size else {})}
         with cache.build_entry("images", key, meta=meta, need_bytes=len(digests) * 3 * L * L) as tmp:
             if tmp is not None:
                 _build(tmp, digests, paths, L, interpolation, progress)

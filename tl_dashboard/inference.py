@@ -24,6 +24,7 @@ from torch import nn
 from .data import DatasetSplit, DecodedImageCache, load_rgb, resize_center_square, scan_images, to_rgb
 from .engine import Normalizer, TrainConfig, center_crop, load_checkpoint
 from .errors import UserError
+from .formatting import no_completed_epoch
 from .runs import CHECKPOINT, RunStore
 
 __all__ = [
@@ -113,8 +114,11 @@ def as_loaded(source: RunSource, run_id: str | None = None) -> LoadedRun:
 
 
 def list_evaluable_runs(store: RunStore) -> list[dict[str, Any]]:
-    """Finished and stopped runs that have a checkpoint, newest first (rows of ``store.list_runs``)."""
-    return [r for r in store.list_runs(_EVALUABLE_STATUSES) if store.has_checkpoint(r["id"])]
+    """Finished and stopped runs that have a checkpoint of a completed epoch, newest first (rows of
+    ``store.list_runs``). A run stopped before its first epoch is left out (older stores kept its
+    mid-epoch weights as a checkpoint)."""
+    return [r for r in store.list_runs(_EVALUABLE_STATUSES)
+            if store.has_checkpoint(r["id"]) and not no_completed_epoch(r.get("summary"))]
 
 
 # -- preprocessing: exactly as in training (data + engine own it) ------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["RESUME_FILE", "RunProgress", "ResumeError", "save_resume_state", "load_resume_state", "resume_run",
+__all__ = ["why_not_resumable", "RESUME_FILE", "RunProgress", "ResumeError", "save_resume_state", "load_resume_state", "resume_run",
            "can_resume"]
 
 RESUME_FILE = "resume.pt"
@@ -128,6 +128,18 @@ def can_resume(store: Any, run_id: str) -> bool:
     return bool(run) and run["status"] in RESUMABLE and (store.run_dir(run_id) / RESUME_FILE).is_file()
 
 
+def why_not_resumable(store: Any, run_id: str) -> str | None:
+    """Why an ended run offers no Resume (one sentence for the Runs page), None when it can resume
+    or is not an interrupted/stopped/failed run at all."""
+    run = store.get_run(run_id)
+    if not run or run["status"] not in RESUMABLE or can_resume(store, run_id):
+        return None
+    if int(run["config"].get("nproc") or 1) > 1:
+        return "Cannot resume: it trained with several processes; resuming is for one process only."
+    return ("Cannot resume: no epoch completed, so there is no resume point and no model. "
+            "Start it again from the Train page (same settings: epoch 1 from scratch).")
+
+
 def resume_run(store: Any, run_id: str, *, start: bool = True) -> str:
     """Put an interrupted, stopped or failed run back in the queue from its last completed epoch.
 
@@ -146,7 +158,8 @@ def resume_run(store: Any, run_id: str, *, start: bool = True) -> str:
         raise ResumeError(f"Run {run_id} trained with {run['config']['nproc']} processes; resuming is for one process only.")
     state = load_resume_state(store.run_dir(run_id))
     if state is None:
-        raise ResumeError(f"Run {run_id} has no resume point (it ended before its first epoch); start it again instead.")
+        raise ResumeError(f"Run {run_id} cannot resume: no epoch completed, so it has no resume point; "
+                          "start it again instead (epoch 1, from scratch).")
     store.requeue_from(run_id, state["epoch"], state["step"])
     store.log(run_id, "info", f"Resuming from the end of epoch {state['epoch']} (step {state['step']}).")
     if start:

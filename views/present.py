@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Sequence
 
-from tl_dashboard.formatting import format_seconds, format_time
+from tl_dashboard.formatting import NO_EPOCH, best_accuracy, format_seconds, format_time, no_completed_epoch
 from tl_dashboard.layers import freeze_label
 
 __all__ = [
@@ -83,8 +83,9 @@ def _ended_text(run: Mapping[str, Any], status: str | None, epochs: int, step: i
 
 
 def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
-                  batch_size: int | None = None) -> dict[str, Any]:
-    """Progress of a run for the progress bar.
+                  batch_size: int | None = None, *, running_now: int = 0) -> dict[str, Any]:
+    """Progress of a run for the progress bar (``running_now``: runs training at the moment, so a
+    queued run waits for them rather than for the training process to start).
 
     Returns:
         ``{"fraction": 0..1, "text": str, "eta": seconds or None, "images_per_sec": float or None}``.
@@ -110,7 +111,8 @@ def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
     if status in ACTIVE and eta is not None:
         parts.append(f"about {format_seconds(eta)} left")
     if status == "queued":
-        text = "Queued: waiting for the training process to start"
+        text = ("Queued: waiting for the run ahead to finish" if running_now else
+                "Queued: waiting for the training process to start")
     elif status == "running" and not step:
         text = "Preparing: scanning the data, loading the weights, building the feature cache"
     else:
@@ -143,7 +145,8 @@ def status_message(run: Mapping[str, Any]) -> tuple[str, str]:
                             "it keeps going."),
         "finished": ("success", f"Run {name} finished: {_finished_text(s)}."),
         "stopped": ("warning", f"Run {name} was stopped on request"
-                               + (f" after {n} epoch(s)." if n is not None else ".")),
+                               + (" before its first epoch completed, so no model was kept; start it again."
+                                  if n == 0 else f" after {n} epoch(s)." if n is not None else ".")),
         "failed": ("error", f"Run {name} failed: {err or 'no error message was recorded'}"),
         "interrupted": ("warning", f"Run {name} was interrupted: {err or 'its training process died'}."),
         "cancelled": ("info", f"Run {name} was cancelled before it started."),
@@ -199,7 +202,7 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me:
     rows = []
     for r in runs:
         c, s = r.get("config") or {}, r.get("summary") or {}
-        best = s.get("best_val_accuracy")
+        best = best_accuracy(s)
         dur = run_duration(r, now)
         rows.append({
             "status": r.get("status"),
@@ -210,7 +213,7 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me:
             "freeze plan": _plan_label(r),
             "trainable params": s.get("trainable_params"),
             "best val acc": None if best is None else round(100 * float(best), 1),
-            "95% interval": _interval_text(best, s.get("val_images")),
+            "95% interval": NO_EPOCH if no_completed_epoch(s) else _interval_text(best, s.get("val_images")),
             "duration": format_seconds(dur) if dur is not None else "",
             "created": format_time(r.get("created"), short=True),
             "id": r.get("id"),
@@ -255,8 +258,10 @@ def run_title(run: Mapping[str, Any], *, accuracy: bool = False) -> str:
         parts.append(data_name)
     if run.get("status") and run["status"] != "finished":
         parts.append(str(run["status"]))
-    best = summ.get("best_val_accuracy")
-    if accuracy and isinstance(best, (int, float)):
+    best = best_accuracy(summ)
+    if accuracy and no_completed_epoch(summ):
+        parts.append(NO_EPOCH)
+    elif accuracy and best is not None:
         parts.append(f"best val acc {best:.1%}")
     parts.append(format_time(run.get("created"), short=True))
     return " · ".join(parts)
