@@ -76,6 +76,8 @@ def test_a_zero_epoch_run_reads_no_completed_epoch_everywhere(store):
         with pytest.raises(ResumeError, match="no epoch completed"):
             resume_run(store, rid, start=False)
     assert list_evaluable_runs(store) == []  # even the old run with its mid-epoch checkpoint
+    with pytest.raises(compare.CompareError, match="no completed epoch"):
+        compare.weight_drift(store, old)
 
 
 def _running(store: RunStore, progress: dict, steps: list[dict] | None = None) -> str:

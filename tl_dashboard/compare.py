@@ -267,6 +267,8 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
     if run is None:
         raise KeyError(f"No run {run_id!r} in {store.root}.")
     run_dir = store.run_dir(run_id)
+    if no_completed_epoch(run.get("summary")):  # older stores kept a mid-epoch model: not a trained one
+        raise CompareError(f"Run {run_id} ended with {NO_EPOCH}; weight drift needs a trained model.")
     if not store.has_checkpoint(run_id):
         raise CompareError(f"Run {run_id} has no checkpoint yet ({run['status']}); weight drift needs a trained model.")
     config = TrainConfig.from_dict(run["config"])
