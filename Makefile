@@ -23,6 +23,7 @@ app: install
 
 lint: install-test
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 test: install-test chromium lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ RunStore (``TL_RUNS_DIR`` or ``./runs``), never in the page. Around every page r
 keeps those choices in the store under the visitor's workspace (``?ws=`` in the URL), so a
 reload, a bookmark or a second tab gets exactly the same ones (``tl_dashboard.workspaces``).
 """
+
 import sqlite3
 from pathlib import Path
 
@@ -50,17 +51,28 @@ def sidebar(store: RunStore, ws_id: str) -> None:
 
     with st.sidebar:
         ss.ws_name = ws.get("name", "")
-        st.text_input("Your name (optional)", key="ws_name", on_change=rename, max_chars=60,
-                      help="Shown next to your runs on the Runs and Compare pages.")
-        st.caption("This page's address is your workspace: bookmark it to come back to your choices and runs. "
-                   "Anyone with the link can act as you.")
+        st.text_input(
+            "Your name (optional)",
+            key="ws_name",
+            on_change=rename,
+            max_chars=60,
+            help="Shown next to your runs on the Runs and Compare pages.",
+        )
+        st.caption(
+            "This page's address is your workspace: bookmark it to come back to your choices and runs. Anyone with the link can act as you."
+        )
         if workspaces.admin_configured():
             if workspace.admin_password(ss):
                 st.success("Teacher mode: you can stop, cancel and delete any run.", icon=":material/school:")
                 st.button("Leave teacher mode", key="admin_leave", on_click=lambda: ss.pop(workspace.ADMIN_KEY, None))
             else:
-                st.text_input("Teacher password", type="password", key="admin_typed", on_change=unlock,
-                              help="Unlocks stop, cancel and delete of every run, and the queue limit.")
+                st.text_input(
+                    "Teacher password",
+                    type="password",
+                    key="admin_typed",
+                    on_change=unlock,
+                    help="Unlocks stop, cancel and delete of every run, and the queue limit.",
+                )
                 if "admin_flash" in ss:
                     st.error(ss.pop("admin_flash"))
 
@@ -84,10 +96,13 @@ def run() -> None:
         st.stop()
     if note:
         st.toast(note, icon=":material/info:")
-    page = st.navigation([
-        st.Page(PAGES / name, title=title, icon=icon, default=(name == "home.py"))
-        for name, title, icon in MENU if (PAGES / name).is_file()
-    ])
+    page = st.navigation(
+        [
+            st.Page(PAGES / name, title=title, icon=icon, default=(name == "home.py"))
+            for name, title, icon in MENU
+            if (PAGES / name).is_file()
+        ]
+    )
     sidebar(store, ws_id)
     if "_deep_link" in ss:  # a page was opened before the router ran: go back to it
         st.switch_page(ss.pop("_deep_link"))

@@ -21,6 +21,7 @@ server's CPU share (its CPU seconds / wall seconds; 100% = one core) and its res
 
     python benchmarks/bench_classroom.py --sessions 1 10 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,11 @@ def clients(n: int, url: str) -> None:
 
     sent = [0]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
         pages = []
         for _ in range(n):
             ctx = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -168,9 +172,17 @@ def ws_clients(n: int, url: str, query: str) -> None:
         while not line.is_set():
             await asyncio.sleep(0.5)
         dt = time.time() - t0
-        print(json.dumps({"frames_sent": stats["sent"] - base["sent"], "seconds": dt,
-                          "reruns": stats["finished"] - base["finished"], "bytes": stats["bytes"] - base["bytes"]}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    "frames_sent": stats["sent"] - base["sent"],
+                    "seconds": dt,
+                    "reruns": stats["finished"] - base["finished"],
+                    "bytes": stats["bytes"] - base["bytes"],
+                }
+            ),
+            flush=True,
+        )
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -182,8 +194,14 @@ def _queue_run(store, ws: str, args) -> str:
     from tl_dashboard import workspaces
     from tl_dashboard.engine import TrainConfig
 
-    cfg = TrainConfig(data_dir=str(REPO / "sample_data" / "emoji3"), freeze="3", feature_cache="off",
-                      epochs=10_000, image_size=args.image_size, batch_size=args.batch_size)
+    cfg = TrainConfig(
+        data_dir=str(REPO / "sample_data" / "emoji3"),
+        freeze="3",
+        feature_cache="off",
+        epochs=10_000,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+    )
     return workspaces.submit(store, cfg, ws, label="bench")
 
 
@@ -227,19 +245,46 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
     batch = store.get_run(run_id)["config"]["batch_size"]
     span = steps[-1]["time"] - steps[0]["time"] if len(steps) >= 2 else 0.0
     ips = batch * (len(steps) - 1) / span if span > 0 else float("nan")  # validation pauses count, in both phases
-    return {"sessions": n, "images_per_sec": ips, "steps": len(steps), "server_cpu": (c1 - c0) / (t1 - t0),
-            "server_rss_mb": max(rss), "frames_per_s": frames and frames["frames_sent"] / frames["seconds"],
-            "reruns_per_s": frames and frames.get("reruns", 0) / frames["seconds"]}
+    return {
+        "sessions": n,
+        "images_per_sec": ips,
+        "steps": len(steps),
+        "server_cpu": (c1 - c0) / (t1 - t0),
+        "server_rss_mb": max(rss),
+        "frames_per_s": frames and frames["frames_sent"] / frames["seconds"],
+        "reruns_per_s": frames and frames.get("reruns", 0) / frames["seconds"],
+    }
 
 
 def _server(tmp: Path) -> tuple[subprocess.Popen, str]:
     port = _port()
-    env = {**os.environ, "TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"),
-           "TL_OFFLINE": "1", "TL_MAX_RUNNING": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    env = {
+        **os.environ,
+        "TL_RUNS_DIR": str(tmp / "runs"),
+        "TL_DATASETS_DIR": str(tmp / "datasets"),
+        "TL_OFFLINE": "1",
+        "TL_MAX_RUNNING": "1",
+    }
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:
@@ -256,9 +301,13 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=45.0, help="seconds measured per phase")
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--clients", choices=["websocket", "browser"], default="websocket",
-                    help="websocket: Python clients speaking Streamlit's protocol as the frontend does (no browser "
-                         "CPU on this machine); browser: headless Chromium contexts at nice 19")
+    ap.add_argument(
+        "--clients",
+        choices=["websocket", "browser"],
+        default="websocket",
+        help="websocket: Python clients speaking Streamlit's protocol as the frontend does (no browser "
+        "CPU on this machine); browser: headless Chromium contexts at nice 19",
+    )
     ap.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ws-client", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--query", default="", help=argparse.SUPPRESS)
@@ -284,23 +333,28 @@ def main() -> None:
             solo = phase(store, ws, server.pid, url, 0, args)
             watched = phase(store, ws, server.pid, url, n, args)
             results.append((solo, watched))
-            print(f"N={n:3d}: solo {solo['images_per_sec']:.1f} img/s ({solo['steps']} steps), watched "
-                  f"{watched['images_per_sec']:.1f} img/s ({watched['steps']} steps), ratio "
-                  f"{watched['images_per_sec'] / solo['images_per_sec']:.2f}; server CPU {solo['server_cpu']:.1%} -> "
-                  f"{watched['server_cpu']:.1%} of a core, RSS {watched['server_rss_mb']:.0f} MB, "
-                  f"{watched['frames_per_s']:.1f} frames/s from the sessions; load {os.getloadavg()[0]:.1f}",
-                  flush=True)
+            print(
+                f"N={n:3d}: solo {solo['images_per_sec']:.1f} img/s ({solo['steps']} steps), watched "
+                f"{watched['images_per_sec']:.1f} img/s ({watched['steps']} steps), ratio "
+                f"{watched['images_per_sec'] / solo['images_per_sec']:.2f}; server CPU {solo['server_cpu']:.1%} -> "
+                f"{watched['server_cpu']:.1%} of a core, RSS {watched['server_rss_mb']:.0f} MB, "
+                f"{watched['frames_per_s']:.1f} frames/s from the sessions; load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
     finally:
         for run in store.list_runs(("queued", "running")):
             store.request_stop(run["id"])
         os.killpg(server.pid, 15)
-    print("\n| sessions | run alone (img/s) | run watched (img/s) | kept | server CPU (1 core = 100%) | server RSS | "
-          "frames/s from sessions |")
+    print(
+        "\n| sessions | run alone (img/s) | run watched (img/s) | kept | server CPU (1 core = 100%) | server RSS | frames/s from sessions |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for solo, w in results:
-        print(f"| {w['sessions']} | {solo['images_per_sec']:.1f} | {w['images_per_sec']:.1f} | "
-              f"{w['images_per_sec'] / solo['images_per_sec']:.0%} | {w['server_cpu']:.1%} (alone {solo['server_cpu']:.1%}) | "
-              f"{w['server_rss_mb']:.0f} MB | {w['frames_per_s']:.1f} |")
+        print(
+            f"| {w['sessions']} | {solo['images_per_sec']:.1f} | {w['images_per_sec']:.1f} | "
+            f"{w['images_per_sec'] / solo['images_per_sec']:.0%} | {w['server_cpu']:.1%} (alone {solo['server_cpu']:.1%}) | "
+            f"{w['server_rss_mb']:.0f} MB | {w['frames_per_s']:.1f} |"
+        )
     print(f"load after: {os.getloadavg()}")
 
 

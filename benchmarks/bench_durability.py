@@ -3,6 +3,7 @@
 A synthetic store (no training): RUNS runs with EPOCHS epochs and STEPS steps each, their records
 written as a worker would. Prints one JSON line. Run: ``python benchmarks/bench_durability.py``.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ def main() -> None:
     ids = []
     for k in range(RUNS):
         run_id = store.create_run({"model": "efficientnet_lite0", "n": k}, label=f"run {k}")
-        store.add_steps(run_id, [{"step": i, "epoch": i / (STEPS / EPOCHS), "loss": 1.0 / (i + 1), "lr": 1e-3}
-                                 for i in range(STEPS)])
+        store.add_steps(run_id, [{"step": i, "epoch": i / (STEPS / EPOCHS), "loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(STEPS)])
         for e in range(1, EPOCHS + 1):
             with store._tx() as con:  # epochs without a record rewrite each: only the last one is timed
                 con.execute("INSERT INTO epoch_metrics (run_id, epoch, val_acc) VALUES (?,?,?)", (run_id, e, 0.5))

@@ -11,6 +11,7 @@ Every cache points at a fresh tmp folder. Prints one JSON line per measurement.
 
     python benchmarks/bench_peers.py --image-size 0 --seeds 0 1 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,13 +42,24 @@ def recall(args, tmp: Path) -> None:
         rep = find_label_issues(TrainConfig(str(root), image_size=args.image_size))
         k = len(planted)
         ranked = [r["path"] for r in rep.ranked]
-        print(json.dumps({
-            "measure": "label_issues_recall", "seed": seed, "image_size": args.image_size or "weights' own",
-            "images": len(ranked), "planted": k, f"recall@{k}": round(len(set(ranked[:k]) & planted) / k, 3),
-            f"recall@{2 * k}": round(len(set(ranked[:2 * k]) & planted) / k, 3),
-            "flagged": len(rep.suspects), "planted_flagged": sum(r["path"] in planted for r in rep.suspects),
-            "oos_accuracy": round(rep.oos_accuracy, 3), "seconds": {k2: round(v, 1) for k2, v in rep.seconds.items()}}),
-            flush=True)
+        print(
+            json.dumps(
+                {
+                    "measure": "label_issues_recall",
+                    "seed": seed,
+                    "image_size": args.image_size or "weights' own",
+                    "images": len(ranked),
+                    "planted": k,
+                    f"recall@{k}": round(len(set(ranked[:k]) & planted) / k, 3),
+                    f"recall@{2 * k}": round(len(set(ranked[: 2 * k]) & planted) / k, 3),
+                    "flagged": len(rep.suspects),
+                    "planted_flagged": sum(r["path"] in planted for r in rep.suspects),
+                    "oos_accuracy": round(rep.oos_accuracy, 3),
+                    "seconds": {k2: round(v, 1) for k2, v in rep.seconds.items()},
+                }
+            ),
+            flush=True,
+        )
 
 
 def curve_cost(args, tmp: Path) -> None:
@@ -64,10 +76,20 @@ def curve_cost(args, tmp: Path) -> None:
     t0 = time.perf_counter()
     curve = data_curve(cfg, draws=args.draws)
     total = time.perf_counter() - t0
-    print(json.dumps({"measure": "data_curve_cost", "image_size": args.image_size or "weights' own",
-                      "feature_pass_s": round(one_pass, 1), "curve_total_s": round(total, 1),
-                      "ratio": round(total / one_pass, 2), "draws": args.draws,
-                      "points": [(p["n_per_class"], p["mean"], p["min"], p["max"]) for p in curve.points]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "measure": "data_curve_cost",
+                "image_size": args.image_size or "weights' own",
+                "feature_pass_s": round(one_pass, 1),
+                "curve_total_s": round(total, 1),
+                "ratio": round(total / one_pass, 2),
+                "draws": args.draws,
+                "points": [(p["n_per_class"], p["mean"], p["min"], p["max"]) for p in curve.points],
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

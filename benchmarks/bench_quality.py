@@ -19,6 +19,7 @@ times whole ``engine.train`` runs (decode + feature cache + head) for both defau
 
     python benchmarks/bench_quality.py --per-class 40 --json results.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,7 +87,7 @@ def adamw_epochs(fs, lr: float = 1e-3, epochs: int = 10, batch: int = 32, wd: fl
     for _ in range(epochs):
         order = torch.randperm(n, generator=g)
         for i in range(spe):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             loss = F.cross_entropy(head(fs.train[idx]), fs.train_labels[idx])
             opt.zero_grad()
             loss.backward()
@@ -99,8 +100,12 @@ def adamw_epochs(fs, lr: float = 1e-3, epochs: int = 10, batch: int = 32, wd: fl
 
 def product_run(cfg: TrainConfig) -> dict:
     r = train(cfg)
-    return {"accuracy": r.val_accuracy, "seconds": r.train_seconds, "epochs": r.epochs,
-            "cache_build_seconds": (r.feature_cache or {}).get("build_seconds")}
+    return {
+        "accuracy": r.val_accuracy,
+        "seconds": r.train_seconds,
+        "epochs": r.epochs,
+        "cache_build_seconds": (r.feature_cache or {}).get("build_seconds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--kinds", default="glyphs,shapes,scenes")
-    ap.add_argument("--full-runs", action="store_true",
-                    help="also time whole engine.train runs (decode + feature cache + head), default and old default")
+    ap.add_argument(
+        "--full-runs",
+        action="store_true",
+        help="also time whole engine.train runs (decode + feature cache + head), default and old default",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     rows = []
@@ -124,29 +132,48 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             fs = head_features(base)
             feat_s = time.perf_counter() - t0
-            row = {"folder": name, "n_val": len(fs.val_labels), "n_train": len(fs.train_labels), "classes": len(fs.classes),
-                   "features_seconds": round(feat_s, 2), "default": auto_head_fit(fs), "old_default": adamw_epochs(fs),
-                   "sklearn": sklearn_probe(fs), "load_avg_before": round(load, 2)}
+            row = {
+                "folder": name,
+                "n_val": len(fs.val_labels),
+                "n_train": len(fs.train_labels),
+                "classes": len(fs.classes),
+                "features_seconds": round(feat_s, 2),
+                "default": auto_head_fit(fs),
+                "old_default": adamw_epochs(fs),
+                "sklearn": sklearn_probe(fs),
+                "load_avg_before": round(load, 2),
+            }
             if args.full_runs:
                 row["full_default"] = product_run(base)
-                row["full_old_default"] = product_run(TrainConfig(str(folder), model=args.model, image_size=args.image_size,
-                                                                  freeze="head", lr=1e-3, epochs=10))
+                row["full_old_default"] = product_run(
+                    TrainConfig(str(folder), model=args.model, image_size=args.image_size, freeze="head", lr=1e-3, epochs=10)
+                )
             rows.append(row)
             d, o, p = row["default"], row["old_default"], row["sklearn"]
-            print(f"{name}: features {feat_s:.1f} s | default {accuracy_text(d['accuracy'], row['n_val'])} in {d['seconds']:.2f} s "
-                  f"(C={d['C']:.3g}) | lr 1e-3 x 10 epochs {o['accuracy']:.1%} in {o['seconds']:.2f} s | "
-                  f"LogisticRegressionCV {p['accuracy']:.1%} (C={p['C']:.3g}) in {p['seconds']:.2f} s | load {load:.1f}"
-                  + (f" | full runs: default {row['full_default']['accuracy']:.1%} in {row['full_default']['seconds']:.1f} s, "
-                     f"old {row['full_old_default']['accuracy']:.1%} in {row['full_old_default']['seconds']:.1f} s" if args.full_runs else ""),
-                  flush=True)
-    print("\n| folder | classes | train / val images | default (auto) | its head time | lr 1e-3, 10 epochs | its head time "
-          "| LogisticRegressionCV | its fit time | frozen features (once) |")
+            print(
+                f"{name}: features {feat_s:.1f} s | default {accuracy_text(d['accuracy'], row['n_val'])} in {d['seconds']:.2f} s "
+                f"(C={d['C']:.3g}) | lr 1e-3 x 10 epochs {o['accuracy']:.1%} in {o['seconds']:.2f} s | "
+                f"LogisticRegressionCV {p['accuracy']:.1%} (C={p['C']:.3g}) in {p['seconds']:.2f} s | load {load:.1f}"
+                + (
+                    f" | full runs: default {row['full_default']['accuracy']:.1%} in {row['full_default']['seconds']:.1f} s, "
+                    f"old {row['full_old_default']['accuracy']:.1%} in {row['full_old_default']['seconds']:.1f} s"
+                    if args.full_runs
+                    else ""
+                ),
+                flush=True,
+            )
+    print(
+        "\n| folder | classes | train / val images | default (auto) | its head time | lr 1e-3, 10 epochs | its head time "
+        "| LogisticRegressionCV | its fit time | frozen features (once) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         d, o, s = r["default"], r["old_default"], r["sklearn"]
-        print(f"| {r['folder']} | {r['classes']} | {r['n_train']} / {r['n_val']} | {accuracy_text(d['accuracy'], r['n_val'])} "
-              f"| {d['seconds']:.2f} s | {o['accuracy']:.1%} | {o['seconds']:.2f} s | {s['accuracy']:.1%} | {s['seconds']:.2f} s "
-              f"| {r['features_seconds']:.1f} s |")
+        print(
+            f"| {r['folder']} | {r['classes']} | {r['n_train']} / {r['n_val']} | {accuracy_text(d['accuracy'], r['n_val'])} "
+            f"| {d['seconds']:.2f} s | {o['accuracy']:.1%} | {o['seconds']:.2f} s | {s['accuracy']:.1%} | {s['seconds']:.2f} s "
+            f"| {r['features_seconds']:.1f} s |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0

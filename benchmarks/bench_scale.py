@@ -20,6 +20,7 @@ includes the pages it shares with its parent. Wall times include process start-u
     python benchmarks/bench_scale.py                       # 2000@96, 20000@96, 20000@224, 100000@96
     python benchmarks/bench_scale.py --cases 2000@96 --epochs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,14 +87,18 @@ def make_folder(base: Path, n: int) -> Path:
 
 
 # -- the measured processes ----------------------------------------------------------------------
-def child_train(data_dir: str, image_size: int, epochs: int, batch: int, model: str = "efficientnet_lite0",
-                weights: str = "auto") -> dict:
+def child_train(data_dir: str, image_size: int, epochs: int, batch: int, model: str = "efficientnet_lite0", weights: str = "auto") -> dict:
     from tl_dashboard.engine import TrainConfig, train
 
-    r = train(TrainConfig(data_dir=data_dir, freeze="head", image_size=image_size, epochs=epochs, batch_size=batch,
-                          model=model, weights=weights))
-    return {"val_acc": r.val_accuracy, "feature_cache": r.feature_cache, "train_seconds": r.train_seconds,
-            "epoch_seconds": [round(h["seconds"], 2) for h in r.history]}
+    r = train(
+        TrainConfig(data_dir=data_dir, freeze="head", image_size=image_size, epochs=epochs, batch_size=batch, model=model, weights=weights)
+    )
+    return {
+        "val_acc": r.val_accuracy,
+        "feature_cache": r.feature_cache,
+        "train_seconds": r.train_seconds,
+        "epoch_seconds": [round(h["seconds"], 2) for h in r.history],
+    }
 
 
 def child_infer(data_dir: str, image_size: int, model: str = "efficientnet_lite0", weights: str = "auto") -> dict:
@@ -163,8 +168,13 @@ def _tree_pss(pid: int) -> int:
 
 
 def run_child(mode: str, args: list[str], cache_dir: Path) -> dict:
-    env = {**os.environ, "TL_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(REPO), "TL_OFFLINE": "1",
-           "TL_CACHE_MAX_GB": os.environ.get("TL_CACHE_MAX_GB", "40")}
+    env = {
+        **os.environ,
+        "TL_CACHE_DIR": str(cache_dir),
+        "PYTHONPATH": str(REPO),
+        "TL_OFFLINE": "1",
+        "TL_CACHE_MAX_GB": os.environ.get("TL_CACHE_MAX_GB", "40"),
+    }
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, __file__, "--child", mode, *args], env=env, stdout=subprocess.PIPE, text=True)
     peak = [0]
@@ -206,14 +216,19 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return _child_main(sys.argv[2], sys.argv[3:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cases", default="2000@96,20000@96,20000@224,100000@96",
-                    help="comma list of IMAGES@PX (PX 0 = the weights' default size, 224)")
+    ap.add_argument(
+        "--cases", default="2000@96,20000@96,20000@224,100000@96", help="comma list of IMAGES@PX (PX 0 = the weights' default size, 224)"
+    )
     ap.add_argument("--sizes", default="", help="comma list of image counts, each at --image-size (overrides --cases)")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "tl-bench-scale",
-                    help="where the synthetic folders go (outside the repository; reused)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tl-bench-scale",
+        help="where the synthetic folders go (outside the repository; reused)",
+    )
     ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--weights", default="auto", help="auto | none (random init: same cost, no download)")
     ap.add_argument("--skip-reference", action="store_true")
@@ -224,8 +239,11 @@ def main() -> None:
         cases = [(int(c.split("@")[0]), int(c.split("@")[1])) for c in args.cases.split(",")]
     if REPO in args.data.absolute().parents:
         raise SystemExit("--data must be outside the repository")
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; head-only "
-          f"{args.model} (weights {args.weights}), {args.epochs} epochs, batch {args.batch_size}; load at start {_load()}", flush=True)
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}; head-only "
+        f"{args.model} (weights {args.weights}), {args.epochs} epochs, batch {args.batch_size}; load at start {_load()}",
+        flush=True,
+    )
     rows = []
     for n, px in cases:
         t = time.perf_counter()
@@ -233,21 +251,21 @@ def main() -> None:
         print(f"{n} images: folder ready in {time.perf_counter() - t:.0f} s ({root})", flush=True)
         cache_dir = Path(tempfile.mkdtemp(prefix="tl-bench-cache-"))
         try:
-            ref = None if args.skip_reference else run_child("infer", [str(root), str(px), args.model, args.weights],
-                                                             cache_dir)
+            ref = None if args.skip_reference else run_child("infer", [str(root), str(px), args.model, args.weights], cache_dir)
             train_args = [str(root), str(px), str(args.epochs), str(args.batch_size), args.model, args.weights]
             first = run_child("train", train_args, cache_dir)
             second = run_child("train", train_args, cache_dir)
             disk = sum(f.stat().st_size for f in cache_dir.rglob("*") if f.is_file())
         finally:
             shutil.rmtree(cache_dir, ignore_errors=True)
-        row = {"n": n, "px": px or 224, "ref": ref, "first": first, "second": second, "cache_bytes": disk,
-               "load": _load()}
+        row = {"n": n, "px": px or 224, "ref": ref, "first": first, "second": second, "cache_bytes": disk, "load": _load()}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| images | px | reference pass s | first run s (train()) | first / reference | images/s (first) | "
-          "second run s (train()) | first / second | peak RSS (MB) | peak PSS tree (MB) | cache on disk (MB) | "
-          "val acc | load after |")
+    print(
+        "\n| images | px | reference pass s | first run s (train()) | first / reference | images/s (first) | "
+        "second run s (train()) | first / second | peak RSS (MB) | peak PSS tree (MB) | cache on disk (MB) | "
+        "val acc | load after |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         f, s, ref = r["first"], r["second"], r["ref"]
@@ -255,9 +273,12 @@ def main() -> None:
         ratio = f"{f['wall'] / ref['wall']:.2f}x" if ref else "-"
         rss = max(f["maxrss"], s["maxrss"]) / 2**20
         tree = max(f["tree_peak"], s["tree_peak"]) / 2**20
-        print(f"| {r['n']:,} | {r['px']} | {ref_s} | {f['wall']:.1f} ({f['train_seconds']:.1f}) | {ratio} | "
-              f"{r['n'] / f['wall']:.0f} | {s['wall']:.1f} ({s['train_seconds']:.1f}) | {f['wall'] / s['wall']:.1f}x | "
-              f"{rss:.0f} | {tree:.0f} | {r['cache_bytes'] / 2**20:.0f} | {f['val_acc']:.3f} | {r['load']} |")
+        print(
+            f"| {r['n']:,} | {r['px']} | {ref_s} | {f['wall']:.1f} ({f['train_seconds']:.1f}) | {ratio} | "
+            f"{r['n'] / f['wall']:.0f} | {s['wall']:.1f} ({s['train_seconds']:.1f}) | {f['wall'] / s['wall']:.1f}x | "
+            f"{rss:.0f} | {tree:.0f} | {r['cache_bytes'] / 2**20:.0f} | {f['val_acc']:.3f} | {r['load']} |"
+        )
+
 
 if __name__ == "__main__":
     main()

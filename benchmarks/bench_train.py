@@ -13,6 +13,7 @@ images (decode + forward), which any method must pay at least once.
 
     python benchmarks/bench_train.py sample_data/emoji3 --epochs 10 --image-size 160 --repeats 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,11 @@ def plain_train(cfg: TrainConfig) -> dict:
     prep = prepare(cfg)
     model, w = prep.model, prep.weights
     interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}.get(
-        w.interpolation, T.InterpolationMode.BICUBIC)
-    tf = T.Compose([T.Resize(prep.load_size, interpolation=interp), T.CenterCrop(prep.image_size),
-                    T.ToTensor(), T.Normalize(w.mean, w.std)])
+        w.interpolation, T.InterpolationMode.BICUBIC
+    )
+    tf = T.Compose(
+        [T.Resize(prep.load_size, interpolation=interp), T.CenterCrop(prep.image_size), T.ToTensor(), T.Normalize(w.mean, w.std)]
+    )
 
     class Folder(Dataset):
         def __init__(self, samples):
@@ -81,17 +84,20 @@ def plain_train(cfg: TrainConfig) -> dict:
                 n += len(y)
         acc = correct / max(1, n)
         epoch_times.append(time.perf_counter() - te)
-    return {"total": time.perf_counter() - t0, "epoch": statistics.median(epoch_times), "val_acc": acc,
-            "images": len(prep.split.train)}
+    return {"total": time.perf_counter() - t0, "epoch": statistics.median(epoch_times), "val_acc": acc, "images": len(prep.split.train)}
 
 
 def fast_train(cfg: TrainConfig) -> dict:
     t0 = time.perf_counter()
     r = train(cfg)
     total = time.perf_counter() - t0
-    return {"total": total, "epoch": statistics.median(h["seconds"] for h in r.history),
-            "val_acc": r.val_accuracy, "images": r.history and round(r.history[0]["images_per_sec"]),
-            "cache": r.feature_cache}
+    return {
+        "total": total,
+        "epoch": statistics.median(h["seconds"] for h in r.history),
+        "val_acc": r.val_accuracy,
+        "images": r.history and round(r.history[0]["images_per_sec"]),
+        "cache": r.feature_cache,
+    }
 
 
 def floor_pass(cfg: TrainConfig) -> float:
@@ -107,7 +113,7 @@ def floor_pass(cfg: TrainConfig) -> float:
     norm = Normalizer(prep.weights.mean, prep.weights.std)
     with torch.inference_mode():
         for i in range(0, len(x), 64):
-            model(norm(center_crop(x[i:i + 64], prep.image_size)).contiguous(memory_format=torch.channels_last))
+            model(norm(center_crop(x[i : i + 64], prep.image_size)).contiguous(memory_format=torch.channels_last))
     return time.perf_counter() - t0
 
 
@@ -126,26 +132,44 @@ def main() -> None:
 
     n_body = sum(b.kind != "head" for b in describe_blocks(args.model, args.image_size))
     half = args.half or str(n_body // 2)
-    print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; model {args.model}, {args.image_size} px, {args.epochs} epochs, "
-          f"batch {args.batch_size}, repeats {args.repeats}", flush=True)
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; model {args.model}, {args.image_size} px, {args.epochs} epochs, "
+        f"batch {args.batch_size}, repeats {args.repeats}",
+        flush=True,
+    )
     rows = []
     for label, freeze in (("head only", "head"), (f"first {half} of {n_body} blocks frozen", half)):
-        cfg = TrainConfig(data_dir=args.data_dir, model=args.model, freeze=freeze, epochs=args.epochs,
-                          image_size=args.image_size, batch_size=args.batch_size)
+        cfg = TrainConfig(
+            data_dir=args.data_dir,
+            model=args.model,
+            freeze=freeze,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+        )
         plain, fast = [], []
         for i in range(args.repeats):  # alternate so drift in machine load hits both alike
             plain.append(plain_train(cfg))
             fast.append(fast_train(cfg))
-            print(f"  {label} repeat {i + 1}: plain {plain[-1]['total']:.1f} s (acc {plain[-1]['val_acc']:.3f}), "
-                  f"fast {fast[-1]['total']:.1f} s (acc {fast[-1]['val_acc']:.3f})", flush=True)
+            print(
+                f"  {label} repeat {i + 1}: plain {plain[-1]['total']:.1f} s (acc {plain[-1]['val_acc']:.3f}), "
+                f"fast {fast[-1]['total']:.1f} s (acc {fast[-1]['val_acc']:.3f})",
+                flush=True,
+            )
         floor = statistics.median(floor_pass(cfg) for _ in range(args.repeats)) if freeze == "head" else None
         med = lambda runs, k: statistics.median(r[k] for r in runs)  # noqa: E731
         row = {
-            "case": label, "plain_total": med(plain, "total"), "fast_total": med(fast, "total"),
-            "plain_epoch": med(plain, "epoch"), "fast_epoch": med(fast, "epoch"),
-            "plain_acc": plain[-1]["val_acc"], "fast_acc": fast[-1]["val_acc"],
-            "n_train": plain[-1]["images"], "floor": floor, "cache": fast[-1]["cache"],
+            "case": label,
+            "plain_total": med(plain, "total"),
+            "fast_total": med(fast, "total"),
+            "plain_epoch": med(plain, "epoch"),
+            "fast_epoch": med(fast, "epoch"),
+            "plain_acc": plain[-1]["val_acc"],
+            "fast_acc": fast[-1]["val_acc"],
+            "n_train": plain[-1]["images"],
+            "floor": floor,
+            "cache": fast[-1]["cache"],
         }
         rows.append(row)
     print()
@@ -157,12 +181,16 @@ def main() -> None:
             print(f"| {r['case']} | {path} | {r[f'{path}_total']:.1f} | {r[f'{path}_epoch']:.2f} | {ips:.0f} | {r[f'{path}_acc']:.3f} |")
     print()
     for r in rows:
-        print(f"{r['case']}: fast path {r['plain_total'] / r['fast_total']:.1f}x faster in total than the plain path "
-              f"({r['plain_epoch'] / max(r['fast_epoch'], 1e-9):.0f}x per epoch); val acc {r['plain_acc']:.3f} plain vs {r['fast_acc']:.3f} fast; "
-              f"feature cache used: {r['cache']['used']} {r['cache'].get('reason') or ''}")
+        print(
+            f"{r['case']}: fast path {r['plain_total'] / r['fast_total']:.1f}x faster in total than the plain path "
+            f"({r['plain_epoch'] / max(r['fast_epoch'], 1e-9):.0f}x per epoch); val acc {r['plain_acc']:.3f} plain vs {r['fast_acc']:.3f} fast; "
+            f"feature cache used: {r['cache']['used']} {r['cache'].get('reason') or ''}"
+        )
         if r["floor"]:
-            print(f"  floor (one inference pass over train+val, decode included): {r['floor']:.1f} s; "
-                  f"fast path total = {r['fast_total'] / r['floor']:.2f}x the floor")
+            print(
+                f"  floor (one inference pass over train+val, decode included): {r['floor']:.1f} s; "
+                f"fast path total = {r['fast_total'] / r['floor']:.2f}x the floor"
+            )
 
 
 if __name__ == "__main__":

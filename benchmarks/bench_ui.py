@@ -10,6 +10,7 @@ the script prints the median training throughput (images/s over the epochs) of e
 
     python benchmarks/bench_ui.py --epochs 3 --repeats 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,24 @@ def throughput(store_dir: Path, run_id: str) -> float:
 
 
 def cli_run(args, store_dir: Path) -> str:
-    cmd = [sys.executable, "-m", "tl_dashboard.cli", "train", str(REPO / "sample_data" / "emoji3"), "--json",
-           "--freeze", args.freeze, "--feature-cache", "off", "--epochs", str(args.epochs),
-           "--image-size", str(args.image_size), "--runs-dir", str(store_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tl_dashboard.cli",
+        "train",
+        str(REPO / "sample_data" / "emoji3"),
+        "--json",
+        "--freeze",
+        args.freeze,
+        "--feature-cache",
+        "off",
+        "--epochs",
+        str(args.epochs),
+        "--image-size",
+        str(args.image_size),
+        "--runs-dir",
+        str(store_dir),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["run_id"]
 
@@ -92,10 +108,26 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tl-bench-ui-"))
     port = _port()
     env = {**os.environ, "TL_RUNS_DIR": str(tmp / "ui"), "TL_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                               "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):

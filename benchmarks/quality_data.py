@@ -11,6 +11,7 @@ Three kinds, each seeded, written as PNGs into ``root/<kind>/<class>/<i>.png``:
 
 Nothing in the product was tuned on these: they are generated fresh for each benchmark run.
 """
+
 from __future__ import annotations
 
 import math
@@ -126,7 +127,9 @@ def scene(cls: str, rng: np.random.Generator) -> Image.Image:
         elif cls == "forest":
             d.polygon([(x, horizon + 5), (x + s, horizon + 5), (x + s / 2, horizon - 3 * s)], fill=tuple(int(v) for v in j([20, 70, 25])))
         else:
-            d.ellipse((x - s, y - s / 2, x + s, y + s / 2), fill=tuple(int(v) for v in j(arr[int(min(y, SIZE - 1)), int(min(x, SIZE - 1))] + 25)))
+            d.ellipse(
+                (x - s, y - s / 2, x + s, y + s / 2), fill=tuple(int(v) for v in j(arr[int(min(y, SIZE - 1)), int(min(x, SIZE - 1))] + 25))
+            )
     img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 2.5 if cls != "fog" else 4.0))))
     noise = rng.normal(0, 8, (SIZE, SIZE, 3))
     return Image.fromarray(np.clip(np.asarray(img, float) + noise, 0, 255).astype(np.uint8))

@@ -3,6 +3,7 @@
 Widgets in, one core call (``tl_dashboard.evaluate``), figures out. Heavy results are cached per
 runs folder and run id; the Predict, Embeddings and Export tabs compute only when opened.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,8 +44,10 @@ def embedding_view(root: str, run_id: str) -> dict:
 
 
 def show_metrics(result: ev.Evaluation) -> None:
-    config = {k: st.column_config.NumberColumn(label, format="%.2f")
-              for k, label in (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"))}
+    config = {
+        k: st.column_config.NumberColumn(label, format="%.2f")
+        for k, label in (("precision", "Precision"), ("recall", "Recall"), ("f1", "F1"))
+    }
     config["class"] = st.column_config.TextColumn("Class")
     config["support"] = st.column_config.NumberColumn("Images", help="validation images of this class")
     st.dataframe(result.report, hide_index=True, key="ev_report", column_config=config)
@@ -63,9 +66,11 @@ def show_mistakes(result: ev.Evaluation) -> None:
     if not wrong:
         st.success("Every validation image is classified correctly.")
         return
-    st.caption(f"{len(wrong)} misclassified validation images, worst first (highest loss). "
-               "Caption: true class -> predicted class (its probability) · probability given to the true class; "
-               "the lower that last number, the worse the mistake.")
+    st.caption(
+        f"{len(wrong)} misclassified validation images, worst first (highest loss). "
+        "Caption: true class -> predicted class (its probability) · probability given to the true class; "
+        "the lower that last number, the worse the mistake."
+    )
     shown = wrong[:MAX_GALLERY]
     cols = st.columns(4)
     for i, m in enumerate(shown):
@@ -88,9 +93,12 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
     else:
         wrong = {m["path"] for m in result.misclassified}
         order = [m["path"] for m in result.misclassified] + [p for p in result.paths if p not in wrong]
-        path = st.selectbox("Validation image (misclassified ones first)", order, key=f"ev_val_image_{run_id}",
-                            format_func=lambda p: f"{Path(p).parent.name}/{Path(p).name}"
-                            + ("  (misclassified)" if p in wrong else ""))
+        path = st.selectbox(
+            "Validation image (misclassified ones first)",
+            order,
+            key=f"ev_val_image_{run_id}",
+            format_func=lambda p: f"{Path(p).parent.name}/{Path(p).name}" + ("  (misclassified)" if p in wrong else ""),
+        )
         images, names = [path], [Path(path).name]
     top_k = st.slider("Top-k classes", 1, n_classes, min(3, n_classes), key="ev_topk")
     if source == "Camera":  # the photo stays in memory: predicted once, never cached or saved
@@ -110,15 +118,18 @@ def show_predict(root: str, run_id: str, result: ev.Evaluation | None, n_classes
         with left:
             widgets.plot(charts.topk_figure(p, title=f"{name}: top-{len(p.top)}"), f"ev_topk_{i}")
         with right:
-            st.image(ev.overlay_heatmap(p.image, p.cam),
-                     caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest")
+            st.image(
+                ev.overlay_heatmap(p.image, p.cam), caption=f"Grad-CAM for '{p.top[0][0]}': red = where the evidence for it is strongest"
+            )
     if st.toggle("Also with test-time augmentation (flips and crops averaged)", key="ev_predict_tta"):
         review.tta_predictions(loaded_run(root, run_id), images, names, top_k)
 
 
 def show_embeddings(root: str, run_id: str) -> None:
-    st.caption("Each dot is a validation image: its penultimate-layer features projected to 2-D with PCA. "
-               "Left: the pretrained backbone before training; right: the trained model.")
+    st.caption(
+        "Each dot is a validation image: its penultimate-layer features projected to 2-D with PCA. "
+        "Left: the pretrained backbone before training; right: the trained model."
+    )
     emb = None
     with widgets.reported("Cannot compute the embeddings"):
         emb = embedding_view(root, run_id)
@@ -131,19 +142,23 @@ def show_embeddings(root: str, run_id: str) -> None:
     for col, key in zip(cols, ("before", "after")):
         view = emb[key]
         with col:
-            widgets.plot(charts.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"],
-                                                 view["explained"], hover), f"ev_emb_{key}")
+            widgets.plot(
+                charts.embedding_figure(view["points"], emb["labels"], emb["classes"], view["title"], view["explained"], hover),
+                f"ev_emb_{key}",
+            )
 
 
 def show_export(root: str, run_id: str) -> None:
     formats = st.multiselect("Formats", list(ev.EXPORT_FORMATS), default=list(ev.EXPORT_FORMATS), key="ev_formats")
-    st.caption("Each file loads on its own (TorchScript in torch, ONNX in onnxruntime, safetensors with timm), "
-               "with labels.json and preprocessing.json beside it. From a terminal: "
-               f"`tl-dashboard export {run_id} --format {','.join(formats or ev.EXPORT_FORMATS)}`")
+    st.caption(
+        "Each file loads on its own (TorchScript in torch, ONNX in onnxruntime, safetensors with timm), "
+        "with labels.json and preprocessing.json beside it. From a terminal: "
+        f"`tl-dashboard export {run_id} --format {','.join(formats or ev.EXPORT_FORMATS)}`"
+    )
     exports = st.session_state.setdefault("ev_exports", {})
     if st.button("Export", type="primary", disabled=not formats, key="ev_export"):
         with st.spinner("Exporting and checking each file against the model..."), widgets.reported("Not exported"):
-                exports[run_id] = {k: str(v) for k, v in ev.export_run(loaded_run(root, run_id), formats=formats).items()}
+            exports[run_id] = {k: str(v) for k, v in ev.export_run(loaded_run(root, run_id), formats=formats).items()}
     files = exports.get(run_id)
     if files:
         st.success(f"Exported to {Path(next(iter(files.values()))).parent}")
@@ -151,18 +166,25 @@ def show_export(root: str, run_id: str) -> None:
             p = Path(path)
             if p.is_file():
                 size = p.stat().st_size
-                st.download_button(f"Download {p.name} ({size / 2**20:.1f} MB)" if size >= 2**20 else
-                                   f"Download {p.name} ({max(1, round(size / 1024))} KB)",
-                                   lambda p=p: p.read_bytes(),  # read on click, not on every rerun
-                                   file_name=p.name, key=f"ev_dl_{key}", on_click="ignore")
+                st.download_button(
+                    f"Download {p.name} ({size / 2**20:.1f} MB)"
+                    if size >= 2**20
+                    else f"Download {p.name} ({max(1, round(size / 1024))} KB)",
+                    lambda p=p: p.read_bytes(),  # read on click, not on every rerun
+                    file_name=p.name,
+                    key=f"ev_dl_{key}",
+                    on_click="ignore",
+                )
 
 
 st.title("Evaluate")
 store = RunStore()
 runs = ev.list_evaluable_runs(store)
 if not runs:
-    st.info(f"No finished runs yet in `{store.root}`. Train a model on the **Train** page; finished and "
-            "stopped runs appear here to evaluate, explain and export.")
+    st.info(
+        f"No finished runs yet in `{store.root}`. Train a model on the **Train** page; finished and "
+        "stopped runs appear here to evaluate, explain and export."
+    )
     st.stop()
 
 labels = {r["id"]: present.run_title(r, accuracy=True) for r in runs}
@@ -181,15 +203,19 @@ if result is not None:
     c1, c2, c3, c4 = st.columns(4)
     n_val = len(result.paths)
     lo, hi = stats.wilson_interval(round(result.accuracy * n_val), n_val)
-    c1.metric("Validation accuracy", f"{result.accuracy:.1%}",
-              help="95% Wilson score interval: where the accuracy on new images of the same kind likely lies, "
-                   "given only this many validation images.")
+    c1.metric(
+        "Validation accuracy",
+        f"{result.accuracy:.1%}",
+        help="95% Wilson score interval: where the accuracy on new images of the same kind likely lies, "
+        "given only this many validation images.",
+    )
     c1.caption(f"95% interval {lo:.0%}-{hi:.0%} · n={n_val}")
     c2.metric("Macro F1", f"{result.macro_f1:.2f}")
     c3.metric("Validation images", len(result.paths))
     c4.metric("Misclassified", len(result.misclassified))
     for note in result.notes:
         st.warning(note)
+
 
 def metrics_tab() -> None:
     if result:

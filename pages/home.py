@@ -1,4 +1,5 @@
 """Home: what the tool is, how to start, and the choices made so far."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -36,8 +37,11 @@ with steps[2]:
     st.page_link("pages/train.py", label="Train", icon=":material/play_circle:")
 
 st.subheader("Your current choices")
-weights = describe_backbone(ss.model) if ss.weights == "auto" else {"weights_source": "none",
-                                                                     "weights_text": "random init (chosen on the Model page)"}
+weights = (
+    describe_backbone(ss.model)
+    if ss.weights == "auto"
+    else {"weights_source": "none", "weights_text": "random init (chosen on the Model page)"}
+)
 n_classes = data.class_folder_count(ss.data_dir)
 cols = st.columns(3, border=True)
 with cols[0]:
@@ -56,9 +60,11 @@ with cols[2]:
 if st.button("Start with the sample set", type="primary", icon=":material/rocket_launch:", key="start_sample"):
     ui.use_sample(ss)
     st.switch_page("pages/train.py")
-st.caption("Selects the emoji sample set (3 classes, 180 images), efficientnet_lite0 with its bundled "
-           "ImageNet weights and a linear probe, then opens the Train page: press **Start training** "
-           "there and the curves move within seconds.")
+st.caption(
+    "Selects the emoji sample set (3 classes, 180 images), efficientnet_lite0 with its bundled "
+    "ImageNet weights and a linear probe, then opens the Train page: press **Start training** "
+    "there and the curves move within seconds."
+)
 
 latest = [r for r in RunStore().list_runs() if r["status"] != "cancelled"]  # a cancelled queue entry never ran
 if latest:

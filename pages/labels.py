@@ -4,6 +4,7 @@ Widgets in, one core call (``tl_dashboard.label_issues`` / ``curation`` / ``data
 Relabel moves a file to another class folder (logged, undoable); exclude adds it to the data set's
 ``.tl-exclude.json``. Nothing is ever deleted.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,7 @@ def act(kind: str, path: str, target: str = "") -> None:
         else:
             curation.exclude(root, [path], reason="label review")
             ss.li_done[path] = "excluded"
-            widgets.flash("li", "success", f"Excluded {Path(path).name}: training skips it from now on "
-                                           "(take it back below).")
+            widgets.flash("li", "success", f"Excluded {Path(path).name}: training skips it from now on (take it back below).")
 
 
 def undo(move_id: str) -> None:
@@ -62,28 +62,56 @@ def include(rel: str) -> None:
 def show_suspects(report: dict, why_not: str | None) -> None:
     done = ss.setdefault("li_done", {})
     rows = report["suspects"]
-    st.caption(f"{report['images']} images ranked; {report['flagged']} flagged by confident learning "
-               f"(out-of-sample accuracy {report['oos_accuracy']:.1%}, {report['folds']}-fold logistic regression on "
-               f"{report['model']} features). Most suspicious first. Caption: given label -> predicted (its probability).")
-    limit = st.slider("Show", 5, max(5, min(100, report["images"])), min(20, max(5, report["images"])), step=5,
-                      key="li_show", help="the top of the ranking, flagged or not")
+    st.caption(
+        f"{report['images']} images ranked; {report['flagged']} flagged by confident learning "
+        f"(out-of-sample accuracy {report['oos_accuracy']:.1%}, {report['folds']}-fold logistic regression on "
+        f"{report['model']} features). Most suspicious first. Caption: given label -> predicted (its probability)."
+    )
+    limit = st.slider(
+        "Show",
+        5,
+        max(5, min(100, report["images"])),
+        min(20, max(5, report["images"])),
+        step=5,
+        key="li_show",
+        help="the top of the ranking, flagged or not",
+    )
     for i, r in enumerate(rows[:limit]):
         c0, c1, c2, c3, c4 = st.columns([1, 3, 2, 1, 1], vertical_alignment="center")
         if Path(r["path"]).is_file():  # a relabelled file has moved
             c0.image(r["path"], width=80)
-        c1.markdown(f"**{r['given']}** -> {r['predicted']} ({r['confidence']:.0%})  \n"
-                    f"`{Path(r['path']).parent.name}/{Path(r['path']).name}` · {r['split']} · "
-                    f"p(given) {r['given_prob']:.0%}" + (" · flagged" if r["flagged"] else ""))
+        c1.markdown(
+            f"**{r['given']}** -> {r['predicted']} ({r['confidence']:.0%})  \n"
+            f"`{Path(r['path']).parent.name}/{Path(r['path']).name}` · {r['split']} · "
+            f"p(given) {r['given_prob']:.0%}" + (" · flagged" if r["flagged"] else "")
+        )
         if r["path"] in done:
             c2.caption(done[r["path"]])
             continue
         others = [c for c in report["classes"] if c != r["given"]]
-        target = c2.selectbox("Move to", others, index=others.index(r["predicted"]) if r["predicted"] in others else 0,
-                              key=f"li_to_{i}", label_visibility="collapsed")
-        c3.button("Relabel", key=f"li_relabel_{i}", on_click=act, args=("relabel", r["path"], target),
-                  disabled=bool(why_not), help=why_not or f"move the file into the {target} folder (undoable)")
-        c4.button("Exclude", key=f"li_exclude_{i}", on_click=act, args=("exclude", r["path"]),
-                  disabled=bool(why_not), help=why_not or "leave the file where it is; training skips it")
+        target = c2.selectbox(
+            "Move to",
+            others,
+            index=others.index(r["predicted"]) if r["predicted"] in others else 0,
+            key=f"li_to_{i}",
+            label_visibility="collapsed",
+        )
+        c3.button(
+            "Relabel",
+            key=f"li_relabel_{i}",
+            on_click=act,
+            args=("relabel", r["path"], target),
+            disabled=bool(why_not),
+            help=why_not or f"move the file into the {target} folder (undoable)",
+        )
+        c4.button(
+            "Exclude",
+            key=f"li_exclude_{i}",
+            on_click=act,
+            args=("exclude", r["path"]),
+            disabled=bool(why_not),
+            help=why_not or "leave the file where it is; training skips it",
+        )
 
 
 def show_history(root: str) -> None:
@@ -109,8 +137,10 @@ tab_issues, tab_curve = st.tabs(["Label issues", "How much data do I need?"])
 with tab_issues:
     why_not = editable(config.data_dir)
     if st.button("Find label issues", type="primary", key="li_go"):
-        with st.spinner("Computing frozen features (one pass over the images) and out-of-sample predictions..."), \
-                widgets.reported("No label review"):
+        with (
+            st.spinner("Computing frozen features (one pass over the images) and out-of-sample predictions..."),
+            widgets.reported("No label review"),
+        ):
             ss.li_report = find_label_issues(config).to_dict(top=100000)
             ss.li_done = {}
     widgets.show_flash("li")
@@ -122,10 +152,11 @@ with tab_issues:
         show_history(report["data_dir"])
         st.caption(f"From a terminal: `tl-dashboard label-issues {config.data_dir} --json`")
     else:
-        st.info("Ranks every image (train and validation) by how likely its label is wrong, from predictions of "
-                "a model that never saw it. Relabel moves the file to another class folder (undoable); exclude "
-                "keeps it on disk but out of training. Nothing is deleted.")
+        st.info(
+            "Ranks every image (train and validation) by how likely its label is wrong, from predictions of "
+            "a model that never saw it. Relabel moves the file to another class folder (undoable); exclude "
+            "keeps it on disk but out of training. Nothing is deleted."
+        )
 with tab_curve:
     review.data_curve_panel(config)
-    st.caption(f"From a terminal: `tl-dashboard data-curve {config.data_dir} --json` (add `--plans head,none,scratch` "
-               "for trained curves).")
+    st.caption(f"From a terminal: `tl-dashboard data-curve {config.data_dir} --json` (add `--plans head,none,scratch` for trained curves).")

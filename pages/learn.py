@@ -1,4 +1,5 @@
 """Learn: a guided class experiment on what frozen layers do, with the words explained."""
+
 from pathlib import Path
 
 import streamlit as st
@@ -33,11 +34,15 @@ def queue(freezes: list[str]) -> None:
     cfg = ui.config_from_state(ss)
     cfg.data_dir = str(data_folder())
     with widgets.reported("Not queued", page="learn"):
-        group, ids = workspaces.submit_sweep(store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw,
-                                             repeats=int(ss.get("learn_repeats", 1)))
+        group, ids = workspaces.submit_sweep(
+            store, cfg, freezes, ws_id, from_scratch=True, admin_password=admin_pw, repeats=int(ss.get("learn_repeats", 1))
+        )
         ss.learn_group = group
-        widgets.flash("learn", "success", f"Queued {len(ids)} runs. They train one after another in the background; "
-                                          "you can leave this page or reload it.")
+        widgets.flash(
+            "learn",
+            "success",
+            f"Queued {len(ids)} runs. They train one after another in the background; you can leave this page or reload it.",
+        )
 
 
 def stop(run_id: str) -> None:
@@ -60,7 +65,8 @@ st.markdown(
     "A pretrained network already knows how to see: its early blocks detect edges and colours, the later ones "
     "textures and object parts. **Transfer learning** keeps that knowledge and teaches only what is new, your "
     "classes. How much of the network should you let change? This page runs the experiment that answers it on "
-    "your own data, and says what to look for in the charts.")
+    "your own data, and says what to look for in the charts."
+)
 
 with st.expander("The words, in plain language", expanded=True):
     left, right = st.columns(2, gap="large")
@@ -75,7 +81,8 @@ with st.expander("The words, in plain language", expanded=True):
         "features adapt to your images. More capacity, slower epochs, and with few images more risk of "
         "overfitting.\n\n"
         "**From scratch**: the same network starting from random weights, with nothing transferred. The gap "
-        "between it and the others is what the pretrained weights are worth.")
+        "between it and the others is what the pretrained weights are worth."
+    )
     right.markdown(
         "**BatchNorm statistics**: BatchNorm layers rescale activations with a running mean and variance. With "
         "BN mode *frozen* (Model page) frozen blocks keep the statistics from pretraining; with *train* they "
@@ -86,7 +93,8 @@ with st.expander("The words, in plain language", expanded=True):
         "fresh head.\n\n"
         "**Overfitting**: the model memorises the training images instead of learning the classes. You see "
         "it on the loss chart: the train loss (dotted) keeps falling while the validation loss (solid) stops "
-        "falling and starts to rise. More frozen blocks, augmentation or more images push it back.")
+        "falling and starts to rise. More frozen blocks, augmentation or more images push it back."
+    )
 
 # -- the experiment ------------------------------------------------------------------------------
 st.header("The experiment")
@@ -95,7 +103,8 @@ n_classes = data.class_folder_count(folder)
 st.markdown(
     "Train the same network on the same images, split and seed several times, changing only **how much of it "
     "learns**: a linear probe, two partial fine-tunes, a full fine-tune, and the full network from scratch. The "
-    "runs queue and train one after another in the background.")
+    "runs queue and train one after another in the background."
+)
 if str(folder) != str(ss.get("data_dir")):
     st.caption(f"No usable data folder chosen on the Data page, so the experiment uses the sample set `{folder}`.")
 
@@ -112,30 +121,62 @@ with s1:
     st.markdown(
         f"Data: **{folder.name}** ({n_classes} classes) · model **{ss.model}** ({n_body} blocks + head) · "
         f"learning rate **{(f'{ss.lr:g}' if ss.lr else 'auto')}** · batch size **{ss.batch_size}** · image size "
-        f"**{ss.image_size or 'default'}** · seed **{ss.seed}** · BN mode **{ss.bn_mode}**")
-    st.caption("These are your Data, Model and Train page settings; change them there. On a CPU the full "
-               "fine-tune and from-scratch runs take longest: fewer epochs or a smaller image size make the "
-               "sweep quicker.")
+        f"**{ss.image_size or 'default'}** · seed **{ss.seed}** · BN mode **{ss.bn_mode}**"
+    )
+    st.caption(
+        "These are your Data, Model and Train page settings; change them there. On a CPU the full "
+        "fine-tune and from-scratch runs take longest: fewer epochs or a smaller image size make the "
+        "sweep quicker."
+    )
 with s2:
-    st.number_input("Epochs per run (0 = auto)", 0, 200, step=1, help="Shared with the Train page. 5 to 10 epochs "
-                    "show the differences; each extra epoch adds time to every run. auto: the linear probe trains "
-                    "until its solver converges, the other runs 10 epochs.", **ui.bind(ss, "epochs"))
-    st.number_input("Training images per class (0 = all)", 0, 10_000, step=1, **ui.bind(ss, "train_per_class"),
-                    help="Few images per class make overfitting visible: with 5 or so, the from-scratch and full "
-                         "fine-tune runs memorise their training images (train loss falls to 0) while their "
-                         "validation loss turns up. Validation always uses every held-out image.")
-    st.number_input("Repeats (seeds) per run", 1, 10, step=1, key="learn_repeats",
-                    help="Each run again with the next seeds (new split and head). The sweep chart then plots "
-                         "the mean with a 95% error bar: differences inside the bars are not established.")
+    st.number_input(
+        "Epochs per run (0 = auto)",
+        0,
+        200,
+        step=1,
+        help="Shared with the Train page. 5 to 10 epochs "
+        "show the differences; each extra epoch adds time to every run. auto: the linear probe trains "
+        "until its solver converges, the other runs 10 epochs.",
+        **ui.bind(ss, "epochs"),
+    )
+    st.number_input(
+        "Training images per class (0 = all)",
+        0,
+        10_000,
+        step=1,
+        **ui.bind(ss, "train_per_class"),
+        help="Few images per class make overfitting visible: with 5 or so, the from-scratch and full "
+        "fine-tune runs memorise their training images (train loss falls to 0) while their "
+        "validation loss turns up. Validation always uses every held-out image.",
+    )
+    st.number_input(
+        "Repeats (seeds) per run",
+        1,
+        10,
+        step=1,
+        key="learn_repeats",
+        help="Each run again with the next seeds (new split and head). The sweep chart then plots "
+        "the mean with a 95% error bar: differences inside the bars are not established.",
+    )
 
-st.dataframe(compare.experiment_plan(blocks, freezes, from_scratch=True), hide_index=True, key="learn_plan",
-             column_config={"trainable params": st.column_config.NumberColumn(format="localized")})
-mine_active = bool(ss.get("learn_group")) and any(
-    r["status"] in ACTIVE_STATUSES for r in store.list_runs(group_id=ss.get("learn_group")))
+st.dataframe(
+    compare.experiment_plan(blocks, freezes, from_scratch=True),
+    hide_index=True,
+    key="learn_plan",
+    column_config={"trainable params": st.column_config.NumberColumn(format="localized")},
+)
+mine_active = bool(ss.get("learn_group")) and any(r["status"] in ACTIVE_STATUSES for r in store.list_runs(group_id=ss.get("learn_group")))
 others = [r for r in store.list_runs(ACTIVE_STATUSES) if not mine_active or r.get("group_id") != ss.get("learn_group")]
-st.button("Queue the sweep", type="primary", icon=":material/playlist_add:", key="learn_queue",
-          on_click=queue, args=(freezes,), disabled=mine_active,
-          help=f"Queues the {len(freezes) + 1} runs above (x {int(ss.get('learn_repeats', 1))} seeds) for the background worker.")
+st.button(
+    "Queue the sweep",
+    type="primary",
+    icon=":material/playlist_add:",
+    key="learn_queue",
+    on_click=queue,
+    args=(freezes,),
+    disabled=mine_active,
+    help=f"Queues the {len(freezes) + 1} runs above (x {int(ss.get('learn_repeats', 1))} seeds) for the background worker.",
+)
 if mine_active:
     st.caption("Your sweep is queued or training (below). Cancel its runs there to queue a new one.")
 elif others:
@@ -162,15 +203,16 @@ def sweep_status(group_id: str | None) -> bool:
             run = store.get_run(p["run_id"])
             prog = present.progress_info(run, store.steps(p["run_id"])[-60:], run["config"].get("batch_size"))
             c2.progress(prog["fraction"], text=f"running · {prog['text']}")
-            c3.button("Stop", key=f"learn_stop_{p['run_id']}", icon=":material/stop:",
-                      on_click=stop, args=(p["run_id"],))
+            c3.button("Stop", key=f"learn_stop_{p['run_id']}", icon=":material/stop:", on_click=stop, args=(p["run_id"],))
         elif p["status"] == "queued":
             c2.markdown(":gray-badge[queued] waiting for the runs before it")
-            c3.button("Cancel", key=f"learn_cancel_{p['run_id']}", icon=":material/close:",
-                      on_click=stop, args=(p["run_id"],))
+            c3.button("Cancel", key=f"learn_cancel_{p['run_id']}", icon=":material/close:", on_click=stop, args=(p["run_id"],))
         else:
-            acc = "" if p["best_val_accuracy"] is None else (
-                f" · best val accuracy **{stats.accuracy_text(p['best_val_accuracy'], p.get('val_images'))}**")
+            acc = (
+                ""
+                if p["best_val_accuracy"] is None
+                else (f" · best val accuracy **{stats.accuracy_text(p['best_val_accuracy'], p.get('val_images'))}**")
+            )
             secs = "" if p["train_seconds"] is None else f" · {fmt.format_seconds(p['train_seconds'])}"
             colour = {"finished": "green", "stopped": "orange", "cancelled": "gray"}.get(p["status"], "red")
             c2.markdown(f":{colour}-badge[{p['status']}]{acc}{secs}")
@@ -210,5 +252,6 @@ st.markdown(
     "5. **What changed.** In *What each layer learned*, pick the full fine-tune: do the early or the late blocks "
     "move most? Pick the linear probe: what stays at zero?\n"
     "6. **Try next.** Change one thing and queue the sweep again: BN mode *train* (Model page), or the learning "
-    "rate ×10 (Train page). Which runs react most?")
+    "rate ×10 (Train page). Which runs react most?"
+)
 st.page_link("pages/compare.py", label="Go to Compare", icon=":material/compare_arrows:")

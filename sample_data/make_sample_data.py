@@ -62,10 +62,7 @@ CLASSES: dict[str, str] = {
         "🍠🥐🥯🍞🥖🥨🧀🥚🍳🥞🧇🥓🥩🍗🍖🌭🍔🍟🍕🥪🥙🌮🌯🥗🥘🍝🍜🍲🍛🍣"
         "🍱🥟🍤🍙🍚🍥🍢🍡🍦🥧🧁🍰🎂🍮🍭🍬🍫🍿🍩🍪🥜"
     ),
-    "vehicles": (
-        "🚗🚕🚙🚌🚎🏎🚓🚑🚒🚐🛻🚚🚛🚜🛵🏍🛺🚲🛴🚔🚍🚘🚖🚡🚠🚟🚃🚋🚞🚝"
-        "🚄🚅🚈🚂🚆🚇🚊✈🛫🛬🛩🚁🛸🚀🛰⛵🚤🛥🛳⛴🚢🛶🛹"
-    ),
+    "vehicles": ("🚗🚕🚙🚌🚎🏎🚓🚑🚒🚐🛻🚚🚛🚜🛵🏍🛺🚲🛴🚔🚍🚘🚖🚡🚠🚟🚃🚋🚞🚝🚄🚅🚈🚂🚆🚇🚊✈🛫🛬🛩🚁🛸🚀🛰⛵🚤🛥🛳⛴🚢🛶🛹"),
 }
 
 
@@ -83,9 +80,7 @@ def find_font() -> str:
 def render_glyph(font: ImageFont.FreeTypeFont, ch: str) -> Image.Image | None:
     """Render one emoji as a tightly cropped RGBA image (None if empty)."""
     canvas = Image.new("RGBA", (FONT_SIZE * 2, FONT_SIZE * 2), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text(
-        (FONT_SIZE // 4, FONT_SIZE // 4), ch, font=font, embedded_color=True
-    )
+    ImageDraw.Draw(canvas).text((FONT_SIZE // 4, FONT_SIZE // 4), ch, font=font, embedded_color=True)
     bbox = canvas.getchannel("A").getbbox()
     if bbox is None:
         return None
@@ -147,18 +142,14 @@ def make_background(rng: random.Random, nrng: np.random.Generator, size: int) ->
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
 
 
-def make_image(
-    glyph: Image.Image, rng: random.Random, nrng: np.random.Generator, size: int
-) -> Image.Image:
+def make_image(glyph: Image.Image, rng: random.Random, nrng: np.random.Generator, size: int) -> Image.Image:
     bg = make_background(rng, nrng, size)
 
     g = glyph.convert("RGBa")  # premultiplied alpha: no dark fringes when resampling
     if rng.random() < 0.5:
         g = g.transpose(Image.FLIP_LEFT_RIGHT)
     scale = rng.uniform(0.45, 0.95) * size / max(g.size)
-    g = g.resize(
-        (max(1, round(g.width * scale)), max(1, round(g.height * scale))), Image.LANCZOS
-    )
+    g = g.resize((max(1, round(g.width * scale)), max(1, round(g.height * scale))), Image.LANCZOS)
     g = g.rotate(rng.uniform(-25, 25), resample=Image.BICUBIC, expand=True)
     g = g.convert("RGBA")
 
@@ -181,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-class", type=int, default=60, help="images per class")
     ap.add_argument("--size", type=int, default=160, help="image side in pixels")
     ap.add_argument("--seed", type=int, default=0, help="random seed")
-    ap.add_argument("--glyphs", type=int, default=20,
-                    help="distinct emoji per class; each appears per-class/glyphs times in new scenes")
+    ap.add_argument("--glyphs", type=int, default=20, help="distinct emoji per class; each appears per-class/glyphs times in new scenes")
     ap.add_argument("--quality", type=int, default=88, help="JPEG quality")
     args = ap.parse_args(argv)
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny image folders made with PIL, and the rule that browser tests run in CI."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Small files the tests build in memory: images and zips."""
+
 from __future__ import annotations
 
 import io

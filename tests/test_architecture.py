@@ -4,6 +4,7 @@ Pages and ``views/`` may use the core; the core (``tl_dashboard/``) never import
 UI layer (``views``) or the session keys (``ui_state``); no function in the core is longer than
 80 lines and no module longer than 600 (issue 16: small pieces a reader takes in one at a time).
 """
+
 from __future__ import annotations
 
 import ast
@@ -52,8 +53,8 @@ def test_core_pieces_stay_small():
 def test_readme_architecture_names_every_module():
     """The README's picture of the layers lists every module there is (and so stays true)."""
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Architecture"):]
-    section = section[:section.index("\n## ", 3)]
+    section = readme[readme.index("## Architecture") :]
+    section = section[: section.index("\n## ", 3)]
     modules = [p for p in (*CORE, *(REPO / "views").glob("*.py")) if p.name != "__init__.py"]
     missing = sorted(p.relative_to(REPO).as_posix() for p in modules if p.name not in section)
     assert not missing, f"add to README.md's Architecture section: {missing}"

@@ -1,4 +1,5 @@
 """The best epoch restored, early stopping, honest time, and resume after SIGKILL (issues 12, 15)."""
+
 import os
 import signal
 import subprocess
@@ -107,9 +108,16 @@ def test_sigkill_mid_run_then_resume_ends_with_all_epochs_and_the_same_numbers(s
     killed = RunStore(tmp_path / "killed")
     run_id = _store_run(killed, cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen([sys.executable, "-c", "import torch; torch.set_num_threads(1); "
-                             f"from tl_dashboard.worker import main; main(['--runs-dir', {str(killed.root)!r}])"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import torch; torch.set_num_threads(1); from tl_dashboard.worker import main; main(['--runs-dir', {str(killed.root)!r}])",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while len(killed.epochs(run_id)) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -4,6 +4,7 @@ They walk Data -> Model -> Train, press Start training, watch a curve gain point
 the run on the Runs page, and save a screenshot of each page to docs/screenshots/ (the README shows
 them). In CI (CI=true) a skip here is turned into a failure by conftest.py.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,13 @@ def streamlit_server(tmp: Path, **env_changes: str | None) -> Iterator[str]:
     """``streamlit run app.py`` on a free port with its store and datasets in ``tmp``; yields its URL
     once healthy. On exit the server and any training worker it started are killed. ``env_changes``:
     extra environment variables (``None`` removes one)."""
-    env = {**os.environ, "TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"),
-           "TL_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "TL_RUNS_DIR": str(tmp / "runs"),
+        "TL_DATASETS_DIR": str(tmp / "datasets"),
+        "TL_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     for key, value in env_changes.items():
         if value is None:
             env.pop(key, None)
@@ -47,9 +53,26 @@ def streamlit_server(tmp: Path, **env_changes: str | None) -> Iterator[str]:
     port = _free_port()
     with open(tmp / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -98,8 +121,10 @@ def page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(60_000)
         yield pg
@@ -112,7 +137,8 @@ def _idle(page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=120_000)
+        timeout=120_000,
+    )
     page.wait_for_timeout(300)
 
 
@@ -134,7 +160,9 @@ def _points(page, index: int) -> int:
     """Number of points in the first trace of the index-th plotly chart on the page."""
     return page.evaluate(
         "(i) => { const g = document.querySelectorAll('.js-plotly-plot')[i];"
-        " if (!g || !g.data) return 0; return g.data.reduce((n, t) => n + ((t.x || []).length), 0); }", index)
+        " if (!g || !g.data) return 0; return g.data.reduce((n, t) => n + ((t.x || []).length), 0); }",
+        index,
+    )
 
 
 def test_walk_data_model_train_stop_runs(server, page):

@@ -6,6 +6,7 @@ runs queue and finish; each Train page shows its own run; a reload and a second 
 choice; a student's Stop (Cancel) only touches their own run; the teacher, with the admin password
 typed in the sidebar, stops either student's run. In CI (CI=true) a skip here is a failure.
 """
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,10 @@ def classroom(tmp_path_factory):
     shapes = make_shapes_dataset(tmp / "shapes", per_class=10, size=40)
     from playwright.sync_api import sync_playwright
 
-    with streamlit_server(tmp, TL_ADMIN_PASSWORD=ADMIN, TL_MAX_RUNNING="1", TL_ALLOWED_ROOTS=None,
-                          TL_MAX_QUEUED_PER_WORKSPACE=None) as url, sync_playwright() as p:
+    with (
+        streamlit_server(tmp, TL_ADMIN_PASSWORD=ADMIN, TL_MAX_RUNNING="1", TL_ALLOWED_ROOTS=None, TL_MAX_QUEUED_PER_WORKSPACE=None) as url,
+        sync_playwright() as p,
+    ):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield {"url": url, "runs": tmp / "runs", "shapes": shapes, "browser": browser, "log": tmp / "server.log"}
         browser.close()
@@ -84,11 +87,13 @@ def _choices(page) -> dict:
     page.get_by_role("button", name="Start training").wait_for()
     card = page.get_by_test_id("stMain").inner_text()
     data = re.search(r"Data: (\S+)", card)
-    return {"data": data.group(1) if data else None,
-            "plan": "full fine-tune" if "full fine-tune" in card else "head only" if "head only" in card else None,
-            "epochs": page.get_by_label("Epochs", exact=True).input_value(),
-            "image size": page.get_by_label("Image size (px)", exact=True).input_value(),
-            "label": page.get_by_label("Run label (optional)", exact=True).input_value()}
+    return {
+        "data": data.group(1) if data else None,
+        "plan": "full fine-tune" if "full fine-tune" in card else "head only" if "head only" in card else None,
+        "epochs": page.get_by_label("Epochs", exact=True).input_value(),
+        "image size": page.get_by_label("Image size (px)", exact=True).input_value(),
+        "label": page.get_by_label("Run label (optional)", exact=True).input_value(),
+    }
 
 
 def _start(page) -> None:
@@ -140,9 +145,15 @@ def test_teacher_and_two_students_share_one_server(classroom):
     _start(alice)
     _start(bob)
     bob.get_by_text("in line", exact=False).first.wait_for(timeout=60_000)  # Bob sees his place in the queue
-    runs = _wait(lambda: [r for r in store.list_runs() if r["label"] in ("alice", "bob")
-                          and r["status"] not in ("queued", "running")] if len(store.list_runs()) >= 2 else None,
-                 "both runs to end", 600)
+    runs = _wait(
+        lambda: (
+            [r for r in store.list_runs() if r["label"] in ("alice", "bob") and r["status"] not in ("queued", "running")]
+            if len(store.list_runs()) >= 2
+            else None
+        ),
+        "both runs to end",
+        600,
+    )
     _wait(lambda: len([r for r in store.list_runs() if r["status"] == "finished"]) == 2, "both runs to finish", 600)
     by_label = {r["label"]: r for r in store.list_runs()}
     assert by_label["alice"]["workspace"] == ws_a and by_label["bob"]["workspace"] == ws_b
@@ -167,8 +178,9 @@ def test_teacher_and_two_students_share_one_server(classroom):
     _fill(bob, "Epochs", 300)
     _fill(bob, "Run label (optional)", "bob-long")
     _start(bob)
-    bob_long = _wait(lambda: next((r for r in store.list_runs("running") if r["label"] == "bob-long"), None),
-                     "Bob's long run to train", 300)
+    bob_long = _wait(
+        lambda: next((r for r in store.list_runs("running") if r["label"] == "bob-long"), None), "Bob's long run to train", 300
+    )
     _fill(alice, "Epochs", 300)
     _fill(alice, "Run label (optional)", "alice-long")
     _start(alice)

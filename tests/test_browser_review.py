@@ -3,6 +3,7 @@ cell's images, and a photo from Chromium's fake camera goes through the run (top
 
 One server, one tiny run (efficientnet_lite0 head, 64 px, 1 epoch) trained before it starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,9 +43,17 @@ def cam_page(review_server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
-                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+            ],
+        )
         ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
         pg = ctx.new_page()
         pg.set_default_timeout(60_000)
@@ -101,8 +110,9 @@ def test_camera_photo_goes_through_the_run(review_server, cam_page):
     _idle(pg)
     take = pg.get_by_role("button", name="Take Photo")
     take.wait_for()
-    pg.wait_for_function("() => { const b = document.querySelector('[data-testid=\"stCameraInputButton\"]');"
-                         " return b && !b.disabled; }", timeout=30_000)  # the fake stream is live
+    pg.wait_for_function(
+        "() => { const b = document.querySelector('[data-testid=\"stCameraInputButton\"]'); return b && !b.disabled; }", timeout=30_000
+    )  # the fake stream is live
     take.click()
     _idle(pg)
     pg.get_by_text("Camera photo: top-").first.wait_for()

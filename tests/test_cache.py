@@ -1,4 +1,5 @@
 """The on-disk caches: keyed by content and settings, never stale, never half-written, bounded."""
+
 from __future__ import annotations
 
 import errno
@@ -138,8 +139,9 @@ _BUILDER = textwrap.dedent("""
 
 def _builder(root: Path, delay: float) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _BUILDER, str(root), str(delay)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _BUILDER, str(root), str(delay)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _entry_ok(path: Path, store) -> None:
@@ -270,7 +272,7 @@ def test_row_view_reads_planned_batches_ahead_and_any_other_index_directly(tmp_p
     store, digests = open_images(split, 16)
     view = RowView(store.read, store.rows(split.train + split.val, digests))
     order = torch.randperm(len(view), generator=torch.Generator().manual_seed(0))
-    batches = [order[i:i + 3] for i in range(0, len(order), 3)]
+    batches = [order[i : i + 3] for i in range(0, len(order), 3)]
     view.plan(batches)
     assert torch.equal(view[batches[0]], store.read(view.rows[batches[0]]))
     odd = torch.tensor([5, 1])

@@ -50,12 +50,20 @@ def _odd_files_folder(root: Path) -> tuple[Path, set[str], set[str]]:
 @pytest.mark.slow
 def test_train_json_on_a_folder_laced_with_bad_files(tmp_path, capsys):
     root, good, bad = _odd_files_folder(tmp_path / "odd")
-    code = main(["train", str(root), "--json", "--epochs", "1", "--image-size", "32",
-                 "--runs-dir", str(tmp_path / "runs")])
+    code = main(["train", str(root), "--json", "--epochs", "1", "--image-size", "32", "--runs-dir", str(tmp_path / "runs")])
     out = _json_tail(capsys.readouterr().out)
     assert code == 0, out
-    for key in ("run_id", "status", "val_accuracy", "train_seconds", "epochs", "trainable_params",
-                "frozen_params", "weights", "skipped_files"):
+    for key in (
+        "run_id",
+        "status",
+        "val_accuracy",
+        "train_seconds",
+        "epochs",
+        "trainable_params",
+        "frozen_params",
+        "weights",
+        "skipped_files",
+    ):
         assert key in out
     assert out["status"] == "finished" and out["weights"] == "bundled" and out["epochs"] == 1
     skipped = {s["path"]: s["reason"] for s in out["skipped_files"]}
@@ -68,13 +76,16 @@ def test_train_json_on_a_folder_laced_with_bad_files(tmp_path, capsys):
     assert s["train_images"] + s["val_images"] == len(good)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["train", "/definitely/not/here"], "not found"),
-    (["train", "{one}"], "only one class"),
-    (["train", "{shapes}", "--model", "nope_net"], "Unknown model"),
-    (["train", "{shapes}", "--weights", "/no/such.pth"], "not found"),
-    (["train", "{shapes}", "--freeze", "blocks.99"], "Unknown block"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "/definitely/not/here"], "not found"),
+        (["train", "{one}"], "only one class"),
+        (["train", "{shapes}", "--model", "nope_net"], "Unknown model"),
+        (["train", "{shapes}", "--weights", "/no/such.pth"], "not found"),
+        (["train", "{shapes}", "--freeze", "blocks.99"], "Unknown block"),
+    ],
+)
 def test_errors_exit_nonzero_with_one_clear_line(tmp_path, shapes_dir, capsys, args, needle):
     one = tmp_path / "one" / "cats"
     one.mkdir(parents=True)
@@ -97,13 +108,18 @@ def test_layers_and_runs_json(tmp_path, capsys):
 @pytest.mark.slow
 def test_module_entry_point_train_then_predict(tmp_path, shapes_dir):
     cmd = [sys.executable, "-m", "tl_dashboard.cli"]
-    r = subprocess.run(cmd + ["train", str(shapes_dir), "--json", "--epochs", "1", "--image-size", "32",
-                              "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["train", str(shapes_dir), "--json", "--epochs", "1", "--image-size", "32", "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     run_id = _json_tail(r.stdout)["run_id"]
     img = next((shapes_dir / "circles").iterdir())
-    r = subprocess.run(cmd + ["predict", run_id, str(img), "--json", "--runs-dir", str(tmp_path)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        cmd + ["predict", run_id, str(img), "--json", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     preds = _json_tail(r.stdout)[0]["top_k"]
     assert preds[0]["prob"] >= preds[-1]["prob"] and abs(sum(p["prob"] for p in preds) - 1) < 1e-3
@@ -111,12 +127,10 @@ def test_module_entry_point_train_then_predict(tmp_path, shapes_dir):
 
 @pytest.mark.slow
 def test_export_writes_each_format_and_refuses_to_overwrite(tmp_path, shapes_dir, capsys):
-    assert main(["train", str(shapes_dir), "--json", "--epochs", "1", "--image-size", "32",
-                 "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert main(["train", str(shapes_dir), "--json", "--epochs", "1", "--image-size", "32", "--runs-dir", str(tmp_path / "runs")]) == 0
     run_id = _json_tail(capsys.readouterr().out)["run_id"]
     out = tmp_path / "exported"
-    args = ["export", run_id, "--format", "safetensors,torchscript,onnx", "--out", str(out), "--json",
-            "--runs-dir", str(tmp_path / "runs")]
+    args = ["export", run_id, "--format", "safetensors,torchscript,onnx", "--out", str(out), "--json", "--runs-dir", str(tmp_path / "runs")]
     assert main(args) == 0
     paths = _json_tail(capsys.readouterr().out)
     for key in ("safetensors", "torchscript", "onnx", "labels", "preprocessing"):

@@ -1,4 +1,5 @@
 """Compare and sweeps: weight drift of real runs, the compare table, sweep queueing, and the two pages."""
+
 from __future__ import annotations
 
 import os
@@ -88,8 +89,10 @@ def test_compare_table_flags_differences(trained):
     assert by["freeze plan"]["freeze=head"] == "head only (linear probe)"
     assert by["image size"]["freeze=3"] == "32 px"
     # pure: same labels get the id suffix, and equal display values are not flagged
-    runs = [{"id": "r-aaaa", "label": "x", "config": {"lr": 1e-3, "augment": True}, "summary": {"best_val_accuracy": 0.9001}},
-            {"id": "r-bbbb", "label": "x", "config": {"lr": 1e-3, "augment": False}, "summary": {"best_val_accuracy": 0.9002}}]
+    runs = [
+        {"id": "r-aaaa", "label": "x", "config": {"lr": 1e-3, "augment": True}, "summary": {"best_val_accuracy": 0.9001}},
+        {"id": "r-bbbb", "label": "x", "config": {"lr": 1e-3, "augment": False}, "summary": {"best_val_accuracy": 0.9002}},
+    ]
     by = {r["field"]: r for r in compare.compare_table(runs)}
     assert by["augmentation"] == {"field": "augmentation", "x (aaaa)": "on", "x (bbbb)": "off", "differs": True}
     assert not by["learning rate"]["differs"] and not by["best val accuracy"]["differs"]

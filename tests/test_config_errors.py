@@ -1,4 +1,5 @@
 """Config declared once, limits before start, errors caught by name (issue 16 / 12)."""
+
 import dataclasses
 import shutil
 
@@ -21,14 +22,17 @@ def test_every_config_field_is_a_cli_option_and_coerced_from_strings():
     assert (c.epochs, c.lr, c.augment) == (4, 0.01, True) and isinstance(c.epochs, int)
 
 
-@pytest.mark.parametrize("kw, needle", [
-    (dict(model="vit_tiny_patch16_224", image_size=1000), "takes 224"),
-    (dict(epochs=-1), "--epochs -1"),
-    (dict(batch_size=0), "--batch-size 0"),
-    (dict(lr=-1.0), "--lr"),
-    (dict(unfreeze_at=1), "--unfreeze-at 1"),
-    (dict(image_size=8), "32..1024"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(model="vit_tiny_patch16_224", image_size=1000), "takes 224"),
+        (dict(epochs=-1), "--epochs -1"),
+        (dict(batch_size=0), "--batch-size 0"),
+        (dict(lr=-1.0), "--lr"),
+        (dict(unfreeze_at=1), "--unfreeze-at 1"),
+        (dict(image_size=8), "32..1024"),
+    ],
+)
 def test_impossible_settings_are_refused_with_one_line(kw, needle):
     with pytest.raises(ConfigError, match=needle.replace("..", r"\.\.")) as e:
         check_config(TrainConfig(data_dir="x", **kw), check_freeze=False)
@@ -37,8 +41,7 @@ def test_impossible_settings_are_refused_with_one_line(kw, needle):
 
 def test_batch_larger_than_training_set_refused_before_a_run_is_recorded(shapes_dir, tmp_path, capsys):
     assert allowed_image_sizes("vit_tiny_patch16_224") == (224, 224)
-    code = cli.main(["train", str(shapes_dir), "--batch-size", "500", "--image-size", "32",
-                     "--runs-dir", str(tmp_path / "r")])
+    code = cli.main(["train", str(shapes_dir), "--batch-size", "500", "--image-size", "32", "--runs-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--batch-size 500 is larger than the" in err[0]
     from tl_dashboard.runs import RunStore
@@ -55,8 +58,9 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
         cli.main(["layers"])
 
 
-@pytest.mark.parametrize("exc, traceback_logged", [(ConfigError("--lr 0: use a positive rate."), False),
-                                                   (ValueError("shape mismatch inside torch"), True)])
+@pytest.mark.parametrize(
+    "exc, traceback_logged", [(ConfigError("--lr 0: use a positive rate."), False), (ValueError("shape mismatch inside torch"), True)]
+)
 def test_worker_shows_user_errors_as_one_line_and_keeps_tracebacks_of_others(tmp_path, monkeypatch, exc, traceback_logged):
     from tl_dashboard import worker
     from tl_dashboard.runs import RunStore

@@ -1,4 +1,5 @@
 """Tests for tl_dashboard.data: scanning, validation, splitting, decoding and caching."""
+
 from __future__ import annotations
 
 import collections
@@ -61,8 +62,10 @@ def _truncate(path: Path) -> Path:
 
 def _header_only_png(path: Path, width: int, height: int) -> Path:
     """A PNG whose IHDR claims width x height but holds no pixel data: cheap 'bomb'."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return _put(path, b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
 
@@ -97,10 +100,24 @@ BAD = {  # relative path -> expected start of the skip reason
     "bad/link_out.jpg": "symlink leaves the data folder",
     "bad/dir_out": "symlink leaves the data folder",
 }
-GOOD = ["good/cmyk.jpg", "good/gray16.png", "good/rgba.png", "good/palette.gif", "good/anim.gif",
-        "good/exif6.jpg", "good/big.jpg", "good/café_ñ_猫.jpg", "good/gray.bmp", "good/float.tif",
-        "good/pic.webp", "good/UPPER.JPEG", "good/nested/deeper/bw.png", "bad/ok1.png", "bad/ok2.jpg",
-        "bad/link_in.png"]
+GOOD = [
+    "good/cmyk.jpg",
+    "good/gray16.png",
+    "good/rgba.png",
+    "good/palette.gif",
+    "good/anim.gif",
+    "good/exif6.jpg",
+    "good/big.jpg",
+    "good/café_ñ_猫.jpg",
+    "good/gray.bmp",
+    "good/float.tif",
+    "good/pic.webp",
+    "good/UPPER.JPEG",
+    "good/nested/deeper/bw.png",
+    "bad/ok1.png",
+    "bad/ok2.jpg",
+    "bad/link_in.png",
+]
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +184,7 @@ def test_laced_folder_bad_files_skipped_with_reasons(laced, laced_split):
         assert reasons[rel].startswith(expected), (rel, reasons[rel])
     assert set(reasons) == set(BAD)
     assert "TL_MAX_IMAGE_PIXELS" in reasons["bad/huge_header.png"]
-    assert all(isinstance(s, Skipped) and s.to_dict() == {"path": str(s.path), "reason": s.reason}
-               for s in laced_split.skipped)
+    assert all(isinstance(s, Skipped) and s.to_dict() == {"path": str(s.path), "reason": s.reason} for s in laced_split.skipped)
 
 
 def test_laced_folder_good_files_used_and_load_as_rgb(laced, laced_split):
@@ -196,17 +212,20 @@ def test_load_rgb_conversions(laced):
     assert load_rgb(g / "big.jpg").size == (3000, 3000)
 
 
-@pytest.mark.parametrize("name, make, pixel", [
-    ("la.png", lambda: Image.new("LA", (20, 20), (100, 0)), (255, 255, 255)),  # fully transparent
-    ("la_opaque.png", lambda: Image.new("LA", (20, 20), (100, 255)), (100, 100, 100)),
-    ("int32.tif", lambda: Image.fromarray(np.arange(400, dtype=np.int32).reshape(20, 20) * 1000), (0, 0, 0)),
-    ("i16b.tif", lambda: Image.new("I;16B", (20, 20), 40000), (156, 156, 156)),  # 40000 >> 8
-    ("i16_8bit.png", lambda: Image.fromarray(np.full((20, 20), 200, np.uint16)), (200, 200, 200)),
-    ("float.tif", lambda: Image.fromarray(np.full((20, 20), 0.5, np.float32)), (128, 128, 128)),
-    ("float_wide.tif", lambda: Image.fromarray(np.linspace(-9, 9, 400, dtype=np.float32).reshape(20, 20)), (0, 0, 0)),
-    ("bilevel.png", lambda: Image.new("1", (20, 20), 1), (255, 255, 255)),
-    ("ycbcr.jpg", lambda: Image.new("YCbCr", (20, 20), (128, 128, 128)), None),
-])
+@pytest.mark.parametrize(
+    "name, make, pixel",
+    [
+        ("la.png", lambda: Image.new("LA", (20, 20), (100, 0)), (255, 255, 255)),  # fully transparent
+        ("la_opaque.png", lambda: Image.new("LA", (20, 20), (100, 255)), (100, 100, 100)),
+        ("int32.tif", lambda: Image.fromarray(np.arange(400, dtype=np.int32).reshape(20, 20) * 1000), (0, 0, 0)),
+        ("i16b.tif", lambda: Image.new("I;16B", (20, 20), 40000), (156, 156, 156)),  # 40000 >> 8
+        ("i16_8bit.png", lambda: Image.fromarray(np.full((20, 20), 200, np.uint16)), (200, 200, 200)),
+        ("float.tif", lambda: Image.fromarray(np.full((20, 20), 0.5, np.float32)), (128, 128, 128)),
+        ("float_wide.tif", lambda: Image.fromarray(np.linspace(-9, 9, 400, dtype=np.float32).reshape(20, 20)), (0, 0, 0)),
+        ("bilevel.png", lambda: Image.new("1", (20, 20), 1), (255, 255, 255)),
+        ("ycbcr.jpg", lambda: Image.new("YCbCr", (20, 20), (128, 128, 128)), None),
+    ],
+)
 def test_load_rgb_any_mode(tmp_path, name, make, pixel):
     make().save(tmp_path / name)
     img = load_rgb(tmp_path / name)
@@ -216,8 +235,12 @@ def test_load_rgb_any_mode(tmp_path, name, make, pixel):
 
 
 def test_load_rgb_raises_data_error_for_bad_files(laced):
-    for name, hint in [("fake.png", "unreadable"), ("truncated.jpg", "truncated"), ("bomb.png", "too large"),
-                       ("missing.png", "unreadable")]:
+    for name, hint in [
+        ("fake.png", "unreadable"),
+        ("truncated.jpg", "truncated"),
+        ("bomb.png", "too large"),
+        ("missing.png", "unreadable"),
+    ]:
         with pytest.raises(DataError, match=hint) as info:
             load_rgb(laced / "bad" / name)
         assert name in str(info.value) and "\n" not in str(info.value)
@@ -331,8 +354,12 @@ def test_pillow_bomb_warning_is_caught(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- split
 def test_split_is_stratified_with_clamped_val_counts(tmp_path):
     split = scan_images(_tree(tmp_path, {"a": 2, "b": 5, "c": 11, "d": 3}), val_fraction=0.2)
-    assert split.counts() == {"a": {"train": 1, "val": 1}, "b": {"train": 4, "val": 1},
-                              "c": {"train": 9, "val": 2}, "d": {"train": 2, "val": 1}}
+    assert split.counts() == {
+        "a": {"train": 1, "val": 1},
+        "b": {"train": 4, "val": 1},
+        "c": {"train": 9, "val": 2},
+        "d": {"train": 2, "val": 1},
+    }
     split = scan_images(tmp_path, val_fraction=0.9)
     assert split.counts()["c"] == {"train": 1, "val": 10} and split.counts()["a"] == {"train": 1, "val": 1}
     assert not set(_rel(split, split.train)) & set(_rel(split, split.val))
@@ -349,10 +376,13 @@ def test_split_deterministic_per_seed_and_listing_order(tmp_path, monkeypatch):
         def __init__(self, path):
             with real_scandir(path) as it:
                 self.entries = sorted(it, key=lambda e: e.name, reverse=True)
+
         def __enter__(self):
             return iter(self.entries)
+
         def __exit__(self, *exc):
             return False
+
         def __iter__(self):
             return iter(self.entries)
 
@@ -388,8 +418,11 @@ def test_presplit_folders_are_respected(tmp_path):
     assert all(p.startswith("train/") for p in _rel(split, split.train))
     assert all(p.startswith("val/") for p in _rel(split, split.val))
     reasons = {s.path.relative_to(tmp_path).as_posix(): s.reason for s in split.skipped}
-    assert reasons == {"notes.txt": "not inside a class folder", "train/stray.png": "not inside a class folder",
-                       "test/cats/t.png": "outside train/ and val/ (the folder is pre-split)"}
+    assert reasons == {
+        "notes.txt": "not inside a class folder",
+        "train/stray.png": "not inside a class folder",
+        "test/cats/t.png": "outside train/ and val/ (the folder is pre-split)",
+    }
     assert scan_images(tmp_path, val_fraction=0.1, seed=9).fingerprint() == split.fingerprint()
 
 
@@ -412,8 +445,7 @@ def _error(root, **kw) -> str:
 
 def test_error_missing_root_and_file_root(tmp_path):
     missing = tmp_path / "nope"
-    assert _error(missing) == (f"Data folder not found: {missing}. "
-                               "Pick an existing folder with one sub-folder per class.")
+    assert _error(missing) == (f"Data folder not found: {missing}. Pick an existing folder with one sub-folder per class.")
     f = _put(tmp_path / "file.png")
     assert "is a file, not a folder" in _error(f) and str(f) in _error(f)
 
@@ -428,23 +460,20 @@ def test_error_zero_usable_images(tmp_path):
     _put(tmp_path / "a" / "x.txt", b"x")
     _put(tmp_path / "b" / "y.png", b"")
     msg = _error(tmp_path)
-    assert msg.startswith(f"Found 0 images in subfolders of {tmp_path}. Supported extensions are "
-                          + ", ".join(IMAGE_EXTENSIONS))
+    assert msg.startswith(f"Found 0 images in subfolders of {tmp_path}. Supported extensions are " + ", ".join(IMAGE_EXTENSIONS))
     assert "(2 file(s) skipped there, e.g. 'x.txt': not an image (extension .txt))" in msg
 
 
 def test_error_only_one_class(tmp_path):
     _tree(tmp_path, {"cats": 4})
-    assert _error(tmp_path) == (f"Found only one class ('cats') in {tmp_path}: "
-                                "a classifier needs at least two class sub-folders.")
+    assert _error(tmp_path) == (f"Found only one class ('cats') in {tmp_path}: a classifier needs at least two class sub-folders.")
 
 
 def test_error_class_with_too_few_images(tmp_path):
     _tree(tmp_path, {"cats": 4, "dogs": 1})
     _put(tmp_path / "dogs" / "broken.jpg", b"")
     msg = _error(tmp_path)
-    assert msg.startswith(f"Class 'dogs' has 1 usable image in {tmp_path}; each class needs at least 2 "
-                          "(one to train, one to validate)")
+    assert msg.startswith(f"Class 'dogs' has 1 usable image in {tmp_path}; each class needs at least 2 (one to train, one to validate)")
     assert "broken.jpg" in msg and msg.endswith(f"Add images to {tmp_path / 'dogs'} or remove the folder.")
 
 
@@ -514,18 +543,29 @@ def test_cache_memory_limit(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- property test
 _NAME_CHARS = st.characters(categories=("L", "N", "Zs"), include_characters="-_()'")
 _CLASS_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=10).filter(
-    lambda s: s not in ("train", "val", "__MACOSX") and not s.startswith("."))
-_JUNK = {"notes.txt": (b"hi", "not an image"), "empty.jpg": (b"", "empty file"),
-         ".hidden.png": (TINY_PNG, "hidden file"), "fake.png": (b"nope", "unreadable or truncated"),
-         "tiny.png": (png_bytes((1, 1)), "too small")}
+    lambda s: s not in ("train", "val", "__MACOSX") and not s.startswith(".")
+)
+_JUNK = {
+    "notes.txt": (b"hi", "not an image"),
+    "empty.jpg": (b"", "empty file"),
+    ".hidden.png": (TINY_PNG, "hidden file"),
+    "fake.png": (b"nope", "unreadable or truncated"),
+    "tiny.png": (png_bytes((1, 1)), "too small"),
+}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(classes=st.dictionaries(_CLASS_NAMES, st.tuples(st.integers(2, 7), st.booleans(),
-                                                       st.lists(st.sampled_from(sorted(_JUNK)), max_size=3)),
-                               min_size=2, max_size=4),
-       root_junk=st.booleans(), val_fraction=st.sampled_from([0.05, 0.2, 0.5, 0.9]),
-       seed=st.integers(0, 2**31))
+@given(
+    classes=st.dictionaries(
+        _CLASS_NAMES,
+        st.tuples(st.integers(2, 7), st.booleans(), st.lists(st.sampled_from(sorted(_JUNK)), max_size=3)),
+        min_size=2,
+        max_size=4,
+    ),
+    root_junk=st.booleans(),
+    val_fraction=st.sampled_from([0.05, 0.2, 0.5, 0.9]),
+    seed=st.integers(0, 2**31),
+)
 def test_property_every_file_accounted_for(classes, root_junk, val_fraction, seed):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -1,4 +1,5 @@
 """DistributedDataParallel with 2 processes on CPU (gloo), launched by torchrun through the CLI."""
+
 import json
 import subprocess
 import sys
@@ -26,8 +27,7 @@ def test_two_process_run_records_one_run_and_matches_one_process(tmp_path, shape
     cli = [sys.executable, "-m", "tl_dashboard.cli", "train"]
     single = subprocess.run(cli + common + ["--runs-dir", str(tmp_path / "one")], capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr
-    ddp = subprocess.run(cli + common + ["--nproc", "2", "--runs-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
+    ddp = subprocess.run(cli + common + ["--nproc", "2", "--runs-dir", str(tmp_path / "two")], capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr
     one = json.loads(single.stdout.strip().splitlines()[-1])
     two = json.loads(ddp.stdout.strip().splitlines()[-1])

@@ -15,8 +15,7 @@ def _cfg(data, **kw):
 def _block_tensors(model, blocks, name, buffers=False):
     mods = [m for b in blocks if b.name == name for m in b.modules]
     items = model.state_dict().items() if buffers else model.named_parameters()
-    return {k: v.detach().clone() for k, v in items
-            if any(k == m or k.startswith(m + ".") for m in mods)}
+    return {k: v.detach().clone() for k, v in items if any(k == m or k.startswith(m + ".") for m in mods)}
 
 
 def test_frozen_blocks_stay_bit_identical_trainable_ones_move_bn_stats_fixed(shapes_dir, tmp_path):
@@ -26,7 +25,12 @@ def test_frozen_blocks_stay_bit_identical_trainable_ones_move_bn_stats_fixed(sha
     train(cfg, out_dir=tmp_path)
     after, _, meta = load_checkpoint(tmp_path)
     sd = after.state_dict()
-    frozen = [k for b in before.blocks if b.name in ("stem", "blocks.0", "blocks.1") for k in _block_tensors(before.model, before.blocks, b.name, buffers=True)]
+    frozen = [
+        k
+        for b in before.blocks
+        if b.name in ("stem", "blocks.0", "blocks.1")
+        for k in _block_tensors(before.model, before.blocks, b.name, buffers=True)
+    ]
     assert frozen and all(torch.equal(sd[k], init[k]) for k in frozen)  # weights AND BN running stats
     moved = [k for k in _block_tensors(before.model, before.blocks, "blocks.4") if not torch.equal(sd[k], init[k])]
     assert moved, "a trainable block did not change"
@@ -93,12 +97,23 @@ def test_events_in_order_and_stop_between_batches(shapes_dir, tmp_path):
     events = []
 
     class Rec(Callback):
-        def on_run_start(self, info): events.append("run_start")
-        def on_epoch_start(self, epoch): events.append("epoch_start")
-        def on_step_end(self, step): events.append("step")
-        def on_epoch_end(self, row): events.append("epoch_end")
-        def on_run_end(self, result): events.append("run_end")
-        def should_stop(self): return events.count("step") >= 3
+        def on_run_start(self, info):
+            events.append("run_start")
+
+        def on_epoch_start(self, epoch):
+            events.append("epoch_start")
+
+        def on_step_end(self, step):
+            events.append("step")
+
+        def on_epoch_end(self, row):
+            events.append("epoch_end")
+
+        def on_run_end(self, result):
+            events.append("run_end")
+
+        def should_stop(self):
+            return events.count("step") >= 3
 
     r = train(_cfg(shapes_dir, epochs=5, batch_size=4, freeze="none"), [Rec()], out_dir=tmp_path)
     assert r.status == "stopped" and events[0] == "run_start" and events[-1] == "run_end"
@@ -110,7 +125,8 @@ def test_per_step_and_per_epoch_metrics(shapes_dir):
     steps = []
 
     class Rec(Callback):
-        def on_step_end(self, step): steps.append(step)
+        def on_step_end(self, step):
+            steps.append(step)
 
     r = train(_cfg(shapes_dir, epochs=2, batch_size=4), [Rec()])
     assert len(steps) == 2 * math.ceil(len(steps) / 2) and steps[-1]["epoch"] == pytest.approx(2.0)

@@ -1,4 +1,5 @@
 """Tests for tl_dashboard.evaluate and pages/evaluate.py: metrics, predictions, Grad-CAM, embeddings, export."""
+
 from __future__ import annotations
 
 import json
@@ -72,7 +73,7 @@ def _val_inputs(store: RunStore, run_id: str) -> tuple[torch.Tensor, list[str]]:
     std = torch.tensor(meta["std"]).view(1, 3, 1, 1) * 255
     s, L = meta["image_size"], meta["load_size"]
     o = (L - s) // 2
-    return (x_u8[..., o:o + s, o:o + s].float() - mean) / std, [str(p.path) for p in split.val]
+    return (x_u8[..., o : o + s, o : o + s].float() - mean) / std, [str(p.path) for p in split.val]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -149,8 +150,7 @@ def test_predict_returns_sorted_topk_summing_to_one(run, evaluation):
 
 # ----------------------------------------------------------------------------- Grad-CAM
 def _meta(size: int) -> dict:
-    return {"load_size": int(size / 0.875), "image_size": size, "mean": [0.5] * 3, "std": [0.5] * 3,
-            "interpolation": "bicubic"}
+    return {"load_size": int(size / 0.875), "image_size": size, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic"}
 
 
 def _picture(w: int, h: int) -> Image.Image:
@@ -225,8 +225,12 @@ def test_export_round_trips_agree_with_the_model_on_every_validation_image(run, 
     store, run_id = run
     export_dir = store.run_dir(run_id) / "export"
     assert {k: p.name for k, p in exported.items()} == {
-        "safetensors": "model.safetensors", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
-        "labels": "labels.json", "preprocessing": "preprocessing.json"}
+        "safetensors": "model.safetensors",
+        "torchscript": "model.torchscript.pt",
+        "onnx": "model.onnx",
+        "labels": "labels.json",
+        "preprocessing": "preprocessing.json",
+    }
     assert all(p.parent == export_dir and p.is_file() for p in exported.values())
     assert sorted(os.listdir(export_dir)) == sorted(p.name for p in exported.values())  # no temp files left
     labels = json.loads(exported["labels"].read_text())
@@ -254,7 +258,7 @@ def test_export_round_trips_agree_with_the_model_on_every_validation_image(run, 
 def _docstring_snippet() -> str:
     doc = export.__doc__
     start = doc.index("order)::\n\n") + len("order)::\n\n")
-    return textwrap.dedent(doc[start:doc.index('\n(``pp["interpolation"]``')])
+    return textwrap.dedent(doc[start : doc.index('\n(``pp["interpolation"]``')])
 
 
 def test_readme_snippets_load_each_format_on_its_own(run, exported, evaluation):
@@ -396,9 +400,24 @@ def test_page_in_a_real_browser(run, tmp_path):
     port = _free_port()
     env = {**os.environ, "TL_RUNS_DIR": str(store.root), "TL_OFFLINE": "1"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(APP),
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -410,8 +429,9 @@ def test_page_in_a_real_browser(run, tmp_path):
         else:
             pytest.fail("streamlit did not become healthy in 60 s")
         with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/evaluate", wait_until="domcontentloaded")  # a deep link
             page.get_by_text("Validation accuracy").wait_for(timeout=90_000)

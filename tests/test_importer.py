@@ -1,4 +1,5 @@
 """Tests for tl_dashboard.importer: safe zip import, single-image uploads and the allowed-roots guard."""
+
 from __future__ import annotations
 
 import io
@@ -61,8 +62,10 @@ def _tree(root: Path) -> set[str]:
 
 def _header_only_png(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height but holds no pixels: a cheap decompression bomb."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
@@ -106,9 +109,13 @@ def test_import_wrapped_class_folders_with_unicode_and_junk():
     entries = [(f"pets/chats-été/{i}.png", _png(color=(200, 10 * i, 0))) for i in range(3)]
     entries += [(f"pets/dogs/{i}.PNG", _png(color=(0, 10 * i, 200))) for i in range(3)]
     entries += [
-        ("pets/", b""), ("pets/notes.txt", b"hello"), ("pets/dogs/.DS_Store", b"x"),
-        ("__MACOSX/pets/dogs/._0.PNG", b"x"), ("pets/dogs/fake.jpg", b"not really a jpeg"),
-        ("pets/broken/", b""), ("pets/broken/a.png", b"\x89PNG\r\n\x1a\n"),
+        ("pets/", b""),
+        ("pets/notes.txt", b"hello"),
+        ("pets/dogs/.DS_Store", b"x"),
+        ("__MACOSX/pets/dogs/._0.PNG", b"x"),
+        ("pets/dogs/fake.jpg", b"not really a jpeg"),
+        ("pets/broken/", b""),
+        ("pets/broken/a.png", b"\x89PNG\r\n\x1a\n"),
     ]
     report = import_zip(_zip(entries))
     assert isinstance(report, ImportReport)
@@ -182,8 +189,15 @@ def test_not_a_zip():
 
 
 # ----------------------------------------------------------------------------- refusals
-EVIL = ["../evil.txt", "a/../../evil.png", "/tmp/abs_evil_{u}.txt", "C:\\evil.png", "C:evil.png",
-        "\\\\server\\share\\evil.png", "cats/..\\..\\evil.png"]
+EVIL = [
+    "../evil.txt",
+    "a/../../evil.png",
+    "/tmp/abs_evil_{u}.txt",
+    "C:\\evil.png",
+    "C:evil.png",
+    "\\\\server\\share\\evil.png",
+    "cats/..\\..\\evil.png",
+]
 
 
 @pytest.mark.parametrize("evil", EVIL)
@@ -296,8 +310,9 @@ def test_too_many_files_refused(tmp_path, monkeypatch):
 
 
 def test_duplicate_member_names_never_overwrite(tmp_path):
-    raw = _zip([("a/1.png", TINY_PNG), ("a/1.png", _png(color=(0, 0, 0))), ("b/1.png", TINY_PNG),
-                ("a/1.png/", b""), ("a/1.png/x.png", TINY_PNG)])
+    raw = _zip(
+        [("a/1.png", TINY_PNG), ("a/1.png", _png(color=(0, 0, 0))), ("b/1.png", TINY_PNG), ("a/1.png/", b""), ("a/1.png/x.png", TINY_PNG)]
+    )
     report = import_zip(raw, tmp_path / "out")
     assert (tmp_path / "out" / "a" / "1.png").read_bytes() == TINY_PNG
     assert _tree(tmp_path / "out") == {"a", "a/1.png", "b", "b/1.png"}
@@ -307,20 +322,35 @@ def test_duplicate_member_names_never_overwrite(tmp_path):
 # ----------------------------------------------------------------------------- save_images
 def test_save_images_never_overwrites_and_sanitizes(tmp_path):
     cls = tmp_path / "data" / "cats"
-    report = save_images([("x.png", TINY_PNG), ("x.png", _png(color=(0, 0, 255))),
-                          ("../../x.png", TINY_PNG), ("C:\\Users\\me\\pic.png", TINY_PNG)], cls)
+    report = save_images(
+        [("x.png", TINY_PNG), ("x.png", _png(color=(0, 0, 255))), ("../../x.png", TINY_PNG), ("C:\\Users\\me\\pic.png", TINY_PNG)], cls
+    )
     assert report.root == cls
     assert [p.name for p in report.written] == ["x.png", "x-1.png", "x-2.png", "pic.png"]
-    assert _tree(tmp_path) == {"data", "data/cats", "data/cats/x.png", "data/cats/x-1.png",
-                               "data/cats/x-2.png", "data/cats/pic.png"}  # nothing escaped, no temp files
+    assert _tree(tmp_path) == {
+        "data",
+        "data/cats",
+        "data/cats/x.png",
+        "data/cats/x-1.png",
+        "data/cats/x-2.png",
+        "data/cats/pic.png",
+    }  # nothing escaped, no temp files
     again = save_images([("x.png", b"" + TINY_PNG)], cls)
     assert again.written == [cls / "x-3.png"] and (cls / "x.png").read_bytes() == TINY_PNG
 
 
 def test_save_images_rejects_non_images_and_bombs(tmp_path):
     cls = tmp_path / "cats"
-    report = save_images([("notes.jpg", b"just some text"), ("doc.txt", TINY_PNG), ("empty.png", b""),
-                          ("huge.png", _header_only_png(100_000, 100_000)), ("image", TINY_PNG)], cls)
+    report = save_images(
+        [
+            ("notes.jpg", b"just some text"),
+            ("doc.txt", TINY_PNG),
+            ("empty.png", b""),
+            ("huge.png", _header_only_png(100_000, 100_000)),
+            ("image", TINY_PNG),
+        ],
+        cls,
+    )
     assert [p.name for p in report.written] == ["image.png"]  # webcam-style name: extension from the format
     reasons = {s.path.name: s.reason for s in report.skipped}
     assert reasons["notes.jpg"].startswith("unreadable or truncated image")
@@ -355,8 +385,7 @@ def test_resolve_allowed_path(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- safe_member_path
-@pytest.mark.parametrize("name", ["", "/", "./", "../x", "a/../../x", "/etc/x", "C:\\x", "c:x", "\\\\srv\\x",
-                                  "a\x00b", "a/" + "x" * 300])
+@pytest.mark.parametrize("name", ["", "/", "./", "../x", "a/../../x", "/etc/x", "C:\\x", "c:x", "\\\\srv\\x", "a\x00b", "a/" + "x" * 300])
 def test_safe_member_path_refuses(name, tmp_path):
     with pytest.raises(ArchiveError) as info:
         safe_member_path(name, tmp_path)

@@ -2,15 +2,7 @@ import pytest
 import timm
 import torch
 
-from tl_dashboard.layers import (
-    LayersError,
-    apply_freeze,
-    count_params,
-    describe_blocks,
-    list_blocks,
-    parse_freeze,
-    trainable_parameters,
-)
+from tl_dashboard.layers import LayersError, apply_freeze, count_params, describe_blocks, list_blocks, parse_freeze, trainable_parameters
 
 FAMILIES = ["efficientnet_lite0", "mobilenetv3_small_100", "resnet18", "vit_tiny_patch16_224"]
 

@@ -1,4 +1,5 @@
 """The host's upload limits and free space are checked before an upload writes a byte."""
+
 from __future__ import annotations
 
 import io
@@ -69,6 +70,7 @@ def test_import_checks_free_space_before_writing(tmp_path, monkeypatch, runs_dir
     if why:
         pytest.skip(why)
     import subprocess
+
     try:
         with pytest.raises(DiskFull) as err:
             import_zip(_zip(n_per_class=6, size=200), mnt / "pets")

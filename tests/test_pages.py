@@ -4,6 +4,7 @@ Each page runs without exception, its key widgets exist, and choices flow from p
 through the canonical session keys. One test trains a real (tiny) run from the Train page and
 finds it on the Runs page. The store and the datasets folder live in tmp_path.
 """
+
 from __future__ import annotations
 
 import time
@@ -150,8 +151,9 @@ def test_data_page_warns_and_lists_skipped(env, tmp_path):
 
 
 def test_data_page_zip_upload_becomes_the_data(env):
-    pets = zip_bytes({f"pets/{cls}/{i}.png": png(colour) for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
-                      for i in range(4)})
+    pets = zip_bytes(
+        {f"pets/{cls}/{i}.png": png(colour) for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))) for i in range(4)}
+    )
     at = open_page("data")
     at.button_group(key="w_data_source").set_value("upload").run()
     at.file_uploader(key="zip_0").set_value(("pets.zip", pets, "application/zip")).run()
@@ -165,8 +167,7 @@ def test_data_page_zip_upload_becomes_the_data(env):
 def test_data_page_failed_upload_keeps_the_data_and_is_not_offered_again(env):
     at = open_page("data")
     at.button_group(key="w_data_source").set_value("upload").run()
-    good = zip_bytes({f"pets/{c}/{i}.png": png(col) for c, col in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
-                   for i in range(3)})
+    good = zip_bytes({f"pets/{c}/{i}.png": png(col) for c, col in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))) for i in range(3)})
     at.file_uploader(key="zip_0").set_value(("pets.zip", good, "application/zip")).run()
     in_use = at.session_state["data_dir"]
     for n, bad in enumerate([zip_bytes({"notes.txt": b"no images"}), zip_bytes({"cats/1.png": png(), "cats/2.png": png()})]):
@@ -180,8 +181,9 @@ def test_data_page_failed_upload_keeps_the_data_and_is_not_offered_again(env):
 
 
 def test_data_page_folder_upload_keeps_class_folders(env):
-    files = [(f"pets/{cls}/{i}.png", png(c), "image/png") for cls, c in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200)))
-             for i in range(3)] + [("pets/loose.png", png(), "image/png"), ("pets/cats/broken.png", b"xx", "image/png")]
+    files = [
+        (f"pets/{cls}/{i}.png", png(c), "image/png") for cls, c in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))) for i in range(3)
+    ] + [("pets/loose.png", png(), "image/png"), ("pets/cats/broken.png", b"xx", "image/png")]
     at = open_page("data")
     at.button_group(key="w_data_source").set_value("upload").run()
     at.file_uploader(key="dir_0").set_value(files).run()
@@ -214,7 +216,8 @@ def test_data_page_build_your_own(env):
         at.button_group(key="build_target").set_value(cls).run()
         nonce = at.session_state["upload_nonce"]
         at.file_uploader(key=f"build_up_{nonce}").set_value(
-            [("a.png", png((9, 9, 9)), "image/png"), ("a.png", png((99, 9, 9)), "image/png")]).run()
+            [("a.png", png((9, 9, 9)), "image/png"), ("a.png", png((99, 9, 9)), "image/png")]
+        ).run()
         assert not at.exception
         assert len(list((root / cls).glob("*.png"))) == 2  # never overwrites: a.png, a-1.png
     assert not at.button(key="build_use").disabled
@@ -281,7 +284,12 @@ def test_model_search_and_switch_keeps_a_valid_plan(env):
     assert at.session_state["freeze"] == "1"  # names resnet18 lacks were dropped: stem is left
     assert "named blocks this model does not have" in texts(at, "info")
     assert [t.key for t in at.toggle if t.key.startswith("w_frz_")][:5] == [
-        "w_frz_stem", "w_frz_layer1", "w_frz_layer2", "w_frz_layer3", "w_frz_layer4"]
+        "w_frz_stem",
+        "w_frz_layer1",
+        "w_frz_layer2",
+        "w_frz_layer3",
+        "w_frz_layer4",
+    ]
 
 
 # -- train and runs ---------------------------------------------------------------------------------
@@ -346,8 +354,7 @@ def test_a_live_run_survives_a_new_session(env):
     a browser in another workspace does not see it as its own and cannot stop it."""
     store = RunStore()
     ws = workspaces.create_workspace(store)
-    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 2}, label="elsewhere", status="running",
-                              workspace=ws)
+    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 2}, label="elsewhere", status="running", workspace=ws)
     store.heartbeat(run_id, {"epoch": 1, "epochs": 2, "step": 3, "total_steps": 10})
     other = open_page("train")  # a first visit: a workspace of its own
     assert other.query_params["ws"] != [ws] and "elsewhere" not in texts(other, "markdown")
@@ -411,9 +418,17 @@ def test_runs_page_never_deletes_an_active_run(env):
 
 
 # -- pure helpers -----------------------------------------------------------------------------------
-BLOCKS = [Block(i, n, k, [n], p, s) for i, (n, k, p, s) in enumerate([
-    ("stem", "stem", 900, (32, 8, 8)), ("blocks.0", "body", 1000, (16, 8, 8)),
-    ("blocks.1", "body", 50_000, (24, 4, 4)), ("head", "head", 300, (3,))])]
+BLOCKS = [
+    Block(i, n, k, [n], p, s)
+    for i, (n, k, p, s) in enumerate(
+        [
+            ("stem", "stem", 900, (32, 8, 8)),
+            ("blocks.0", "body", 1000, (16, 8, 8)),
+            ("blocks.1", "body", 50_000, (24, 4, 4)),
+            ("head", "head", 300, (3,)),
+        ]
+    )
+]
 
 
 def test_freeze_specs_round_trip():
@@ -459,11 +474,13 @@ def test_data_warnings():
 
 def test_feature_cache_note():
     used = {"feature_cache": {"used": True, "frozen_prefix_blocks": 9, "estimated_mb": 0.9, "build_seconds": 1.234}}
-    assert present.feature_cache_note(used).startswith("Feature cache on: the 9 frozen block(s) ran once per image "
-                                                        "(0.9 MB, built in 1.2 s)")
+    assert present.feature_cache_note(used).startswith(
+        "Feature cache on: the 9 frozen block(s) ran once per image (0.9 MB, built in 1.2 s)"
+    )
     off = {"feature_cache": {"used": False, "reason": "the feature cache is turned off for this run"}}
-    assert present.feature_cache_note(off) == ("Feature cache off: the feature cache is turned off for this run. "
-                                                "Every epoch runs the whole network.")
+    assert present.feature_cache_note(off) == (
+        "Feature cache off: the feature cache is turned off for this run. Every epoch runs the whole network."
+    )
     assert present.feature_cache_note({}) is None
 
 
@@ -477,8 +494,7 @@ def test_pick_current_run_prefers_active_then_own_then_newest():
 
 
 def test_progress_info_eta_and_text():
-    run = {"status": "running", "progress": {"epoch": 2, "epochs": 4, "step": 10, "total_steps": 20},
-           "config": {"batch_size": 8}}
+    run = {"status": "running", "progress": {"epoch": 2, "epochs": 4, "step": 10, "total_steps": 20}, "config": {"batch_size": 8}}
     steps = [{"step": i, "time": 100.0 + 0.5 * i} for i in range(1, 11)]
     p = present.progress_info(run, steps, 8)
     assert p["fraction"] == 0.5 and p["eta"] == pytest.approx(5.0) and p["images_per_sec"] == pytest.approx(16)
@@ -509,8 +525,9 @@ def test_blocks_strip_figure_colours_by_state():
 
 def test_loss_and_accuracy_figures():
     steps = [{"step": i, "epoch": i / 4, "loss": 1.0 / i} for i in range(1, 9)]
-    epochs = [{"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e, "train_acc": 0.5 + 0.2 * e,
-               "val_acc": 0.4 + 0.2 * e} for e in (1, 2)]
+    epochs = [
+        {"epoch": e, "train_loss": 0.5 / e, "val_loss": 0.6 / e, "train_acc": 0.5 + 0.2 * e, "val_acc": 0.4 + 0.2 * e} for e in (1, 2)
+    ]
     loss = charts.loss_figure(steps, epochs)
     assert [t.name for t in loss.data] == ["train loss (per step)", "train loss (epoch)", "val loss"]
     assert len(loss.data[0].x) == 8 and list(loss.data[2].y) == [0.6, 0.3]
@@ -535,9 +552,14 @@ def test_router_menu_covers_every_page_file():
 
 
 def test_run_title_names_a_run_once_in_every_picker():
-    run = {"id": "20261126-070000-ab12", "label": "efficientnet_lite0 · first 3 blocks frozen", "status": "finished",
-           "created": 1_800_000_000.0, "config": {"model": "efficientnet_lite0", "freeze": "3"},
-           "summary": {"freeze_label": "first 3 blocks frozen", "best_val_accuracy": 0.9}}
+    run = {
+        "id": "20261126-070000-ab12",
+        "label": "efficientnet_lite0 · first 3 blocks frozen",
+        "status": "finished",
+        "created": 1_800_000_000.0,
+        "config": {"model": "efficientnet_lite0", "freeze": "3"},
+        "summary": {"freeze_label": "first 3 blocks frozen", "best_val_accuracy": 0.9},
+    }
     title = present.run_title(run, accuracy=True)
     assert title.count("efficientnet_lite0") == 1 and title.count("first 3 blocks frozen") == 1
     assert "best val acc 90.0%" in title and "finished" not in title
@@ -555,6 +577,7 @@ def test_overlay_lists_a_run_without_epochs_and_curves_say_no_epoch_yet(env):
         import streamlit as st
 
         from views import widgets
+
         widgets.curves([{"epoch": 0.1, "loss": 1.234}], [], {"config": {"epochs": 3}}, key="t", live=True)
         st.session_state.setdefault("epochs", 0)
         widgets.auto_number(st, "Epochs", "epochs", 1, 500, placeholder="auto (10 epochs)")

@@ -1,5 +1,6 @@
 """Label review (exclude/relabel/undo, label-issue ranking), the data-efficiency curve, TTA and the
 augmentation preview: the core functions and their CLI commands."""
+
 from __future__ import annotations
 
 import json

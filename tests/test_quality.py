@@ -1,4 +1,5 @@
 """Honest numbers: Wilson intervals, the learning-rate finder, the auto head."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,17 @@ from tl_dashboard.lr_finder import suggest
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "emoji3"
 
 
-@pytest.mark.parametrize("k,n,lo,hi", [
-    (0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (50, 100, 0.4038, 0.5962), (9, 10, 0.5958, 0.9821),
-    (1, 36, 0.0049, 0.1417), (0, 0, 0.0, 1.0),
-])
+@pytest.mark.parametrize(
+    "k,n,lo,hi",
+    [
+        (0, 10, 0.0, 0.2775),
+        (10, 10, 0.7225, 1.0),
+        (50, 100, 0.4038, 0.5962),
+        (9, 10, 0.5958, 0.9821),
+        (1, 36, 0.0049, 0.1417),
+        (0, 0, 0.0, 1.0),
+    ],
+)
 def test_wilson_interval_known_values(k, n, lo, hi):
     got = stats.wilson_interval(k, n)
     assert got[0] == pytest.approx(lo, abs=1e-4) and got[1] == pytest.approx(hi, abs=1e-4)
@@ -69,8 +77,7 @@ def test_lr_suggestions_on_a_synthetic_curve():
 def test_lr_find_cli_returns_a_finite_lr_inside_its_range_on_the_sample_set(capsys):
     from tl_dashboard.cli import main
 
-    rc = main(["lr-find", str(SAMPLE), "--image-size", "64", "--num-iter", "40", "--start-lr", "1e-6",
-               "--end-lr", "1", "--json"])
+    rc = main(["lr-find", str(SAMPLE), "--image-size", "64", "--num-iter", "40", "--start-lr", "1e-6", "--end-lr", "1", "--json"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     lr = out["suggested_lr"]
@@ -80,10 +87,22 @@ def test_lr_find_cli_returns_a_finite_lr_inside_its_range_on_the_sample_set(caps
 
 
 def _pt(freeze, acc, seed, secs=10.0, shared=False, scratch=False):
-    return {"run_id": f"r{freeze}{seed}", "label": f"freeze={freeze}", "status": "finished", "freeze": freeze,
-            "freeze_label": freeze, "from_scratch": scratch, "trainable_params": {"head": 4000, "none": 4_000_000}[freeze],
-            "best_val_accuracy": acc, "train_seconds": secs, "epochs": 3, "seed": seed, "val_images": 36,
-            "gflops_per_epoch": 1.5, "shared_machine": shared}
+    return {
+        "run_id": f"r{freeze}{seed}",
+        "label": f"freeze={freeze}",
+        "status": "finished",
+        "freeze": freeze,
+        "freeze_label": freeze,
+        "from_scratch": scratch,
+        "trainable_params": {"head": 4000, "none": 4_000_000}[freeze],
+        "best_val_accuracy": acc,
+        "train_seconds": secs,
+        "epochs": 3,
+        "seed": seed,
+        "val_images": 36,
+        "gflops_per_epoch": 1.5,
+        "shared_machine": shared,
+    }
 
 
 def test_sweep_repeats_merge_into_mean_with_error_bars_and_mark_shared_timings():
@@ -108,11 +127,28 @@ def test_sweep_repeats_merge_into_mean_with_error_bars_and_mark_shared_timings()
 def test_compare_table_shows_interval_count_cost_and_shared_timing():
     from tl_dashboard import compare
 
-    runs = [{"id": "a-1", "label": "a", "config": {"epochs": 3}, "summary": {
-                "best_val_accuracy": 0.9, "val_images": 36, "gflops_per_epoch": 2.0, "shared_machine": True,
-                "load_avg": [3.2, 2.0, 1.0], "cpu_seconds": 12.0, "epochs": 3}},
-            {"id": "b-2", "label": "b", "config": {"epochs": 3}, "summary": {
-                "best_val_accuracy": 0.95, "val_images": 36, "shared_machine": False, "epochs": 3}}]
+    runs = [
+        {
+            "id": "a-1",
+            "label": "a",
+            "config": {"epochs": 3},
+            "summary": {
+                "best_val_accuracy": 0.9,
+                "val_images": 36,
+                "gflops_per_epoch": 2.0,
+                "shared_machine": True,
+                "load_avg": [3.2, 2.0, 1.0],
+                "cpu_seconds": 12.0,
+                "epochs": 3,
+            },
+        },
+        {
+            "id": "b-2",
+            "label": "b",
+            "config": {"epochs": 3},
+            "summary": {"best_val_accuracy": 0.95, "val_images": 36, "shared_machine": False, "epochs": 3},
+        },
+    ]
     rows = {r["field"]: r for r in compare.compare_table(runs)}
     assert rows["best val accuracy"]["a"] == "90.0% (75-96%, n=36)"
     assert rows["cost per epoch"]["a"] == "2 GFLOPs"
@@ -206,24 +242,34 @@ def test_an_impossible_setting_is_refused_with_the_valid_values(tmp_path, capsys
 def test_progress_of_ended_runs_and_eta_without_the_cache_build():
     from views import present
 
-    stopped = {"status": "stopped", "progress": {"epoch": 3, "epochs": 10, "step": 25, "total_steps": 100},
-               "config": {"epochs": 10}, "summary": {"epochs": 2}}
+    stopped = {
+        "status": "stopped",
+        "progress": {"epoch": 3, "epochs": 10, "step": 25, "total_steps": 100},
+        "config": {"epochs": 10},
+        "summary": {"epochs": 2},
+    }
     p = present.progress_info(stopped, [{"step": 25, "epoch": 2.5, "time": 1.0}])
     assert p["text"] == "stopped after 2 of 10 epochs" and p["fraction"] == pytest.approx(0.2) and "3/10" not in p["text"]
-    auto = {"status": "finished", "progress": {"epoch": 15, "epochs": 200, "step": 15, "total_steps": 200},
-            "config": {"epochs": 0}, "summary": {"epochs": 15, "auto": {"solver": True}}}
+    auto = {
+        "status": "finished",
+        "progress": {"epoch": 15, "epochs": 200, "step": 15, "total_steps": 200},
+        "config": {"epochs": 0},
+        "summary": {"epochs": 15, "auto": {"solver": True}},
+    }
     assert present.progress_info(auto, [])["text"].startswith("15 epoch(s) (auto")
     # 60 s of cache build before step 1, then 1 s per step with 10 steps per epoch and 2 s of validation
     steps, t = [], 60.0
     for s in range(1, 26):
         t += 1.0 + (2.0 if s > 1 and (s - 1) % 10 == 0 else 0.0)
         steps.append({"step": s, "epoch": s / 10, "time": t})
-    run = {"status": "running", "progress": {"epoch": 3, "epochs": 4, "step": 25, "total_steps": 40, "elapsed": t},
-           "config": {"epochs": 4}}
+    run = {"status": "running", "progress": {"epoch": 3, "epochs": 4, "step": 25, "total_steps": 40, "elapsed": t}, "config": {"epochs": 4}}
     eta = present.progress_info(run, steps, 8)["eta"]
     assert eta == pytest.approx(12.0 * 1.5)  # 1.5 epochs left at 12 s (10 steps + validation) each
-    one = {"status": "running", "progress": {"epoch": 1, "epochs": 4, "step": 1, "total_steps": 40, "elapsed": 61.0},
-           "config": {"epochs": 4}}
+    one = {
+        "status": "running",
+        "progress": {"epoch": 1, "epochs": 4, "step": 1, "total_steps": 40, "elapsed": 61.0},
+        "config": {"epochs": 4},
+    }
     assert present.progress_info(one, steps[:1], 8)["eta"] is None  # not 61 s x 39 steps: the cache build is not per step
 
 
@@ -239,8 +285,9 @@ def test_predict_names_a_bad_file_and_still_predicts_the_others(tmp_path, monkey
     store, run_id, _ = _store_run(tmp_path, TrainConfig(data_dir=str(SAMPLE), image_size=64, epochs=1, lr=1e-2))
     good = io.BytesIO()
     Image.new("RGB", (40, 40), (200, 30, 30)).save(good, format="PNG")
-    preds, failures = ev.predict_each(store.run_dir(run_id), [b"not an image", good.getvalue()], ["broken.jpg", "red.png"],
-                                      top_k=2, cam=False)
+    preds, failures = ev.predict_each(
+        store.run_dir(run_id), [b"not an image", good.getvalue()], ["broken.jpg", "red.png"], top_k=2, cam=False
+    )
     assert [p.name for p in preds] == ["red.png"] and len(preds[0].top) == 2
     assert len(failures) == 1 and failures[0]["name"] == "broken.jpg"
     assert failures[0]["reason"].startswith("broken.jpg:") and "BytesIO" not in failures[0]["reason"]

@@ -1,4 +1,5 @@
 """The run database can be rebuilt from the run folders: truncated, not SQLite, missing, on request."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ from tl_dashboard.runs import RunStore
 
 
 def _train(runs, data, *extra) -> str:
-    code = main(["train", str(data), "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--json",
-                 "--runs-dir", str(runs), *extra])
+    code = main(["train", str(data), "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--json", "--runs-dir", str(runs), *extra])
     assert code == 0
     return RunStore(runs).list_runs()[0]["id"]
 
@@ -30,8 +30,7 @@ def trained_store(shapes_dir, tmp_path_factory):
     store = RunStore(runs)
     c = store.create_run({"model": "x", "data_dir": str(shapes_dir)}, label="never ran")
     store.request_stop(c)
-    return runs, {a: store.get_run(a), b: store.get_run(b), c: store.get_run(c)}, {
-        r: store.epochs(r) for r in (a, b)}
+    return runs, {a: store.get_run(a), b: store.get_run(b), c: store.get_run(c)}, {r: store.epochs(r) for r in (a, b)}
 
 
 def _copy(trained_store, tmp_path):

@@ -1,5 +1,6 @@
 """Review findings 1, 2, 3, 7, 10: a run stopped before its first epoch is not a trained model, the
 queue never promises "about 0 s", and "auto" settings read as what they resolved to, not 0."""
+
 from __future__ import annotations
 
 import time
@@ -67,8 +68,7 @@ def test_a_zero_epoch_run_reads_no_completed_epoch_everywhere(store):
         row = present.run_rows([run])[0]
         assert row["best val acc"] is None and row["95% interval"] == "no completed epoch"
         by = {r["field"]: r for r in compare.compare_table([run])}
-        assert by["best val accuracy"][next(k for k in by["best val accuracy"] if k not in ("field", "differs"))] \
-            == "no completed epoch"
+        assert by["best val accuracy"][next(k for k in by["best val accuracy"] if k not in ("field", "differs"))] == "no completed epoch"
         assert "before its first epoch completed" in present.status_message(run)[1]
         # Resume: honest refusal, with the reason on the Runs page
         assert not can_resume(store, rid)
@@ -92,8 +92,11 @@ def _running(store: RunStore, progress: dict, steps: list[dict] | None = None) -
 def test_queue_wait_without_a_finished_run_is_the_running_runs_own_eta_or_unknown(store):
     now = time.time()
     # the running run logged steps 1..10 one second apart, 100 steps in all: about 90 s left
-    _running(store, {"step": 10, "total_steps": 100, "elapsed": 60.0},
-             [{"step": i, "epoch": i / 50, "loss": 1.0, "lr": 1e-3, "time": now - 10 + i} for i in range(1, 11)])
+    _running(
+        store,
+        {"step": 10, "total_steps": 100, "elapsed": 60.0},
+        [{"step": i, "epoch": i / 50, "loss": 1.0, "lr": 1e-3, "time": now - 10 + i} for i in range(1, 11)],
+    )
     store.create_run({}, label="B")
     store.create_run({}, label="C")
     waits = [q["wait_s"] for q in fairqueue.queue_view(store)]
@@ -115,8 +118,15 @@ def test_queued_text_when_another_run_is_training():
 def test_auto_values_are_shown_as_what_they_resolved_to():
     summary = {"auto": {"solver": False, "lr_used": 0.001, "epochs_planned": 10}, "image_size": 224}
     cfg = {"lr": 0, "epochs": 0, "image_size": 0, "patience": 0, "unfreeze_at": 0, "train_per_class": 0, "seed": 0}
-    assert config_view(cfg, summary) == {"lr": "0.001 (auto)", "epochs": "10 (auto)", "image_size": "224 (auto)",
-                                         "patience": "off", "unfreeze_at": "off", "train_per_class": "all", "seed": 0}
+    assert config_view(cfg, summary) == {
+        "lr": "0.001 (auto)",
+        "epochs": "10 (auto)",
+        "image_size": "224 (auto)",
+        "patience": "off",
+        "unfreeze_at": "off",
+        "train_per_class": "all",
+        "seed": 0,
+    }
     assert config_view({"lr": 0, "epochs": 0})["lr"] == "auto"  # nothing recorded (queued, older run)
     assert format_config_value("lr", 0, {"auto": {"solver": True}}) == "auto (L-BFGS solver)"
     assert format_config_value("lr", 3e-3, summary) == 3e-3  # pinned values stay as they are

@@ -1,4 +1,5 @@
 """Atomic writes and the named disk-full error, on a real small file system (tmpfs) where we may mount one."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ def mount_small_fs(path: Path, size_mb: int) -> str | None:
     path.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         return "not root: cannot mount a size-limited tmpfs (CI runs the tests as root)"
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)], capture_output=True, text=True)
     if proc.returncode != 0:
         return f"mount -t tmpfs failed here: {proc.stderr.strip() or proc.returncode}"
     return None
@@ -142,8 +142,7 @@ def test_a_run_that_fills_the_disk_ends_failed_and_the_store_recovers(small_fs, 
             filled.append(_fill(small_fs))
 
     monkeypatch.setattr(cli._Progress, "say", say_and_fill)
-    code = main(["train", str(shapes_dir), "--epochs", "3", "--image-size", "32", "--batch-size", "4",
-                 "--runs-dir", str(runs)])
+    code = main(["train", str(shapes_dir), "--epochs", "3", "--image-size", "32", "--batch-size", "4", "--runs-dir", str(runs)])
     monkeypatch.setattr(cli._Progress, "say", say)
     out, err = capsys.readouterr()
     assert out == ""  # no summary line: the error line says it all

@@ -1,4 +1,5 @@
 """Workspaces, owned runs, the fair queue and owned uploads: the core, no Streamlit, no training."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -203,8 +204,7 @@ def _png(colour) -> bytes:
 
 def test_zip_with_one_top_folder_registers_its_class_folders(store):
     ws = workspaces.create_workspace(store)
-    data = zip_bytes({f"pets/{c}/{i}.png": _png((40 * i, 200 if c == "cats" else 0, 0)) for c in ("cats", "dogs")
-                 for i in range(3)})
+    data = zip_bytes({f"pets/{c}/{i}.png": _png((40 * i, 200 if c == "cats" else 0, 0)) for c in ("cats", "dogs") for i in range(3)})
     info = datasets.import_zip_upload(store, ws, data, "pets.zip")
     assert Path(info["path"]).name == "pets" and info["classes"] == 2 and info["images"] == 6
     listed = datasets.list_datasets(store, ws)
@@ -214,24 +214,26 @@ def test_zip_with_one_top_folder_registers_its_class_folders(store):
     assert rec["fingerprint"] == info["fingerprint"] and rec["images"] == 6
 
 
-@pytest.mark.parametrize("files", [
-    {"readme.txt": b"no images"},                                     # empty
-    {"only/a.png": _png((1, 2, 3)), "only/b.png": _png((3, 2, 1))},   # one class
-    {"a/1.png": _png((1, 2, 3)), "b/broken.png": b"not a png"},        # one usable class
-])
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"readme.txt": b"no images"},  # empty
+        {"only/a.png": _png((1, 2, 3)), "only/b.png": _png((3, 2, 1))},  # one class
+        {"a/1.png": _png((1, 2, 3)), "b/broken.png": b"not a png"},  # one usable class
+    ],
+)
 def test_failed_uploads_keep_the_previous_data(store, files):
     ws = workspaces.create_workspace(store)
     good = datasets.import_zip_upload(
-        store, ws, zip_bytes({f"{c}/{i}.png": _png((90 * i, 50, 0 if c == "x" else 200)) for c in "xy" for i in range(3)}),
-        "good.zip")
+        store, ws, zip_bytes({f"{c}/{i}.png": _png((90 * i, 50, 0 if c == "x" else 200)) for c in "xy" for i in range(3)}), "good.zip"
+    )
     before = sorted(p.name for p in Path(good["path"]).parent.iterdir())
     with pytest.raises(DataError, match="data in use is unchanged"):
         datasets.import_zip_upload(store, ws, zip_bytes(files), "bad.zip")
     assert [d["path"] for d in datasets.list_datasets(store, ws)] == [good["path"]]  # never offered
     assert sorted(p.name for p in Path(good["path"]).parent.iterdir()) == before  # and removed from disk
     with pytest.raises(DataError):
-        datasets.import_folder_upload(store, ws, {"only": [("a.png", _png((1, 1, 1))), ("b.png", _png((2, 2, 2)))]},
-                                      "one-class")
+        datasets.import_folder_upload(store, ws, {"only": [("a.png", _png((1, 1, 1))), ("b.png", _png((2, 2, 2)))]}, "one-class")
     assert len(datasets.list_datasets(store, ws)) == 1
 
 
@@ -243,8 +245,7 @@ def test_submitted_runs_record_owner_and_data_set(store, shapes_dir):
     run = store.get_run(run_id)
     assert run["workspace"] == ws
     assert run["dataset"]["name"] == shapes_dir.name and run["dataset"]["path"] == str(shapes_dir.resolve())
-    _group, ids = workspaces.submit_sweep(store, TrainConfig(data_dir=str(shapes_dir)), ["head", "none"], ws,
-                                         start=False)
+    _group, ids = workspaces.submit_sweep(store, TrainConfig(data_dir=str(shapes_dir)), ["head", "none"], ws, start=False)
     assert all(store.get_run(i)["workspace"] == ws for i in ids)
 
 
@@ -254,8 +255,7 @@ def test_a_run_records_what_it_trained_on(store, shapes_dir):
     from tl_dashboard.worker import run_training
 
     ws = workspaces.create_workspace(store)
-    run_id = workspaces.submit(store, TrainConfig(data_dir=str(shapes_dir), epochs=1, batch_size=8, image_size=32),
-                               ws, start=False)
+    run_id = workspaces.submit(store, TrainConfig(data_dir=str(shapes_dir), epochs=1, batch_size=8, image_size=32), ws, start=False)
     store.claim_next(1, "h")
     run_training(store, run_id)
     d = store.get_run(run_id)["dataset"]
@@ -279,11 +279,20 @@ def test_app_command_ends_its_server_on_sigterm(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "TL_OFFLINE": "1", "TL_RUNS_DIR": str(tmp_path / "runs"),
-           "STREAMLIT_SERVER_HEADLESS": "true", "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "tl_dashboard.cli", "app", "--port", str(port),
-                             "--admin-password", "pw-on-argv"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {
+        **os.environ,
+        "TL_OFFLINE": "1",
+        "TL_RUNS_DIR": str(tmp_path / "runs"),
+        "STREAMLIT_SERVER_HEADLESS": "true",
+        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tl_dashboard.cli", "app", "--port", str(port), "--admin-password", "pw-on-argv"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

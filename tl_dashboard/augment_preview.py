@@ -10,6 +10,7 @@ Example:
     >>> rows[0]["views"][0].shape, rows[0]["views"][0].dtype                                             # doctest: +SKIP
     ((224, 224, 3), dtype('uint8'))
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,14 @@ def augmentation_preview(config: TrainConfig, *, images: int = 4, views: int = 4
         for s, img in zip(picks, x):
             batch = img.unsqueeze(0).expand(views if config.augment else 1, -1, -1, -1)
             shown = _augment(batch, size) if config.augment else center_crop(batch, size)
-            out.append({"path": str(s.path), "label": split.classes[s.label], "original": _hwc(center_crop(img, size)),
-                        "views": [_hwc(v) for v in shown]})
+            out.append(
+                {
+                    "path": str(s.path),
+                    "label": split.classes[s.label],
+                    "original": _hwc(center_crop(img, size)),
+                    "views": [_hwc(v) for v in shown],
+                }
+            )
         return out
     finally:
         torch.set_rng_state(state)

@@ -23,6 +23,7 @@ Example:
     >>> fit.weight.shape, fit.chosen["solver"]
     (torch.Size([3, 8]), 'lbfgs')
 """
+
 from __future__ import annotations
 
 import math
@@ -73,15 +74,24 @@ def _objective(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tenso
     return F.cross_entropy(x @ w.T + b, y) + 0.5 * lam * (w * w).sum()
 
 
-def _lbfgs(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, *, init: tuple[torch.Tensor, torch.Tensor] | None = None,
-           max_iter: int = 200, tol: float = 1e-5,
-           on_iter: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _lbfgs(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    lam: float,
+    *,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    max_iter: int = 200,
+    tol: float = 1e-5,
+    on_iter: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Minimise the regularised cross-entropy; returns ``(weight, bias, iterations)``."""
     d = x.shape[1]
     w = (init[0].clone() if init else torch.zeros(n_classes, d, dtype=x.dtype)).requires_grad_(True)
     b = (init[1].clone() if init else torch.zeros(n_classes, dtype=x.dtype)).requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=tol, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=1, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=tol, tolerance_change=1e-9
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -101,12 +111,14 @@ def _lbfgs(x: torch.Tensor, y: torch.Tensor, n_classes: int, lam: float, *, init
     return w.detach(), b.detach(), it
 
 
-def _fit_folds(x: torch.Tensor, onehot: torch.Tensor, train_mask: torch.Tensor, n_train: torch.Tensor,
-               w0: torch.Tensor, b0: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _fit_folds(
+    x: torch.Tensor, onehot: torch.Tensor, train_mask: torch.Tensor, n_train: torch.Tensor, w0: torch.Tensor, b0: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One L-BFGS solve of all fold problems at once (weights stacked as ``(folds, C, D)``)."""
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-4, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=100, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-4, tolerance_change=1e-9
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -120,8 +132,7 @@ def _fit_folds(x: torch.Tensor, onehot: torch.Tensor, train_mask: torch.Tensor, 
     return w.detach(), b.detach()
 
 
-def _cv_scores(x: torch.Tensor, y: torch.Tensor, n_classes: int, lams: Sequence[float], k: int,
-               seed: int) -> list[tuple[float, float]]:
+def _cv_scores(x: torch.Tensor, y: torch.Tensor, n_classes: int, lams: Sequence[float], k: int, seed: int) -> list[tuple[float, float]]:
     """Mean fold (accuracy, log-loss) per lam. The k fold problems are independent, so they are solved
     as one L-BFGS problem over stacked weights (one Python loop instead of k), warm-started along the grid."""
     folds = stratified_folds(y, k, seed)
@@ -170,11 +181,20 @@ def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x.mean(0), torch.ones(x.shape[1], dtype=x.dtype)
 
 
-def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
-             f_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None,
-             weight_decay: float | None = None, folds: int = DEFAULT_FOLDS, seed: int = 0,
-             max_iter: int = 200, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             should_stop: Callable[[], bool] | None = None) -> HeadFit:
+def fit_head(
+    f_train: torch.Tensor,
+    y_train: torch.Tensor,
+    n_classes: int,
+    *,
+    f_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    weight_decay: float | None = None,
+    folds: int = DEFAULT_FOLDS,
+    seed: int = 0,
+    max_iter: int = 200,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> HeadFit:
     """Fit a linear head on frozen features; see the module docstring.
 
     Args:
@@ -236,11 +256,16 @@ def fit_head(f_train: torch.Tensor, y_train: torch.Tensor, n_classes: int, *,
     weight = w @ basis
     bias = b - weight @ mean
     chosen = {
-        "solver": "lbfgs", "weight_decay": lam, "C": 1.0 / (lam * max(1, len(y))), "selected_by": how,
-        "folds": k if weight_decay is None else 0, "iterations": iters, "cv_seconds": round(t_cv, 3),
-        "seconds": round(time.perf_counter() - t0, 3), "stopped": stopped,
-        "cv": [{"weight_decay": lv, "C": 1.0 / (lv * max(1, len(y))), "accuracy": a, "log_loss": nl}
-               for lv, (a, nl) in zip(lams, scores)],
+        "solver": "lbfgs",
+        "weight_decay": lam,
+        "C": 1.0 / (lam * max(1, len(y))),
+        "selected_by": how,
+        "folds": k if weight_decay is None else 0,
+        "iterations": iters,
+        "cv_seconds": round(t_cv, 3),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stopped": stopped,
+        "cv": [{"weight_decay": lv, "C": 1.0 / (lv * max(1, len(y))), "accuracy": a, "log_loss": nl} for lv, (a, nl) in zip(lams, scores)],
     }
     return HeadFit(weight, bias, chosen, history)
 
@@ -254,10 +279,20 @@ def _emit(cbs: Sequence[Any], event: str, *args: Any) -> None:
         getattr(cb, event)(*args)
 
 
-def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: torch.Tensor, f_val: torch.Tensor,
-                      y_val: torch.Tensor, cbs: Sequence[Any], *, seed: int = 0, t_start: float | None = None,
-                      weight_decay: float | None = None, max_iter: int = 200,
-                      log: Callable[[str, str], None] | None = None) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+def train_cached_head(
+    head: torch.nn.Module,
+    f_train: torch.Tensor,
+    y_train: torch.Tensor,
+    f_val: torch.Tensor,
+    y_val: torch.Tensor,
+    cbs: Sequence[Any],
+    *,
+    seed: int = 0,
+    t_start: float | None = None,
+    weight_decay: float | None = None,
+    max_iter: int = 200,
+    log: Callable[[str, str], None] | None = None,
+) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
     """The engine's automatic head phase: fit, emit one epoch per L-BFGS iteration, load the solution into ``head``.
 
     ``head`` must be an ``nn.Linear`` on the pooled features (``model.get_classifier()``). Callbacks
@@ -273,26 +308,49 @@ def train_cached_head(head: torch.nn.Module, f_train: torch.Tensor, y_train: tor
     def on_epoch(row: dict[str, Any]) -> None:
         row = {**row, "lr": 0.0, "images_per_sec": n / max(row["seconds"], 1e-9)}
         _emit(cbs, "on_epoch_start", row["epoch"])
-        _emit(cbs, "on_step_end", {"step": row["epoch"], "epoch": float(row["epoch"]), "loss": row["train_loss"],
-                                   "lr": 0.0, "images": n, "total_steps": max_iter,
-                                   "elapsed": time.perf_counter() - t_start})
+        _emit(
+            cbs,
+            "on_step_end",
+            {
+                "step": row["epoch"],
+                "epoch": float(row["epoch"]),
+                "loss": row["train_loss"],
+                "lr": 0.0,
+                "images": n,
+                "total_steps": max_iter,
+                "elapsed": time.perf_counter() - t_start,
+            },
+        )
         rows.append(row)
         _emit(cbs, "on_epoch_end", row)
 
-    fit = fit_head(f_train, y_train.cpu(), head.out_features, f_val=f_val, y_val=y_val.cpu(), seed=seed,
-                   weight_decay=weight_decay, on_epoch=on_epoch, max_iter=max_iter,
-                   should_stop=lambda: any(cb.should_stop() for cb in cbs))
+    fit = fit_head(
+        f_train,
+        y_train.cpu(),
+        head.out_features,
+        f_val=f_val,
+        y_val=y_val.cpu(),
+        seed=seed,
+        weight_decay=weight_decay,
+        on_epoch=on_epoch,
+        max_iter=max_iter,
+        should_stop=lambda: any(cb.should_stop() for cb in cbs),
+    )
     with torch.no_grad():
         head.weight.copy_(fit.weight.to(head.weight))
         head.bias.copy_(fit.bias.to(head.bias))
     c = fit.chosen
     if log is not None:
         cv = ", ".join(f"C={r['C']:.3g}: {r['accuracy']:.3f}" for r in c["cv"])
-        log("info", f"Automatic head: multinomial logistic regression by full-batch L-BFGS on the cached features; "
-                    f"weight decay {c['weight_decay']:.3g} (C={c['C']:.3g}) chosen by {c['selected_by']}"
-                    + (f" (mean fold accuracy {cv})" if cv else "") + f"; converged in {c['iterations']} iterations "
-                    f"({c['seconds']:.2f} s, {c['cv_seconds']:.2f} s of it cross-validation). "
-                    "Each iteration is one pass over the training features, shown as one epoch.")
+        log(
+            "info",
+            f"Automatic head: multinomial logistic regression by full-batch L-BFGS on the cached features; "
+            f"weight decay {c['weight_decay']:.3g} (C={c['C']:.3g}) chosen by {c['selected_by']}"
+            + (f" (mean fold accuracy {cv})" if cv else "")
+            + f"; converged in {c['iterations']} iterations "
+            f"({c['seconds']:.2f} s, {c['cv_seconds']:.2f} s of it cross-validation). "
+            "Each iteration is one pass over the training features, shown as one epoch.",
+        )
     return rows, "stopped" if c["stopped"] else "finished", c
 
 
@@ -316,20 +374,38 @@ def resolve(config: Any, plan: Any, blocks: Sequence[Any], world: int = 1) -> tu
     head_only = all(b.name in plan.frozen for b in blocks if b.kind != "head")
     cacheable = head_only and not config.augment and config.feature_cache != "off" and config.unfreeze_at <= 0 and world == 1
     solver = lr_auto and ep_auto and cacheable
-    out = {"solver": solver, "lr": "auto" if lr_auto else "pinned", "epochs": "auto" if ep_auto else "pinned",
-           "max_iter": MAX_ITER if solver else 0}
+    out = {
+        "solver": solver,
+        "lr": "auto" if lr_auto else "pinned",
+        "epochs": "auto" if ep_auto else "pinned",
+        "max_iter": MAX_ITER if solver else 0,
+    }
     if solver:
-        out["note"] = ("lr and epochs auto: the head is fitted by L-BFGS on the cached features with its weight "
-                       "decay cross-validated on the training split")
+        out["note"] = (
+            "lr and epochs auto: the head is fitted by L-BFGS on the cached features with its weight "
+            "decay cross-validated on the training split"
+        )
     elif lr_auto or ep_auto:
-        pinned = " and ".join(x for x in (f"lr is pinned to {config.lr:g}" if not lr_auto else "",
-                                          f"epochs is pinned to {config.epochs}" if not ep_auto else "") if x)
-        why = (f"{pinned}, which means AdamW for exactly that" if cacheable else
-               "only the head trains but its input changes every epoch (augmentation, unfreeze schedule, cache off "
-               "or several processes)" if head_only else "blocks of the backbone train")
-        out["note"] = (f"auto: {why}, so the solver cannot run; "
-                       + ", ".join(x for x in (f"lr {FALLBACK_LR:g}" if lr_auto else "", f"{FALLBACK_EPOCHS} epochs" if ep_auto else "") if x)
-                       + " (tl-dashboard lr-find or the Train page's finder suggests a learning rate)")
+        pinned = " and ".join(
+            x
+            for x in (
+                f"lr is pinned to {config.lr:g}" if not lr_auto else "",
+                f"epochs is pinned to {config.epochs}" if not ep_auto else "",
+            )
+            if x
+        )
+        why = (
+            f"{pinned}, which means AdamW for exactly that"
+            if cacheable
+            else "only the head trains but its input changes every epoch (augmentation, unfreeze schedule, cache off or several processes)"
+            if head_only
+            else "blocks of the backbone train"
+        )
+        out["note"] = (
+            f"auto: {why}, so the solver cannot run; "
+            + ", ".join(x for x in (f"lr {FALLBACK_LR:g}" if lr_auto else "", f"{FALLBACK_EPOCHS} epochs" if ep_auto else "") if x)
+            + " (tl-dashboard lr-find or the Train page's finder suggests a learning rate)"
+        )
     else:
         out["note"] = ""
     resolved = replace(config, lr=config.lr or FALLBACK_LR, epochs=config.epochs or FALLBACK_EPOCHS)

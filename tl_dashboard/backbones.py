@@ -14,6 +14,7 @@ Example:
     >>> weights.source
     'bundled'
 """
+
 from __future__ import annotations
 
 import os
@@ -224,9 +225,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         elif suffix in (".pth", ".pt", ".bin", ".ckpt"):
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         else:
-            raise BackboneError(
-                f"Unsupported weights file type {suffix!r}: {path}. Use .safetensors or .pth/.pt."
-            )
+            raise BackboneError(f"Unsupported weights file type {suffix!r}: {path}. Use .safetensors or .pth/.pt.")
     except BackboneError:
         raise
     except Exception as exc:  # any loader failure becomes one clear line
@@ -258,9 +257,7 @@ def _load_matching(model: nn.Module, sd: dict[str, torch.Tensor], origin: str, *
     body_keys = [k for k in target if not k.startswith(head + ".")]
     if by_order:
         src = [(k, v) for k, v in sd.items() if not k.startswith("_fc.")]
-        if len(src) != len(body_keys) or any(
-            target[k].shape != v.shape for k, (_, v) in zip(body_keys, src)
-        ):
+        if len(src) != len(body_keys) or any(target[k].shape != v.shape for k, (_, v) in zip(body_keys, src)):
             raise BackboneError(f"{origin}: tensors do not line up with timm's {type(model).__name__}.")
         new = {k: v for k, (_, v) in zip(body_keys, src)}
     else:
@@ -291,7 +288,7 @@ def _zero_head(model: nn.Module) -> None:
     logits so large that a short linear probe spends most of its steps undoing them.
     """
     head = model.get_classifier()
-    for m in ([head] if isinstance(head, nn.Linear) else list(head.modules()) if isinstance(head, nn.Module) else []):
+    for m in [head] if isinstance(head, nn.Linear) else list(head.modules()) if isinstance(head, nn.Module) else []:
         if isinstance(m, (nn.Linear, nn.Conv2d)):
             nn.init.zeros_(m.weight)
             if m.bias is not None:
@@ -311,13 +308,7 @@ def _base_info(model: nn.Module, source: str, detail: str) -> WeightsInfo:
     )
 
 
-def create_backbone(
-    model_name: str,
-    num_classes: int,
-    weights: str = "auto",
-    *,
-    probe_hub: bool = True,
-) -> tuple[nn.Module, WeightsInfo]:
+def create_backbone(model_name: str, num_classes: int, weights: str = "auto", *, probe_hub: bool = True) -> tuple[nn.Module, WeightsInfo]:
     """Create a timm model with a fresh ``num_classes`` head and the best weights available here.
 
     Args:

@@ -13,6 +13,7 @@ Example:
     >>> report.runs, report.integrity
     (12, 'ok')
 """
+
 from __future__ import annotations
 
 import shutil
@@ -23,13 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .storage import (
-    TEMP_SUFFIX,
-    check_free_space,
-    dir_size,
-    disk_full_from,
-    is_disk_full,
-)
+from .storage import TEMP_SUFFIX, check_free_space, dir_size, disk_full_from, is_disk_full
 
 if TYPE_CHECKING:
     from .runs import RunStore
@@ -50,8 +45,13 @@ class BackupReport:
     seconds: float
 
     def to_dict(self) -> dict:
-        return {"dest": str(self.dest), "runs": self.runs, "bytes": self.bytes, "integrity": self.integrity,
-                "seconds": round(self.seconds, 3)}
+        return {
+            "dest": str(self.dest),
+            "runs": self.runs,
+            "bytes": self.bytes,
+            "integrity": self.integrity,
+            "seconds": round(self.seconds, 3),
+        }
 
 
 def _check_dest(store: RunStore, dest: Path) -> None:
@@ -134,5 +134,4 @@ def backup_store(store: RunStore, dest: str | Path) -> BackupReport:
         integrity = con.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         con.close()
-    return BackupReport(dest=dest, runs=len(ids), bytes=dir_size(dest), integrity=integrity,
-                        seconds=time.perf_counter() - t0)
+    return BackupReport(dest=dest, runs=len(ids), bytes=dir_size(dest), integrity=integrity, seconds=time.perf_counter() - t0)

@@ -19,6 +19,7 @@ Example:
     >>> open_entry("images", key)                                      # doctest: +SKIP
     PosixPath('/home/me/.cache/tl-dashboard/images/3f2a...')
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -154,8 +155,7 @@ def build_entry(kind: str, key: str, *, meta: dict[str, Any], need_bytes: int = 
         parent.mkdir(parents=True, exist_ok=True)
         _check_space(parent, need_bytes)
     except PermissionError as exc:
-        raise CacheError(f"Cannot write the cache in {parent}: {exc.strerror}. Set TL_CACHE_DIR to a "
-                         "writable folder.") from None
+        raise CacheError(f"Cannot write the cache in {parent}: {exc.strerror}. Set TL_CACHE_DIR to a writable folder.") from None
     with _lock(parent / f".{key}.lock"):
         if open_entry(kind, key) is not None:
             yield None
@@ -185,8 +185,6 @@ def build_entry(kind: str, key: str, *, meta: dict[str, Any], need_bytes: int = 
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     evict(spare={(kind, key)})
-
-
 
 
 def _sweep_tmp(parent: Path) -> None:
@@ -263,8 +261,13 @@ def usage() -> dict[str, Any]:
     by_kind = {k: sum(e["bytes"] for e in entries if e["kind"] == k) for k in KINDS}
     memo = cache_root() / "files.sqlite"
     memo_bytes = sum(p.stat().st_size for p in memo.parent.glob("files.sqlite*") if p.is_file()) if memo.exists() else 0
-    return {"path": str(cache_root()), "bytes": sum(by_kind.values()) + memo_bytes, "entries": len(entries),
-            "max_bytes": max_bytes(), "by_kind": {**by_kind, "scan_memo": memo_bytes}}
+    return {
+        "path": str(cache_root()),
+        "bytes": sum(by_kind.values()) + memo_bytes,
+        "entries": len(entries),
+        "max_bytes": max_bytes(),
+        "by_kind": {**by_kind, "scan_memo": memo_bytes},
+    }
 
 
 def clear(kind: str | None = None) -> int:
@@ -303,14 +306,22 @@ def cli_cache(show_list: bool, do_clear: bool, as_json: bool) -> int:
         print(json.dumps(out))
         return 0
     for e in entries:
-        size = (f"{e['image_size']} px (decoded at {e.get('load_size', '?')})" if e.get("image_size") else
-                f"{e.get('load_size', '?')} px (decoded size)")
-        what = (f"{e.get('images', '?')} images at {size}" if e["kind"] == "images" else
-                f"{e.get('model', '?')} depth {e.get('depth', '?')}, {e.get('images', '?')} images")
+        size = (
+            f"{e['image_size']} px (decoded at {e.get('load_size', '?')})"
+            if e.get("image_size")
+            else f"{e.get('load_size', '?')} px (decoded size)"
+        )
+        what = (
+            f"{e.get('images', '?')} images at {size}"
+            if e["kind"] == "images"
+            else f"{e.get('model', '?')} depth {e.get('depth', '?')}, {e.get('images', '?')} images"
+        )
         used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["last_used"]))
         print(f"{e['kind']:<9} {e['key'][:12]}  {human_bytes(e['bytes']):>9}  used {used}  {what}")
     if do_clear:
         print(f"cleared {human_bytes(freed or 0)}")
-    print(f"cache: {info['path']}  {human_bytes(info['bytes'])} in {info['entries']} entries "
-          f"(bound {human_bytes(info['max_bytes'])}: TL_CACHE_MAX_GB)")
+    print(
+        f"cache: {info['path']}  {human_bytes(info['bytes'])} in {info['entries']} entries "
+        f"(bound {human_bytes(info['max_bytes'])}: TL_CACHE_MAX_GB)"
+    )
     return 0

@@ -5,6 +5,7 @@ Every file is written atomically (temp file + rename), so a reader never sees ha
 Example:
     >>> model, classes, meta = load_checkpoint("runs/<run id>")  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,7 @@ def load_checkpoint(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     return model.to(device).eval(), classes, meta
 
 
-def save_checkpoint(model: nn.Module, out_dir: Path, classes: Sequence[str], meta: dict[str, Any],
-                    name: str = "model.safetensors") -> Path:
+def save_checkpoint(model: nn.Module, out_dir: Path, classes: Sequence[str], meta: dict[str, Any], name: str = "model.safetensors") -> Path:
     """Model as safetensors + labels.json + preprocessing.json, each written atomically."""
     from safetensors.torch import save as st_save
 

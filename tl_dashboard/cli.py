@@ -8,6 +8,7 @@ write its ``args_x(parser)`` and ``cmd_x(args) -> int`` (in a module of its own 
 and add one line to :data:`COMMANDS`.
 Also runs as ``python -m tl_dashboard.cli``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,14 +58,23 @@ def _store(args: argparse.Namespace):
 
 def args_app(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--allowed-roots", default=None,
-                   help=f"shared server: the Data page may open only folders under these roots ({os.pathsep}-separated; "
-                        "sets TL_ALLOWED_ROOTS)")
-    p.add_argument("--admin-password", default=None,
-                   help="teacher mode: this password, typed in the sidebar, unlocks stop/cancel/delete of any run "
-                        "and the queue limit (or set TL_ADMIN_PASSWORD, which keeps it out of the process list)")
-    p.add_argument("--max-queued-per-workspace", type=int, default=None,
-                   help="shared server: queued runs one person may have waiting (sets TL_MAX_QUEUED_PER_WORKSPACE)")
+    p.add_argument(
+        "--allowed-roots",
+        default=None,
+        help=f"shared server: the Data page may open only folders under these roots ({os.pathsep}-separated; sets TL_ALLOWED_ROOTS)",
+    )
+    p.add_argument(
+        "--admin-password",
+        default=None,
+        help="teacher mode: this password, typed in the sidebar, unlocks stop/cancel/delete of any run "
+        "and the queue limit (or set TL_ADMIN_PASSWORD, which keeps it out of the process list)",
+    )
+    p.add_argument(
+        "--max-queued-per-workspace",
+        type=int,
+        default=None,
+        help="shared server: queued runs one person may have waiting (sets TL_MAX_QUEUED_PER_WORKSPACE)",
+    )
     add_runs_dir(p)
 
 
@@ -85,8 +95,9 @@ def args_layers(p: argparse.ArgumentParser) -> None:
 
 def args_runs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
-    p.add_argument("--repair", action="store_true",
-                   help="set runs.db aside and rebuild it from the run folders (done by itself when it is damaged)")
+    p.add_argument(
+        "--repair", action="store_true", help="set runs.db aside and rebuild it from the run folders (done by itself when it is damaged)"
+    )
     add_runs_dir(p)
 
 
@@ -135,9 +146,11 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
-        print(f"suggested lr {res.suggested_lr:.2e} (valley; steepest {res.steep_lr:.2e}, minimum/10 {res.min_lr:.2e}) "
-              f"for {res.freeze_label}, {res.iterations} iterations in {res.seconds:.1f} s"
-              + (" (stopped when the loss diverged)" if res.stopped_early else ""))
+        print(
+            f"suggested lr {res.suggested_lr:.2e} (valley; steepest {res.steep_lr:.2e}, minimum/10 {res.min_lr:.2e}) "
+            f"for {res.freeze_label}, {res.iterations} iterations in {res.seconds:.1f} s"
+            + (" (stopped when the loss diverged)" if res.stopped_early else "")
+        )
     return 0
 
 
@@ -154,8 +167,16 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 print(f"{r['name']:<24} {r['weights_source']:<9} {r['description']}")
         return 0
     blocks = describe_blocks(args.model, args.image_size or None)
-    rows = [{"index": b.index, "name": b.name, "kind": b.kind, "params": b.params,
-             "output_shape": list(b.output_shape) if b.output_shape else None} for b in blocks]
+    rows = [
+        {
+            "index": b.index,
+            "name": b.name,
+            "kind": b.kind,
+            "params": b.params,
+            "output_shape": list(b.output_shape) if b.output_shape else None,
+        }
+        for b in blocks
+    ]
     if args.json:
         print(json.dumps({"model": args.model, "blocks": rows, "total_params": sum(r["params"] for r in rows)}))
     else:
@@ -180,13 +201,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     rows = []
     for r in store.list_runs():
         s = r["summary"]
-        rows.append({
-            "run_id": r["id"], "label": r["label"], "status": r["status"], "model": r["config"].get("model"),
-            "freeze": r["config"].get("freeze"), "trainable_params": s.get("trainable_params"),
-            "val_accuracy": s.get("val_accuracy"), "best_val_accuracy": s.get("best_val_accuracy"),
-            "epochs": s.get("epochs"), "train_seconds": s.get("train_seconds"), "error": r["error"],
-            "created": r["created"],
-        })
+        rows.append(
+            {
+                "run_id": r["id"],
+                "label": r["label"],
+                "status": r["status"],
+                "model": r["config"].get("model"),
+                "freeze": r["config"].get("freeze"),
+                "trainable_params": s.get("trainable_params"),
+                "val_accuracy": s.get("val_accuracy"),
+                "best_val_accuracy": s.get("best_val_accuracy"),
+                "epochs": s.get("epochs"),
+                "train_seconds": s.get("train_seconds"),
+                "error": r["error"],
+                "created": r["created"],
+            }
+        )
     if args.json:
         print(json.dumps(rows))
     else:
@@ -221,16 +251,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         preds = [(t["top_k"], t["top_k_plain"]) for t in predict_tta(store.run_dir(args.run_id), [str(p) for p in args.images], args.top_k)]
     else:  # a bad file is reported by name; the others are still predicted
-        got, failures = predict_each(store.run_dir(args.run_id), [str(p) for p in args.images], [str(p) for p in args.images],
-                                     top_k=args.top_k, cam=False)
+        got, failures = predict_each(
+            store.run_dir(args.run_id), [str(p) for p in args.images], [str(p) for p in args.images], top_k=args.top_k, cam=False
+        )
         for f in failures:
             print(f"error: {f['reason']}", file=sys.stderr)
         by_name = {pr.name: pr for pr in got}
         args.images = [p for p in args.images if str(p) in by_name]
         preds = [(by_name[str(p)].top, None) for p in args.images]
-    rows = [{"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in top]}
-            | ({"top_k_plain": [{"label": c, "prob": round(float(q), 6)} for c, q in plain]} if plain else {})
-            for p, (top, plain) in zip(args.images, preds)]
+    rows = [
+        {"image": str(p), "top_k": [{"label": c, "prob": round(float(q), 6)} for c, q in top]}
+        | ({"top_k_plain": [{"label": c, "prob": round(float(q), 6)} for c, q in plain]} if plain else {})
+        for p, (top, plain) in zip(args.images, preds)
+    ]
     if args.json:
         print(json.dumps(rows))
     else:
@@ -293,8 +326,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from .backup import backup_store
 
     rep = backup_store(_store(args), args.dest)
-    print(json.dumps(rep.to_dict()) if args.json else
-          f"backed up {rep.runs} runs ({rep.bytes / 1e6:.1f} MB) to {rep.dest}; integrity check: {rep.integrity}")
+    print(
+        json.dumps(rep.to_dict())
+        if args.json
+        else f"backed up {rep.runs} runs ({rep.bytes / 1e6:.1f} MB) to {rep.dest}; integrity check: {rep.integrity}"
+    )
     return 0 if rep.integrity == "ok" else 1
 
 
@@ -317,8 +353,7 @@ COMMANDS: list[Command] = [
     Command("predict", "top-k classes for images with a trained run", args_predict, cmd_predict),
     Command("export", "export a run's model (safetensors, torchscript, onnx)", args_export, cmd_export),
     Command("import", "import a zip of class folders safely", args_import, cmd_import),
-    Command("backup", "copy the run database (SQLite online backup, safe while runs train) and run folders",
-            args_backup, cmd_backup),
+    Command("backup", "copy the run database (SQLite online backup, safe while runs train) and run folders", args_backup, cmd_backup),
     Command("cache", "the on-disk cache of decoded images and frozen features: size, list, clear", args_cache, cmd_cache),
     Command("label-issues", "rank every image by how likely its label is wrong", cli_peers.args_label_issues, cli_peers.cmd_label_issues),
     Command("data-curve", "validation accuracy against training images per class", cli_peers.args_data_curve, cli_peers.cmd_data_curve),
@@ -363,8 +398,10 @@ def _one_line(exc: BaseException, args: argparse.Namespace) -> str:
     if is_disk_full(exc) and not isinstance(exc, UserError):
         exc = disk_full_from(exc, Path(folder), None, "the run store")
     elif isinstance(exc, sqlite3.DatabaseError):
-        return (f"the run database in {folder} cannot be read ({exc}); run `tl-dashboard runs --repair "
-                f"--runs-dir {folder}` to rebuild it from the run folders")
+        return (
+            f"the run database in {folder} cannot be read ({exc}); run `tl-dashboard runs --repair "
+            f"--runs-dir {folder}` to rebuild it from the run folders"
+        )
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 

@@ -5,6 +5,7 @@ choices live there), so a new setting is one edit in ``config.py``. The data fol
 once, checked with :func:`limits.check_config` before any run is recorded, and the scanned split
 is handed to the engine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_train_options", "config_from_args", "validate_config", "args_train", "cmd_train",
-           "args_sweep", "cmd_sweep", "args_resume", "cmd_resume", "add_runs_dir"]
+__all__ = [
+    "add_train_options",
+    "config_from_args",
+    "validate_config",
+    "args_train",
+    "cmd_train",
+    "args_sweep",
+    "cmd_sweep",
+    "args_resume",
+    "cmd_resume",
+    "add_runs_dir",
+]
 
 
 def add_runs_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs-dir", type=Path, default=None,
-                   help="run store folder (default: $TL_RUNS_DIR or ./runs)")
+    p.add_argument("--runs-dir", type=Path, default=None, help="run store folder (default: $TL_RUNS_DIR or ./runs)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -34,7 +44,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     for f in config_fields(cli_only=True):
         flag, typ, text = "--" + f.name.replace("_", "-"), field_type(f), f.metadata.get("help", "").replace("%", "%%")
         if typ is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"{text} (default {'on' if f.default else 'off'})")
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=f"{text} (default {'on' if f.default else 'off'})"
+            )
         else:
             p.add_argument(flag, type=typ, default=f.default, choices=f.metadata.get("choices"), help=f"{text} (default {f.default})")
     p.add_argument("--label", default="", help="a name for the run")
@@ -86,9 +98,11 @@ class _Progress:
         class _CB(Callback):
             def on_run_start(self, info: dict[str, Any]) -> None:
                 outer.total = info["steps_per_epoch"] * info["epochs"]
-                outer.say(f"{info['train_images']} train / {info['val_images']} val images, "
-                          f"{len(info['classes'])} classes; weights: {info['weights']['detail']}; "
-                          f"{info['freeze_label']}: {info['trainable_params']:,} trainable / {info['frozen_params']:,} frozen params")
+                outer.say(
+                    f"{info['train_images']} train / {info['val_images']} val images, "
+                    f"{len(info['classes'])} classes; weights: {info['weights']['detail']}; "
+                    f"{info['freeze_label']}: {info['trainable_params']:,} trainable / {info['frozen_params']:,} frozen params"
+                )
 
             def on_log(self, level: str, message: str) -> None:
                 outer.say(message)
@@ -102,8 +116,10 @@ class _Progress:
             def on_epoch_end(self, row: dict[str, Any]) -> None:
                 if outer.tty and not outer.quiet:
                     sys.stderr.write("\n")
-                outer.say(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                          f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_sec']:.0f} img/s")
+                outer.say(
+                    f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                    f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f} | {row['images_per_sec']:.0f} img/s"
+                )
 
         self.callback = _CB()
         self.total = 1
@@ -113,20 +129,42 @@ class _Progress:
             print(msg, file=sys.stderr)
 
 
-_SUMMARY_KEYS = ("val_accuracy", "best_val_accuracy", "last_val_accuracy", "best_epoch", "early_stopped", "resumed_from_epoch", "concurrent_runs",
-                 "train_seconds", "wall_seconds", "cpu_seconds", "shared_machine", "load_avg", "gflops_per_epoch",
-                 "epochs", "trainable_params", "frozen_params", "feature_cache", "classes")
+_SUMMARY_KEYS = (
+    "val_accuracy",
+    "best_val_accuracy",
+    "last_val_accuracy",
+    "best_epoch",
+    "early_stopped",
+    "resumed_from_epoch",
+    "concurrent_runs",
+    "train_seconds",
+    "wall_seconds",
+    "cpu_seconds",
+    "shared_machine",
+    "load_avg",
+    "gflops_per_epoch",
+    "epochs",
+    "trainable_params",
+    "frozen_params",
+    "feature_cache",
+    "classes",
+)
 
 
 def _run_out(store, run_id: str) -> dict[str, Any]:
     run = store.get_run(run_id)
     s, config = run["summary"], run["config"]
     return {
-        "run_id": run_id, "status": run["status"], "error": run["error"],
+        "run_id": run_id,
+        "status": run["status"],
+        "error": run["error"],
         **{k: s.get(k) for k in _SUMMARY_KEYS},
-        "weights": (s.get("weights") or {}).get("source"), "weights_detail": (s.get("weights") or {}).get("detail"),
-        "freeze": config.get("freeze"), "model": config.get("model"),
-        "skipped_files": s.get("skipped_files", []), "run_dir": str(store.run_dir(run_id)),
+        "weights": (s.get("weights") or {}).get("source"),
+        "weights_detail": (s.get("weights") or {}).get("detail"),
+        "freeze": config.get("freeze"),
+        "model": config.get("model"),
+        "skipped_files": s.get("skipped_files", []),
+        "run_dir": str(store.run_dir(run_id)),
     }
 
 
@@ -153,10 +191,12 @@ def _print_result(out: dict[str, Any], as_json: bool) -> int:
     if as_json:
         print(json.dumps(out))
     elif not disk_full:  # a full disk: only the error line below
-        acc = ("no completed epoch" if out.get("val_accuracy") is None else
-               f"val accuracy {out['val_accuracy']} (best epoch {out['best_epoch']})")
-        print(f"run {out['run_id']}: {out['status']}, {acc}, "
-              f"{out['train_seconds']} s, weights: {out['weights']}")
+        acc = (
+            "no completed epoch"
+            if out.get("val_accuracy") is None
+            else f"val accuracy {out['val_accuracy']} (best epoch {out['best_epoch']})"
+        )
+        print(f"run {out['run_id']}: {out['status']}, {acc}, {out['train_seconds']} s, weights: {out['weights']}")
         for s in out["skipped_files"]:
             print(f"  skipped {s['path']}: {s['reason']}")
     if out["status"] == "failed":
@@ -195,12 +235,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def args_sweep(p: argparse.ArgumentParser) -> None:
     add_train_options(p)
-    p.add_argument("--depths", default="0,2,4,all",
-                   help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
+    p.add_argument("--depths", default="0,2,4,all", help="comma list of frozen-block counts; 'all' = head only (default 0,2,4,all)")
     p.add_argument("--background", action="store_true", help="queue the runs for the background worker and return")
-    p.add_argument("--repeats", type=int, default=1,
-                   help="runs per depth with seeds SEED..SEED+K-1 (new split and head init each); "
-                        "the summary gives each depth's mean and 95%% interval (default 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per depth with seeds SEED..SEED+K-1 (new split and head init each); "
+        "the summary gives each depth's mean and 95%% interval (default 1)",
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -225,17 +268,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for f in freezes:
             print(f"--- freeze {f}{tag}", file=sys.stderr)
             cfg = replace(config_from_args(args, f), seed=seed)
-            results.append(_train_one(store, cfg, f"{args.label or 'sweep'} freeze={f}{tag}", quiet=False, group_id=group,
-                                      split=split if rep == 0 else None))
+            results.append(
+                _train_one(
+                    store, cfg, f"{args.label or 'sweep'} freeze={f}{tag}", quiet=False, group_id=group, split=split if rep == 0 else None
+                )
+            )
     depths = _sweep_summary(store, group)
     if args.json:
         print(json.dumps({"group_id": group, "runs": results, "depths": depths}))
     else:
         for r in results:
-            print(f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {'-' if r['val_accuracy'] is None else format(r['val_accuracy'], '.3f')}  {r['train_seconds']:.1f} s  ({r['run_id']})")
+            print(
+                f"{r['freeze']:>6}: trainable {r['trainable_params']:>10,}  val acc {'-' if r['val_accuracy'] is None else format(r['val_accuracy'], '.3f')}  {r['train_seconds']:.1f} s  ({r['run_id']})"
+            )
         for d in depths:
-            print(f"{d['freeze']:>6}: mean best val acc {d['mean_accuracy']:.3f} (95% {d['low']:.3f}-{d['high']:.3f}, "
-                  f"{d['repeats']} run(s))")
+            print(
+                f"{d['freeze']:>6}: mean best val acc {d['mean_accuracy']:.3f} (95% {d['low']:.3f}-{d['high']:.3f}, {d['repeats']} run(s))"
+            )
     return 0 if all(r["status"] == "finished" for r in results) else 1
 
 
@@ -244,8 +293,17 @@ def _sweep_summary(store, group: str) -> list[dict]:
     from .compare import sweep_points
     from .stats import group_repeats
 
-    return [{"freeze": p["freeze"], "mean_accuracy": p["best_val_accuracy"], "low": p["acc_low"], "high": p["acc_high"],
-             "repeats": p["repeats"], "run_ids": p["run_ids"]} for p in group_repeats(sweep_points(store, group))]
+    return [
+        {
+            "freeze": p["freeze"],
+            "mean_accuracy": p["best_val_accuracy"],
+            "low": p["acc_low"],
+            "high": p["acc_high"],
+            "repeats": p["repeats"],
+            "run_ids": p["run_ids"],
+        }
+        for p in group_repeats(sweep_points(store, group))
+    ]
 
 
 def args_resume(p: argparse.ArgumentParser) -> None:

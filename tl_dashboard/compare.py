@@ -17,6 +17,7 @@ Example:
     >>> [p["freeze"] for p in sweep_points(store, group)]
     ['none', '3', '6', 'head']
 """
+
 from __future__ import annotations
 
 import math
@@ -52,11 +53,27 @@ __all__ = [
 class CompareError(UserError, ValueError):
     """A comparison that cannot be made (no checkpoint, a start that cannot be rebuilt, bad sweep depths)."""
 
+
 # The rows of the comparison table, in display order.
 COMPARE_FIELDS = (
-    "data", "data set", "model", "weights source", "freeze plan", "trainable params", "BN mode", "learning rate",
-    "batch size", "augmentation", "image size", "seed", "epochs", "best val accuracy", "time per epoch",
-    "total time", "cost per epoch", "timing",
+    "data",
+    "data set",
+    "model",
+    "weights source",
+    "freeze plan",
+    "trainable params",
+    "BN mode",
+    "learning rate",
+    "batch size",
+    "augmentation",
+    "image size",
+    "seed",
+    "epochs",
+    "best val accuracy",
+    "time per epoch",
+    "total time",
+    "cost per epoch",
+    "timing",
 )
 
 
@@ -155,12 +172,18 @@ def _timing_text(s: Mapping[str, Any]) -> str:
 
 def compare_overlap_note(runs: Sequence[Mapping[str, Any]]) -> str | None:
     """A sentence naming the runs whose best-accuracy 95% intervals overlap (None if none do)."""
-    return overlap_note(run_labels(runs), [run_interval({**(r.get("summary") or {}), "best_val_accuracy": best_accuracy(r.get("summary"))},
-                                                          "best_val_accuracy") for r in runs])
+    return overlap_note(
+        run_labels(runs),
+        [
+            run_interval({**(r.get("summary") or {}), "best_val_accuracy": best_accuracy(r.get("summary"))}, "best_val_accuracy")
+            for r in runs
+        ],
+    )
 
 
-def compare_table(runs: Sequence[Mapping[str, Any]],
-                  epochs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> list[dict[str, Any]]:
+def compare_table(
+    runs: Sequence[Mapping[str, Any]], epochs: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
     """The settings and results of runs side by side.
 
     Values are display strings, and a row ``differs`` when the runs show different strings, so
@@ -206,8 +229,16 @@ def overlay_rows(store: RunStore, run_ids: Sequence[str]) -> list[dict[str, Any]
     for run, label in zip(runs, run_labels(runs)):
         for e in store.epochs(run["id"]):
             for split in ("train", "val"):
-                rows.append({"run_id": run["id"], "run": label, "epoch": e["epoch"], "split": split,
-                             "loss": e.get(f"{split}_loss"), "accuracy": e.get(f"{split}_acc")})
+                rows.append(
+                    {
+                        "run_id": run["id"],
+                        "run": label,
+                        "epoch": e["epoch"],
+                        "split": split,
+                        "loss": e.get(f"{split}_loss"),
+                        "accuracy": e.get(f"{split}_acc"),
+                    }
+                )
     return rows
 
 
@@ -226,7 +257,7 @@ def _l2(names: Sequence[str], before: Mapping[str, Any], after: Mapping[str, Any
         if b.shape != a.shape:  # e.g. a head for another number of classes: it started at zero
             b = torch.zeros_like(a)
         change += float(((a - b) ** 2).sum())
-        start += float((b ** 2).sum())
+        start += float((b**2).sum())
     return math.sqrt(change), math.sqrt(start)
 
 
@@ -279,8 +310,10 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
         raise CompareError(f"Cannot rebuild the starting weights of run {run_id}: {str(exc).splitlines()[0]}") from exc
     recorded = ((run.get("summary") or {}).get("weights") or {}).get("source")
     if recorded and recorded != weights.source:
-        raise CompareError(f"Run {run_id} started from '{recorded}' weights, but here they would come from "
-                           f"'{weights.source}', so its start cannot be rebuilt on this machine.")
+        raise CompareError(
+            f"Run {run_id} started from '{recorded}' weights, but here they would come from "
+            f"'{weights.source}', so its start cannot be rebuilt on this machine."
+        )
     before_p = dict(initial.named_parameters())
     after_p = dict(trained.named_parameters())
     before_b = dict(initial.named_buffers())
@@ -294,18 +327,23 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
         absolute = blk.kind == "head" or start == 0.0
         bn_drift = None
         if bn_train:
-            stats = [n for n in before_b if _owned(n, blk.modules)
-                     and n.rsplit(".", 1)[-1] in ("running_mean", "running_var") and n in after_b]
+            stats = [
+                n for n in before_b if _owned(n, blk.modules) and n.rsplit(".", 1)[-1] in ("running_mean", "running_var") and n in after_b
+            ]
             if stats:
                 s_change, s_start = _l2(stats, before_b, after_b)
                 bn_drift = s_change / s_start if s_start else s_change
-        rows.append({
-            "block": blk.name, "kind": blk.kind, "frozen": blk.name in plan.frozen,
-            "params": int(sum(before_p[n].numel() for n in names)),
-            "drift": change if absolute else change / start,
-            "measure": "absolute" if absolute else "relative",
-            "bn_drift": bn_drift,
-        })
+        rows.append(
+            {
+                "block": blk.name,
+                "kind": blk.kind,
+                "frozen": blk.name in plan.frozen,
+                "params": int(sum(before_p[n].numel() for n in names)),
+                "drift": change if absolute else change / start,
+                "measure": "absolute" if absolute else "relative",
+                "bn_drift": bn_drift,
+            }
+        )
     return rows
 
 
@@ -366,8 +404,9 @@ def experiment_plan(blocks: Sequence[Block], freezes: Sequence[str], *, from_scr
     """
     body = [b.name for b in blocks if b.kind != "head"]
     params = {b.name: int(b.params or 0) for b in blocks}
-    specs = [(normalize_freeze(f), f"freeze={normalize_freeze(f)}", "pretrained")
-             for f in dict.fromkeys(normalize_freeze(f) for f in freezes)]
+    specs = [
+        (normalize_freeze(f), f"freeze={normalize_freeze(f)}", "pretrained") for f in dict.fromkeys(normalize_freeze(f) for f in freezes)
+    ]
     if from_scratch:
         specs.append(("none", "from scratch", "random"))
     rows = []
@@ -380,15 +419,29 @@ def experiment_plan(blocks: Sequence[Block], freezes: Sequence[str], *, from_scr
             trains = "every block" + (", starting from random weights" if weights == "random" else "")
         else:
             trains = f"the last {len(training)} blocks ({training[0]} … {training[-1]}) and the head"
-        rows.append({"run": label, "weights": weights,
-                     "freeze plan": freeze_label("head" if len(frozen) == len(body) else spec),
-                     "trains": trains, "trainable params": sum(p for n, p in params.items() if n not in frozen)})
+        rows.append(
+            {
+                "run": label,
+                "weights": weights,
+                "freeze plan": freeze_label("head" if len(frozen) == len(body) else spec),
+                "trains": trains,
+                "trainable params": sum(p for n, p in params.items() if n not in frozen),
+            }
+        )
     return rows
 
 
-def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, from_scratch: bool = False,
-                label_prefix: str = "", start: bool = True, workspace: str | None = None,
-                repeats: int = 1) -> tuple[str, list[str]]:
+def queue_sweep(
+    store: RunStore,
+    base: TrainConfig,
+    depths: Sequence[str],
+    *,
+    from_scratch: bool = False,
+    label_prefix: str = "",
+    start: bool = True,
+    workspace: str | None = None,
+    repeats: int = 1,
+) -> tuple[str, list[str]]:
     """Queue one run per freeze spec, sharing a new group id, for the background worker.
 
     Every run copies ``base`` (same data, split, seed and hyperparameters) and changes only
@@ -420,12 +473,30 @@ def queue_sweep(store: RunStore, base: TrainConfig, depths: Sequence[str], *, fr
     group = time.strftime("sweep-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
     seeds = [base.seed + r for r in range(max(1, int(repeats)))]
     tag = (lambda sd: f" seed={sd}") if len(seeds) > 1 else (lambda sd: "")
-    ids = [worker.submit_run(store, replace(base, freeze=f, seed=sd), label=f"{label_prefix}freeze={f}{tag(sd)}",
-                             group_id=group, start=False, workspace=workspace) for sd in seeds for f in freezes]
+    ids = [
+        worker.submit_run(
+            store,
+            replace(base, freeze=f, seed=sd),
+            label=f"{label_prefix}freeze={f}{tag(sd)}",
+            group_id=group,
+            start=False,
+            workspace=workspace,
+        )
+        for sd in seeds
+        for f in freezes
+    ]
     if from_scratch:
-        ids += [worker.submit_run(store, replace(base, freeze="none", weights="none", seed=sd),
-                                  label=f"{label_prefix}from scratch{tag(sd)}", group_id=group, start=False,
-                                  workspace=workspace) for sd in seeds]
+        ids += [
+            worker.submit_run(
+                store,
+                replace(base, freeze="none", weights="none", seed=sd),
+                label=f"{label_prefix}from scratch{tag(sd)}",
+                group_id=group,
+                start=False,
+                workspace=workspace,
+            )
+            for sd in seeds
+        ]
     if start:
         worker.start_worker(store)
     return group, ids
@@ -443,9 +514,18 @@ def list_sweeps(store: RunStore) -> list[dict[str, Any]]:
         gid = r.get("group_id")
         if not gid:
             continue
-        g = groups.setdefault(gid, {"group_id": gid, "created": r["created"], "runs": 0, "counts": {},
-                                    "active": False, "model": (r.get("config") or {}).get("model"),
-                                    "data_dir": (r.get("config") or {}).get("data_dir")})
+        g = groups.setdefault(
+            gid,
+            {
+                "group_id": gid,
+                "created": r["created"],
+                "runs": 0,
+                "counts": {},
+                "active": False,
+                "model": (r.get("config") or {}).get("model"),
+                "data_dir": (r.get("config") or {}).get("data_dir"),
+            },
+        )
         g["created"] = min(g["created"], r["created"])
         g["runs"] += 1
         g["counts"][r["status"]] = g["counts"].get(r["status"], 0) + 1
@@ -464,13 +544,22 @@ def sweep_points(store: RunStore, group_id: str) -> list[dict[str, Any]]:
     out = []
     for r in reversed(store.list_runs(group_id=group_id)):
         c, s = r.get("config") or {}, r.get("summary") or {}
-        out.append({
-            "run_id": r["id"], "label": r.get("label") or r["id"], "status": r["status"],
-            "freeze": c.get("freeze"), "freeze_label": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
-            "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
-            "trainable_params": s.get("trainable_params"), "best_val_accuracy": best_accuracy(s),
-            "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,
-            "epochs": s.get("epochs"), "seed": c.get("seed"), "val_images": s.get("val_images"),
-            "gflops_per_epoch": s.get("gflops_per_epoch"), "shared_machine": s.get("shared_machine"),
-        })
+        out.append(
+            {
+                "run_id": r["id"],
+                "label": r.get("label") or r["id"],
+                "status": r["status"],
+                "freeze": c.get("freeze"),
+                "freeze_label": s.get("freeze_label") or freeze_label(c.get("freeze", "head")),
+                "from_scratch": c.get("weights") == "none" or (s.get("weights") or {}).get("source") == "none",
+                "trainable_params": s.get("trainable_params"),
+                "best_val_accuracy": best_accuracy(s),
+                "train_seconds": _total_time(r) if r["status"] not in ACTIVE_STATUSES else None,
+                "epochs": s.get("epochs"),
+                "seed": c.get("seed"),
+                "val_images": s.get("val_images"),
+                "gflops_per_epoch": s.get("gflops_per_epoch"),
+                "shared_machine": s.get("shared_machine"),
+            }
+        )
     return out

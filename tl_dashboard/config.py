@@ -9,6 +9,7 @@ Example:
     >>> cfg.epochs, cfg.model
     (3, 'efficientnet_lite0')
 """
+
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -35,14 +36,17 @@ class TrainConfig:
     model: str = _f("efficientnet_lite0", "timm model name (any timm name works)")
     weights: str = _f("auto", "auto (file > HF cache > hub > bundled > random) | none | PATH to .safetensors/.pth")
     freeze: str = _f("head", "head (linear probe) | none (full fine-tune) | N (first N blocks) | BLOCK,BLOCK", cli=False)
-    bn_mode: str = _f("frozen", "BatchNorm in frozen blocks: frozen = running statistics, train = update them",
-                      ("frozen", "train"))
-    epochs: int = _f(0, "passes over the training images; 0 = auto (head only on cached features: until "
-                           "the solver converges; otherwise 10)")
+    bn_mode: str = _f("frozen", "BatchNorm in frozen blocks: frozen = running statistics, train = update them", ("frozen", "train"))
+    epochs: int = _f(
+        0, "passes over the training images; 0 = auto (head only on cached features: until the solver converges; otherwise 10)"
+    )
     patience: int = _f(0, "early stopping: end the run when validation loss has not improved for this many epochs (0 = off)")
     batch_size: int = _f(32, "images per optimizer step")
-    lr: float = _f(0.0, "AdamW learning rate, cosine-decayed per step to 1% of itself; 0 = auto (head only on "
-                        "cached features: a cross-validated L-BFGS fit, no learning rate; otherwise 1e-3)")
+    lr: float = _f(
+        0.0,
+        "AdamW learning rate, cosine-decayed per step to 1% of itself; 0 = auto (head only on "
+        "cached features: a cross-validated L-BFGS fit, no learning rate; otherwise 1e-3)",
+    )
     weight_decay: float = _f(0.01, "AdamW weight decay")
     image_size: int = _f(0, "input size in pixels; 0 = the weights' own size (224 for most)")
     val_fraction: float = _f(0.2, "share of each class held out for validation (ignored with train/ and val/)")
@@ -56,8 +60,9 @@ class TrainConfig:
     unfreeze_at: int = _f(0, "unfreeze schedule: at the start of this epoch (0 = never) unfreeze the last frozen blocks")
     unfreeze_blocks: int = _f(2, "how many frozen blocks the schedule unfreezes")
     backbone_lr_scale: float = _f(0.1, "their learning rate relative to --lr (discriminative learning rate)")
-    train_per_class: int = _f(0, "use at most N training images per class (seeded pick; 0 = all): a few-images "
-                                 "experiment; validation keeps every image")
+    train_per_class: int = _f(
+        0, "use at most N training images per class (seeded pick; 0 = all): a few-images experiment; validation keeps every image"
+    )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

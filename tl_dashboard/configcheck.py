@@ -11,6 +11,7 @@ Example:
     >>> allowed_image_sizes("efficientnet_lite0")
     (32, 1024)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -93,8 +94,9 @@ def check_config(config: TrainConfig, split: Any = None, *, check_freeze: bool =
     default_batch = TrainConfig.__dataclass_fields__["batch_size"].default
     # the default adapts (a step then takes every training image); a batch the user chose is honoured or refused
     if split is not None and config.batch_size > len(split.train) and config.batch_size != default_batch:
-        raise ConfigError(f"--batch-size {config.batch_size} is larger than the {len(split.train)} training images; "
-                          f"use 1..{len(split.train)}.")
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(split.train)} training images; use 1..{len(split.train)}."
+        )
     if check_freeze:
         from .layers import describe_blocks, parse_freeze
 

@@ -12,6 +12,7 @@ Example:
     >>> sorted(clock.stop())
     ['cpu_seconds', 'load_avg', 'shared_machine', 'wall_seconds']
 """
+
 from __future__ import annotations
 
 import os
@@ -50,13 +51,17 @@ class Clock:
         """``wall_seconds``, ``cpu_seconds``, ``load_avg`` ({start, end, cores}) and ``shared_machine``."""
         end, cores = load_average(), os.cpu_count() or 1
         loads = [x for x in (self.load_start, end) if x is not None]
-        return {"wall_seconds": round(self.wall(), 3), "cpu_seconds": round(self.cpu(), 3),
-                "load_avg": {"start": self.load_start, "end": end, "cores": cores},
-                "shared_machine": bool(loads) and max(loads) >= cores + 1}
+        return {
+            "wall_seconds": round(self.wall(), 3),
+            "cpu_seconds": round(self.cpu(), 3),
+            "load_avg": {"start": self.load_start, "end": end, "cores": cores},
+            "shared_machine": bool(loads) and max(loads) >= cores + 1,
+        }
 
 
-def gflops_per_epoch(step: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, n_train: int,
-                     params: Callable[[], list[torch.nn.Parameter]]) -> float | None:
+def gflops_per_epoch(
+    step: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, n_train: int, params: Callable[[], list[torch.nn.Parameter]]
+) -> float | None:
     """Forward + backward GFLOPs of one training step on ``inputs``, scaled to ``n_train`` images.
 
     Counted in eval mode (BatchNorm statistics untouched, no dropout draws) and without touching

@@ -17,6 +17,7 @@ Example:
     >>> move = relabel("sample_data/emoji3", "food/13.png", "animals")          # doctest: +SKIP
     >>> undo_relabel("sample_data/emoji3", move["id"])                          # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,18 @@ from typing import Any, Iterable
 
 from .errors import UserError
 
-__all__ = ["EXCLUDE_FILE", "RELABEL_LOG", "CurationError", "excluded_paths", "exclude", "include",
-           "relabel", "undo_relabel", "relabel_log", "filter_excluded"]
+__all__ = [
+    "EXCLUDE_FILE",
+    "RELABEL_LOG",
+    "CurationError",
+    "excluded_paths",
+    "exclude",
+    "include",
+    "relabel",
+    "undo_relabel",
+    "relabel_log",
+    "filter_excluded",
+]
 
 EXCLUDE_FILE = ".tl-exclude.json"
 RELABEL_LOG = ".tl-relabel-log.json"

@@ -7,6 +7,7 @@ file under the root: each is either used (in ``train`` or ``val``) or listed in
 
 This module never imports streamlit.
 """
+
 from __future__ import annotations
 
 import collections
@@ -30,9 +31,22 @@ from .errors import UserError
 from .imageops import _RESAMPLE, resize_center_square, resized_size, to_rgb  # noqa: F401  (re-exported)
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "MIN_IMAGE_SIDE", "DEFAULT_MAX_IMAGE_PIXELS", "DataError", "Sample",
-    "Skipped", "DatasetSplit", "scan_images", "check_image", "load_rgb", "to_rgb", "resized_size",
-    "resize_center_square", "env_number", "class_folder_count", "folder_signature",
+    "IMAGE_EXTENSIONS",
+    "MIN_IMAGE_SIDE",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DataError",
+    "Sample",
+    "Skipped",
+    "DatasetSplit",
+    "scan_images",
+    "check_image",
+    "load_rgb",
+    "to_rgb",
+    "resized_size",
+    "resize_center_square",
+    "env_number",
+    "class_folder_count",
+    "folder_signature",
     "data_warnings",
 ]
 
@@ -54,6 +68,7 @@ class DataError(UserError, ValueError):
 @dataclass(frozen=True)
 class Sample:
     """One usable image and its class index."""
+
     path: Path
     label: int
 
@@ -61,6 +76,7 @@ class Sample:
 @dataclass(frozen=True)
 class Skipped:
     """One file (or folder) under the data root that is not used, and why."""
+
     path: Path
     reason: str
 
@@ -72,6 +88,7 @@ class Skipped:
 @dataclass
 class DatasetSplit:
     """Result of :func:`scan_images`: classes, the train/val split and skipped files."""
+
     root: Path
     classes: list[str]
     train: list[Sample]
@@ -159,7 +176,8 @@ def _decode(source: Path | BinaryIO, limit: int, draft_size: int | None, min_sid
             if w * h > limit:
                 raise _Rejected(
                     f"too large: {w}x{h} pixels exceeds the limit of {limit} (decompression-bomb guard); "
-                    "raise TL_MAX_IMAGE_PIXELS to allow it")
+                    "raise TL_MAX_IMAGE_PIXELS to allow it"
+                )
             if min(w, h) < min_side:
                 raise _Rejected(f"too small ({w}x{h}; need at least {min_side} px a side)")
             if draft_size and img.format == "JPEG":
@@ -178,8 +196,7 @@ def _decode(source: Path | BinaryIO, limit: int, draft_size: int | None, min_sid
         raise _Rejected(f"unreadable or truncated image: {_short(exc, path)}") from None
 
 
-def load_rgb(source: ImageSource, *, max_pixels: int | None = None,
-             draft_size: int | None = None) -> Image.Image:
+def load_rgb(source: ImageSource, *, max_pixels: int | None = None, draft_size: int | None = None) -> Image.Image:
     """Load any supported image as an EXIF-upright RGB :class:`PIL.Image.Image`.
 
     Args:
@@ -214,8 +231,9 @@ def load_rgb(source: ImageSource, *, max_pixels: int | None = None,
     try:
         return _decode(fp, limit, draft_size)
     except _Rejected as exc:
-        raise DataError(f"Cannot use the image {label}: {exc.args[0]}. Give a JPEG, PNG or another "
-                        f"supported image ({', '.join(IMAGE_EXTENSIONS)}).") from None
+        raise DataError(
+            f"Cannot use the image {label}: {exc.args[0]}. Give a JPEG, PNG or another supported image ({', '.join(IMAGE_EXTENSIONS)})."
+        ) from None
 
 
 _checks_lock = threading.Lock()
@@ -327,9 +345,13 @@ def _walk(folder: Path, root_real: str, files: list[Path], skipped: list[Skipped
         if _is_plain_dir(e):
             _walk(Path(e.path), root_real, files, skipped)
         elif e.is_dir():  # hidden folder, or a symlink to a folder: listed once, not followed
-            reason = ("hidden folder (not scanned)" if not e.is_symlink() else
-                      "symlinked folder (not followed)" if _inside(e.path, root_real) else
-                      "symlink leaves the data folder")
+            reason = (
+                "hidden folder (not scanned)"
+                if not e.is_symlink()
+                else "symlinked folder (not followed)"
+                if _inside(e.path, root_real)
+                else "symlink leaves the data folder"
+            )
             skipped.append(Skipped(Path(e.path), reason))
         else:
             files.append(Path(e.path))
@@ -361,8 +383,9 @@ def _skip_hint(skipped: list[Skipped], folder: Path) -> str:
     return f" ({len(inside)} file(s) skipped there, e.g. '{inside[0].path.name}': {inside[0].reason})"
 
 
-def _validate(files: list[Path], root_real: str, limit: int,
-              progress: Callable[[int, int], None] | None) -> tuple[list[str | None], dict[Path, str]]:
+def _validate(
+    files: list[Path], root_real: str, limit: int, progress: Callable[[int, int], None] | None
+) -> tuple[list[str | None], dict[Path, str]]:
     """Check ``files``: cheap checks here, then a full decode on every core of each file content not
     verified before (remembered in the cache folder, :mod:`.filememo`).
 
@@ -405,8 +428,14 @@ def _validate(files: list[Path], root_real: str, limit: int,
     return reasons, used
 
 
-def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, max_pixels: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> DatasetSplit:
+def scan_images(
+    root: str | Path,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    max_pixels: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DatasetSplit:
     """Find, validate and split the images of a class-per-folder data set.
 
     Every image is fully decoded once (JPEGs at reduced scale) so truncated or fake
@@ -432,16 +461,14 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, m
             images or one class; a class has too few usable images; or ``val_fraction`` is
             out of range. A pre-split folder needs >= 1 usable image per class in each split.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
-            or not 0.0 < val_fraction <= 0.9:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.9:
         raise DataError(f"val_fraction={val_fraction!r} is out of range; pick a value in (0, 0.9], e.g. 0.2.")
     limit = _resolve_max_pixels(max_pixels)
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise DataError(f"Data folder not found: {root}. Pick an existing folder with one sub-folder per class.")
     if not root.is_dir():
-        raise DataError(f"Data folder {root} is a file, not a folder. Pick the folder that holds one "
-                        "sub-folder per class.")
+        raise DataError(f"Data folder {root} is a file, not a folder. Pick the folder that holds one sub-folder per class.")
     try:
         with os.scandir(root) as it:
             top = [e for e in it if _is_plain_dir(e)]
@@ -453,8 +480,10 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, m
     bases = [root / d for d in _SPLIT_DIRS] if presplit else [root]
     classes = sorted({e.name for b in bases for e in _entries(b, []) if _is_plain_dir(e)})
     if not classes:
-        raise DataError(f"No class sub-folders in {root}. Put the images in one sub-folder per class, "
-                        f"e.g. {root / 'cats'}/1.jpg and {root / 'dogs'}/1.jpg.")
+        raise DataError(
+            f"No class sub-folders in {root}. Put the images in one sub-folder per class, "
+            f"e.g. {root / 'cats'}/1.jpg and {root / 'dogs'}/1.jpg."
+        )
 
     files: list[Path] = []
     _walk(root, root_real, files, skipped)
@@ -477,19 +506,33 @@ def scan_images(root: str | Path, *, val_fraction: float = 0.2, seed: int = 0, m
     skipped.sort(key=lambda s: s.path.as_posix())
     train, val = _assign(root, classes, usable, skipped, presplit, float(val_fraction), seed)
     key = lambda s: (s.label, s.path.as_posix())  # noqa: E731
-    return DatasetSplit(root=root, classes=classes, train=sorted(train, key=key), val=sorted(val, key=key),
-                        skipped=skipped, presplit=presplit, digests=digests)
+    return DatasetSplit(
+        root=root,
+        classes=classes,
+        train=sorted(train, key=key),
+        val=sorted(val, key=key),
+        skipped=skipped,
+        presplit=presplit,
+        digests=digests,
+    )
 
 
-def _assign(root: Path, classes: list[str], usable: dict[tuple[str, str], list[Path]], skipped: list[Skipped],
-            presplit: bool, val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def _assign(
+    root: Path,
+    classes: list[str],
+    usable: dict[tuple[str, str], list[Path]],
+    skipped: list[Skipped],
+    presplit: bool,
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[Sample], list[Sample]]:
     """The train and val samples of the usable files; raises DataError on too few images or classes."""
     if not usable:
-        raise DataError(f"Found 0 images in subfolders of {root}. Supported extensions are "
-                        f"{', '.join(IMAGE_EXTENSIONS)}{_skip_hint(skipped, root)}.")
+        raise DataError(
+            f"Found 0 images in subfolders of {root}. Supported extensions are {', '.join(IMAGE_EXTENSIONS)}{_skip_hint(skipped, root)}."
+        )
     if len(classes) == 1:
-        raise DataError(f"Found only one class ({classes[0]!r}) in {root}: a classifier needs at least two "
-                        "class sub-folders.")
+        raise DataError(f"Found only one class ({classes[0]!r}) in {root}: a classifier needs at least two class sub-folders.")
     train: list[Sample] = []
     val: list[Sample] = []
     for label, c in enumerate(classes):
@@ -500,7 +543,8 @@ def _assign(root: Path, classes: list[str], usable: dict[tuple[str, str], list[P
                     raise DataError(
                         f"Class {c!r} has 0 usable images in {root / split}; a pre-split folder needs at least 1 "
                         f"per class in both train/ and val/{_skip_hint(skipped, folder)}. Add images to {folder} "
-                        f"or remove the class from both splits.")
+                        f"or remove the class from both splits."
+                    )
                 out.extend(Sample(f, label) for f in usable[split, c])
             continue
         n = len(usable["all", c])
@@ -508,7 +552,8 @@ def _assign(root: Path, classes: list[str], usable: dict[tuple[str, str], list[P
             raise DataError(
                 f"Class {c!r} has {n} usable image{'' if n == 1 else 's'} in {root}; each class needs at least 2 "
                 f"(one to train, one to validate){_skip_hint(skipped, root / c)}. Add images to {root / c} "
-                "or remove the folder.")
+                "or remove the folder."
+            )
         tr, va = _split_class(usable["all", c], val_fraction, seed, c)
         train.extend(Sample(f, label) for f in tr)
         val.extend(Sample(f, label) for f in va)
@@ -564,15 +609,16 @@ def data_warnings(counts: dict[str, dict[str, int]], *, imbalance: float = 3.0, 
             out.append(
                 f"Class imbalance: '{big}' has {totals[big]} images but '{small}' only {totals[small]} "
                 f"({totals[big] / totals[small]:.1f}x). The model may learn to favour '{big}'; "
-                f"add images to '{small}' or remove some from '{big}'.")
+                f"add images to '{small}' or remove some from '{big}'."
+            )
     tiny = [c for c, n in totals.items() if n < min_images]
     if tiny:
         names = ", ".join(f"'{c}' ({totals[c]})" for c in tiny)
         out.append(
             f"Too few images to validate: {names}. With fewer than {min_images} images a class gets "
-            "1 validation image, so its accuracy is all-or-nothing; add more images.")
+            "1 validation image, so its accuracy is all-or-nothing; add more images."
+        )
     return out
-
 
 
 def __getattr__(name: str) -> Any:

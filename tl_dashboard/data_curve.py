@@ -16,6 +16,7 @@ Example:
     >>> curve = data_curve(TrainConfig("sample_data/emoji3", image_size=96))  # doctest: +SKIP
     >>> [(p["n_per_class"], round(p["mean"], 2)) for p in curve.points]       # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,13 @@ class DataCurve:
     seconds: dict[str, float] = field(default_factory=dict)  # {"features": s, "head": s, <plan>: s}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"data_dir": self.data_dir, "classes": self.classes, "val_images": self.val_images,
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "points": self.points}
+        return {
+            "data_dir": self.data_dir,
+            "classes": self.classes,
+            "val_images": self.val_images,
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            "points": self.points,
+        }
 
 
 def curve_sizes(per_class_counts: Sequence[int], sizes: Sequence[int] | None = None) -> list[int]:
@@ -73,16 +79,22 @@ def curve_sizes(per_class_counts: Sequence[int], sizes: Sequence[int] | None = N
 
 def _draw(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``n`` random rows of every class (all of it where a class has fewer)."""
-    out = [rng.choice(np.flatnonzero(labels == c), size=min(n, int((labels == c).sum())), replace=False)
-           for c in np.unique(labels)]
+    out = [rng.choice(np.flatnonzero(labels == c), size=min(n, int((labels == c).sum())), replace=False) for c in np.unique(labels)]
     return np.sort(np.concatenate(out))
 
 
 def _point(plan: str, n: int, accs: list[float], seconds: float) -> dict[str, Any]:
     a = np.asarray(accs, dtype=float)
-    return {"plan": plan, "n_per_class": int(n), "accuracies": [round(float(v), 4) for v in a],
-            "mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
-            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4), "seconds": round(seconds, 3)}
+    return {
+        "plan": plan,
+        "n_per_class": int(n),
+        "accuracies": [round(float(v), 4) for v in a],
+        "mean": round(float(a.mean()), 4),
+        "std": round(float(a.std()), 4),
+        "min": round(float(a.min()), 4),
+        "max": round(float(a.max()), 4),
+        "seconds": round(seconds, 3),
+    }
 
 
 def _probe_points(fs, sizes: list[int], draws: int, seed: int) -> list[dict[str, Any]]:
@@ -130,8 +142,9 @@ def _plan_config(config: TrainConfig, plan: str) -> TrainConfig:
     return replace(config, freeze=plan)
 
 
-def _trained_points(config: TrainConfig, split, plan: str, sizes: list[int], draws: int,
-                    progress: Callable[[str], None] | None) -> list[dict[str, Any]]:
+def _trained_points(
+    config: TrainConfig, split, plan: str, sizes: list[int], draws: int, progress: Callable[[str], None] | None
+) -> list[dict[str, Any]]:
     from .engine import train
 
     y = np.asarray([s.label for s in split.train])
@@ -153,9 +166,15 @@ def _trained_points(config: TrainConfig, split, plan: str, sizes: list[int], dra
     return points
 
 
-def data_curve(config: TrainConfig, *, sizes: Sequence[int] | None = None, draws: int = 5,
-               plans: Sequence[str] = ("head",), trained_draws: int = 2,
-               progress: Callable[[str], None] | None = None) -> DataCurve:
+def data_curve(
+    config: TrainConfig,
+    *,
+    sizes: Sequence[int] | None = None,
+    draws: int = 5,
+    plans: Sequence[str] = ("head",),
+    trained_draws: int = 2,
+    progress: Callable[[str], None] | None = None,
+) -> DataCurve:
     """Validation accuracy against training images per class, several random draws per point.
 
     Args:

@@ -19,6 +19,7 @@ Example:
     >>> [d["name"] for d in list_datasets(store, ws_id)]                                     # doctest: +SKIP
     ['pets']
 """
+
 from __future__ import annotations
 
 import os
@@ -33,14 +34,7 @@ from .data import DataError, scan_images
 if TYPE_CHECKING:
     from .runs import RunStore
 
-__all__ = [
-    "dataset_label",
-    "dataset_record",
-    "import_folder_upload",
-    "import_zip_upload",
-    "list_datasets",
-    "register_dataset",
-]
+__all__ = ["dataset_label", "dataset_record", "import_folder_upload", "import_zip_upload", "list_datasets", "register_dataset"]
 
 
 def _key(path: str | Path) -> str:
@@ -61,8 +55,7 @@ def dataset_record(store: RunStore, data_dir: str | Path) -> dict[str, Any]:
     path = _key(data_dir)
     row = _row(store, path)
     if row:
-        return {"name": row["name"], "path": path, "images": row["images"], "classes": row["classes"],
-                "fingerprint": row["fingerprint"]}
+        return {"name": row["name"], "path": path, "images": row["images"], "classes": row["classes"], "fingerprint": row["fingerprint"]}
     return {"name": Path(path).name, "path": path}
 
 
@@ -75,8 +68,7 @@ def dataset_label(run: dict[str, Any]) -> str:
     return f"{name} · {d['images']} images" if d.get("images") else name
 
 
-def register_dataset(store: RunStore, root: str | Path, ws_id: str | None, name: str,
-                     *, val_fraction: float = 0.2) -> dict[str, Any]:
+def register_dataset(store: RunStore, root: str | Path, ws_id: str | None, name: str, *, val_fraction: float = 0.2) -> dict[str, Any]:
     """Scan ``root`` and, when it is usable, record it as ``ws_id``'s data set ``name``.
 
     Returns:
@@ -86,17 +78,23 @@ def register_dataset(store: RunStore, root: str | Path, ws_id: str | None, name:
         DataError: not usable (no or one class, too few images): nothing is recorded.
     """
     split = scan_images(root, val_fraction=val_fraction)
-    info = {"path": _key(split.root), "name": str(name)[:80] or Path(root).name, "classes": len(split.classes),
-            "images": len(split.train) + len(split.val), "fingerprint": split.fingerprint(), "workspace": ws_id}
+    info = {
+        "path": _key(split.root),
+        "name": str(name)[:80] or Path(root).name,
+        "classes": len(split.classes),
+        "images": len(split.train) + len(split.val),
+        "fingerprint": split.fingerprint(),
+        "workspace": ws_id,
+    }
     with store._tx() as con:
-        con.execute("INSERT OR REPLACE INTO datasets (path, workspace, name, classes, images, fingerprint, created) "
-                    "VALUES (?,?,?,?,?,?,?)", (info["path"], ws_id, info["name"], info["classes"], info["images"],
-                                                info["fingerprint"], time.time()))
+        con.execute(
+            "INSERT OR REPLACE INTO datasets (path, workspace, name, classes, images, fingerprint, created) VALUES (?,?,?,?,?,?,?)",
+            (info["path"], ws_id, info["name"], info["classes"], info["images"], info["fingerprint"], time.time()),
+        )
     return info
 
 
-def _register_or_remove(store: RunStore, folder: Path, root: Path, ws_id: str | None, name: str,
-                        what: str) -> dict[str, Any]:
+def _register_or_remove(store: RunStore, folder: Path, root: Path, ws_id: str | None, name: str, what: str) -> dict[str, Any]:
     try:
         return register_dataset(store, root, ws_id, name)
     except DataError as exc:
@@ -123,13 +121,13 @@ def import_zip_upload(store: RunStore, ws_id: str | None, data: bytes, filename:
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    info = _register_or_remove(store, folder, report.root, ws_id, report.root.name if report.root != folder else name,
-                               f"The zip {filename!r}")
+    info = _register_or_remove(
+        store, folder, report.root, ws_id, report.root.name if report.root != folder else name, f"The zip {filename!r}"
+    )
     return {**info, "written": len(report.written), "skipped": len(report.skipped)}
 
 
-def import_folder_upload(store: RunStore, ws_id: str | None, by_class: dict[str, Sequence[tuple[str, bytes]]],
-                         name: str) -> dict[str, Any]:
+def import_folder_upload(store: RunStore, ws_id: str | None, by_class: dict[str, Sequence[tuple[str, bytes]]], name: str) -> dict[str, Any]:
     """Save images uploaded as ``{class: [(file name, bytes), ...]}``, scan and register them.
 
     Raises:

@@ -25,6 +25,7 @@ Example:
     >>> result.status, round(result.val_accuracy, 2)
     ('finished', 0.97)
 """
+
 from __future__ import annotations
 
 import math
@@ -56,9 +57,28 @@ from .stats import limit_per_class
 from .unfreeze import UnfreezeSchedule
 
 __all__ = [
-    "EVENTS", "TrainConfig", "TrainResult", "Callback", "StopCheck", "TrainingStopped", "ConfigError",
-    "train", "resolve_device", "Prepared", "prepare", "start_model", "check_config", "allowed_image_sizes", "load_data", "save_epoch", "save_checkpoint",
-    "load_checkpoint", "shard_indices", "available_devices", "center_crop", "Normalizer",
+    "EVENTS",
+    "TrainConfig",
+    "TrainResult",
+    "Callback",
+    "StopCheck",
+    "TrainingStopped",
+    "ConfigError",
+    "train",
+    "resolve_device",
+    "Prepared",
+    "prepare",
+    "start_model",
+    "check_config",
+    "allowed_image_sizes",
+    "load_data",
+    "save_epoch",
+    "save_checkpoint",
+    "load_checkpoint",
+    "shard_indices",
+    "available_devices",
+    "center_crop",
+    "Normalizer",
 ]
 
 EVENTS = ("on_run_start", "on_epoch_start", "on_step_end", "on_epoch_end", "on_run_end", "on_log")
@@ -147,7 +167,10 @@ def available_devices() -> dict[str, Any]:
     mps = bool(getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
     choices = ["auto", "cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(n_cuda)] if n_cuda else []) + (["mps"] if mps else [])
     return {
-        "choices": choices, "cuda_count": n_cuda, "mps": mps, "auto": str(resolve_device("auto")),
+        "choices": choices,
+        "cuda_count": n_cuda,
+        "mps": mps,
+        "auto": str(resolve_device("auto")),
         "gpu_names": [torch.cuda.get_device_name(i) for i in range(n_cuda)],
     }
 
@@ -203,8 +226,7 @@ def load_data(prep: Prepared, device: torch.device) -> tuple[RowView, torch.Tens
 
     ``x_*`` are :class:`~tl_dashboard.imagestore.RowView`: indexed like uint8 tensors, they read
     only the rows asked for (pinned memory on CUDA), so memory does not grow with the data set."""
-    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation,
-                                  image_size=prep.image_size)
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation, image_size=prep.image_size)
     pin = device.type == "cuda"  # pinned host memory: non-blocking copies overlap with compute
     views = []
     for samples in (prep.split.train, prep.split.val):
@@ -226,8 +248,9 @@ def _place_model(model: nn.Module, device: torch.device) -> bool:
     return nhwc
 
 
-def build_loop(config: TrainConfig, prep: Prepared, device: torch.device, dist: Dist, t_start: float,
-               log: Callable[[str, str], None]) -> Loop:
+def build_loop(
+    config: TrainConfig, prep: Prepared, device: torch.device, dist: Dist, t_start: float, log: Callable[[str, str], None]
+) -> Loop:
     """Phases 2-4: data tensors, the feature cache, the optimizer and schedule, bundled as a :class:`loop.Loop`."""
     nhwc = _place_model(prep.model, device)
     x_train, y_train, x_val, y_val = load_data(prep, device)
@@ -236,23 +259,46 @@ def build_loop(config: TrainConfig, prep: Prepared, device: torch.device, dist: 
     norm = Normalizer(prep.weights.mean, prep.weights.std, device)
     fmt = lambda t: t.contiguous(memory_format=torch.channels_last) if nhwc and t.dim() == 4 else t  # noqa: E731
     key = prefix_key(prep, "head" if split.head_only else split.k, nhwc)
-    cache = build_feature_cache(config, prep.model, prep.plan, split, x_train, x_val, norm, prep.image_size, device, fmt,
-                                key_parts=key)
+    cache = build_feature_cache(config, prep.model, prep.plan, split, x_train, x_val, norm, prep.image_size, device, fmt, key_parts=key)
     if cache.used:
         i = cache.info
-        log("info", f"Feature cache: {split.k} frozen blocks computed once for {len(x_train) + len(x_val)} images "
-                    f"({i['estimated_mb']} MB in {i['location']}, {i['build_seconds']} s); "
-                    "training the rest on cached tensors.")
+        log(
+            "info",
+            f"Feature cache: {split.k} frozen blocks computed once for {len(x_train) + len(x_val)} images "
+            f"({i['estimated_mb']} MB in {i['location']}, {i['build_seconds']} s); "
+            "training the rest on cached tensors.",
+        )
     else:
         log("info", f"Full path: {cache.info['reason']}.")
     per_rank_batch = max(1, config.batch_size // dist.world)
     shard_len = len(shard_indices(len(x_train), 0, config.seed, dist.rank, dist.world))
     steps_per_epoch = max(1, math.ceil(shard_len / per_rank_batch))
-    loop = Loop(prep.model, prep.blocks, schedule, split, cache, x_train, y_train, x_val, y_val, norm,
-                prep.image_size, device, dist, nhwc, config.augment, config.seed, config.label_smoothing,
-                per_rank_batch, steps_per_epoch, steps_per_epoch * config.epochs, t_start)
-    loop.optimizer, loop.scheduler = make_optimizer(prep.model, schedule, lr=config.lr, weight_decay=config.weight_decay,
-                                                    total_steps=loop.total_steps)
+    loop = Loop(
+        prep.model,
+        prep.blocks,
+        schedule,
+        split,
+        cache,
+        x_train,
+        y_train,
+        x_val,
+        y_val,
+        norm,
+        prep.image_size,
+        device,
+        dist,
+        nhwc,
+        config.augment,
+        config.seed,
+        config.label_smoothing,
+        per_rank_batch,
+        steps_per_epoch,
+        steps_per_epoch * config.epochs,
+        t_start,
+    )
+    loop.optimizer, loop.scheduler = make_optimizer(
+        prep.model, schedule, lr=config.lr, weight_decay=config.weight_decay, total_steps=loop.total_steps
+    )
     loop.autocast, _, loop.scaler = amp(device)
     loop.wrap()
     return loop
@@ -261,28 +307,49 @@ def build_loop(config: TrainConfig, prep: Prepared, device: torch.device, dist: 
 def _checkpoint_meta(config: TrainConfig, prep: Prepared) -> dict[str, Any]:
     w = prep.weights
     return {
-        "model": config.model, "image_size": prep.image_size, "load_size": prep.load_size,
-        "mean": list(w.mean), "std": list(w.std), "interpolation": w.interpolation, "crop_pct": w.crop_pct,
-        "num_classes": len(prep.split.classes), "bn_eps": bn_eps(prep.model), "weights_source": w.source,
-        "freeze": prep.plan.spec, "frozen_blocks": list(prep.plan.frozen), "bn_mode": prep.plan.bn_mode,
+        "model": config.model,
+        "image_size": prep.image_size,
+        "load_size": prep.load_size,
+        "mean": list(w.mean),
+        "std": list(w.std),
+        "interpolation": w.interpolation,
+        "crop_pct": w.crop_pct,
+        "num_classes": len(prep.split.classes),
+        "bn_eps": bn_eps(prep.model),
+        "weights_source": w.source,
+        "freeze": prep.plan.spec,
+        "frozen_blocks": list(prep.plan.frozen),
+        "bn_mode": prep.plan.bn_mode,
     }
 
 
 def _device_text(device: torch.device, dist: Dist) -> str:
     amp_dtype = amp(device)[1]
-    return str(device) + (f" × {dist.world} processes" if dist.active else "") + (
-        f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
+    return (
+        str(device)
+        + (f" × {dist.world} processes" if dist.active else "")
+        + (f", autocast {str(amp_dtype).replace('torch.', '')}" if amp_dtype else "")
+    )
 
 
 def _run_start_info(config: TrainConfig, prep: Prepared, loop: Loop, device_text: str) -> dict[str, Any]:
     return {
-        "classes": prep.split.classes, "train_images": len(loop.x_train), "val_images": len(loop.x_val),
+        "classes": prep.split.classes,
+        "train_images": len(loop.x_train),
+        "val_images": len(loop.x_val),
         "data_fingerprint": prep.split.fingerprint(),
-        "steps_per_epoch": loop.steps_per_epoch, "epochs": config.epochs,
-        "trainable_params": count_params(prep.model, True), "frozen_params": count_params(prep.model, False),
-        "weights": prep.weights.to_dict(), "feature_cache": loop.cache.info, "device": device_text,
-        "world_size": loop.dist.world, "freeze_label": prep.plan.label, "image_size": prep.image_size,
-        "unfreeze": loop.schedule.info(), "skipped_files": [s.to_dict() for s in prep.split.skipped],
+        "steps_per_epoch": loop.steps_per_epoch,
+        "epochs": config.epochs,
+        "trainable_params": count_params(prep.model, True),
+        "frozen_params": count_params(prep.model, False),
+        "weights": prep.weights.to_dict(),
+        "feature_cache": loop.cache.info,
+        "device": device_text,
+        "world_size": loop.dist.world,
+        "freeze_label": prep.plan.label,
+        "image_size": prep.image_size,
+        "unfreeze": loop.schedule.info(),
+        "skipped_files": [s.to_dict() for s in prep.split.skipped],
         "blocks": [{"name": b.name, "params": b.params, "frozen": b.name in prep.plan.frozen} for b in prep.blocks],
     }
 
@@ -297,22 +364,41 @@ def _unfreeze(loop: Loop, epoch: int, log: Callable[[str, str], None]) -> None:
     if loop.schedule.finetune_function(loop.model, epoch, loop.optimizer):
         if loop.dist.active:
             loop.wrap()
-        log("info", f"Epoch {epoch}: unfroze {', '.join(loop.schedule.blocks)} at lr x {loop.schedule.lr_scale:g} "
-                    f"({count_params(loop.model, True):,} trainable parameters now).")
+        log(
+            "info",
+            f"Epoch {epoch}: unfroze {', '.join(loop.schedule.blocks)} at lr x {loop.schedule.lr_scale:g} "
+            f"({count_params(loop.model, True):,} trainable parameters now).",
+        )
 
 
 def _epoch_row(loop: Loop, epoch: int, cbs: Sequence[Callback]) -> dict[str, Any]:
     t_epoch = time.perf_counter()
     train_row = run_epoch(loop, epoch, cbs)
     val_loss, val_acc = evaluate(loop)
-    return {"epoch": epoch, "train_loss": train_row["train_loss"], "train_acc": train_row["train_acc"],
-            "val_loss": val_loss, "val_acc": val_acc, "lr": loop.optimizer.param_groups[0]["lr"],
-            "images_per_sec": train_row["images_per_sec"], "seconds": time.perf_counter() - t_epoch}
+    return {
+        "epoch": epoch,
+        "train_loss": train_row["train_loss"],
+        "train_acc": train_row["train_acc"],
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": loop.optimizer.param_groups[0]["lr"],
+        "images_per_sec": train_row["images_per_sec"],
+        "seconds": time.perf_counter() - t_epoch,
+    }
 
 
-def fit(loop: Loop, epochs: int, cbs: Sequence[Callback], progress: RunProgress, *, patience: int,
-        save_best: Callable[[int], None], save_state: Callable[[int], None], log: Callable[[str, str], None],
-        start_epoch: int = 1) -> str:
+def fit(
+    loop: Loop,
+    epochs: int,
+    cbs: Sequence[Callback],
+    progress: RunProgress,
+    *,
+    patience: int,
+    save_best: Callable[[int], None],
+    save_state: Callable[[int], None],
+    log: Callable[[str, str], None],
+    start_epoch: int = 1,
+) -> str:
     """Phase 5: epochs ``start_epoch``..``epochs``, each unfreeze -> train -> evaluate -> keep the best ->
     resume point; early stopping after ``patience`` epochs without a new lowest validation loss.
     Returns the status (``finished`` or ``stopped``); ``progress`` holds the history and the best epoch."""
@@ -326,21 +412,35 @@ def fit(loop: Loop, epochs: int, cbs: Sequence[Callback], progress: RunProgress,
             emit(cbs, "on_epoch_end", row)
             save_state(epoch)
             if progress.early_stopped and epoch < epochs:
-                log("info", f"Early stop after epoch {epoch}: validation loss has not improved for {patience} epochs "
-                            f"(best {progress.min_loss:.4f}); keeping epoch {progress.best_epoch}.")
+                log(
+                    "info",
+                    f"Early stop after epoch {epoch}: validation loss has not improved for {patience} epochs "
+                    f"(best {progress.min_loss:.4f}); keeping epoch {progress.best_epoch}.",
+                )
                 break
         else:
             progress.early_stopped = False  # the planned epochs all ran
     except TrainingStopped:
-        log("info", f"Stopped on request after {len(progress.history)} of {epochs} epochs"
-                    + (f"; keeping epoch {progress.best_epoch}." if progress.history else
-                       ": no epoch completed, so no model is kept (nothing to evaluate or resume; start it again)."))
+        log(
+            "info",
+            f"Stopped on request after {len(progress.history)} of {epochs} epochs"
+            + (
+                f"; keeping epoch {progress.best_epoch}."
+                if progress.history
+                else ": no epoch completed, so no model is kept (nothing to evaluate or resume; start it again)."
+            ),
+        )
         return "stopped"
     return "finished"
 
 
-def train(config: TrainConfig, callbacks: Sequence[Callback] = (), out_dir: str | Path | None = None,
-          split: DatasetSplit | None = None, resume: bool = False) -> TrainResult:
+def train(
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
+    out_dir: str | Path | None = None,
+    split: DatasetSplit | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train one run; see the module docstring.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this: the model is wrapped in
@@ -400,25 +500,48 @@ def _resume(loop: Loop, out_dir: str | Path | None, log: Callable[[str, str], No
     return progress, int(state["epoch"]) + 1
 
 
-def _result(status: str, progress: RunProgress, loop: Loop, info: dict[str, Any], clock: Clock,
-            start_epoch: int, auto: dict[str, Any]) -> TrainResult:
+def _result(
+    status: str, progress: RunProgress, loop: Loop, info: dict[str, Any], clock: Clock, start_epoch: int, auto: dict[str, Any]
+) -> TrainResult:
     h = progress.history
     best = next((r for r in h if r["epoch"] == progress.best_epoch), None)
     kept_acc = best["val_acc"] if best else None  # no completed epoch: no score (a mid-epoch model is not a result)
     return TrainResult(
-        status=status, val_accuracy=kept_acc, best_val_accuracy=kept_acc, train_seconds=round(clock.wall(), 3),
-        epochs=len(h), trainable_params=info["trainable_params"], frozen_params=info["frozen_params"],
-        weights=info["weights"], skipped_files=info["skipped_files"], classes=info["classes"],
-        feature_cache=loop.cache.info, freeze_label=info["freeze_label"], device=info["device"], history=h,
-        last_val_accuracy=h[-1]["val_acc"] if h else None, best_epoch=progress.best_epoch if best else None,
-        early_stopped=progress.early_stopped, resumed_from_epoch=start_epoch - 1,
-        gflops_per_epoch=info.get("gflops_per_epoch"), auto=auto, **clock.stop(),
+        status=status,
+        val_accuracy=kept_acc,
+        best_val_accuracy=kept_acc,
+        train_seconds=round(clock.wall(), 3),
+        epochs=len(h),
+        trainable_params=info["trainable_params"],
+        frozen_params=info["frozen_params"],
+        weights=info["weights"],
+        skipped_files=info["skipped_files"],
+        classes=info["classes"],
+        feature_cache=loop.cache.info,
+        freeze_label=info["freeze_label"],
+        device=info["device"],
+        history=h,
+        last_val_accuracy=h[-1]["val_acc"] if h else None,
+        best_epoch=progress.best_epoch if best else None,
+        early_stopped=progress.early_stopped,
+        resumed_from_epoch=start_epoch - 1,
+        gflops_per_epoch=info.get("gflops_per_epoch"),
+        auto=auto,
+        **clock.stop(),
     )
 
 
-def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None, device: torch.device,
-           dist: Dist, log: Callable[[str, str], None], t_start: float, split: DatasetSplit | None,
-           resume: bool) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    cbs: list[Callback],
+    out_dir: str | Path | None,
+    device: torch.device,
+    dist: Dist,
+    log: Callable[[str, str], None],
+    t_start: float,
+    split: DatasetSplit | None,
+    resume: bool,
+) -> TrainResult:
     if split is None:
         split = scan_images(config.data_dir, val_fraction=config.val_fraction, seed=config.seed)
     check_config(config, None, check_freeze=False)  # the batch-vs-data check is for submissions (CLI, UI)
@@ -426,8 +549,10 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
     config, auto = auto_head.resolve(config, prep.plan, prep.blocks, dist.world)
     loop = build_loop(config, prep, device, dist, t_start, log)
     auto["solver"] = auto["solver"] and loop.cache.used and isinstance(prep.model.get_classifier(), nn.Linear)
-    auto.update(lr_used=None if auto["solver"] else config.lr,  # what auto resolved to, for the pages
-                epochs_planned=auto["max_iter"] if auto["solver"] else config.epochs)
+    auto.update(
+        lr_used=None if auto["solver"] else config.lr,  # what auto resolved to, for the pages
+        epochs_planned=auto["max_iter"] if auto["solver"] else config.epochs,
+    )
     progress, start_epoch = _resume(loop, out_dir, log) if resume and not auto["solver"] else (RunProgress(), 1)
     clock = Clock(progress.wall_seconds, progress.cpu_seconds)
     info = _run_start_info(config, prep, loop, _device_text(device, dist))
@@ -447,14 +572,32 @@ def _train(config: TrainConfig, cbs: list[Callback], out_dir: str | Path | None,
 
     if auto["solver"]:  # the solver keeps its solution: the last iterate is the kept model
         history, status, auto["chosen"] = auto_head.train_cached_head(
-            prep.model.get_classifier(), loop.cache.train, loop.y_train, loop.cache.val, loop.y_val, cbs,
-            seed=config.seed, t_start=t_start, max_iter=auto["max_iter"], log=log)
+            prep.model.get_classifier(),
+            loop.cache.train,
+            loop.y_train,
+            loop.cache.val,
+            loop.y_val,
+            cbs,
+            seed=config.seed,
+            t_start=t_start,
+            max_iter=auto["max_iter"],
+            log=log,
+        )
         if history:
             save_best(len(history))
         progress.history, progress.best_epoch = history, (history[-1]["epoch"] if history else 0)
     else:
-        status = fit(loop, config.epochs, cbs, progress, patience=config.patience, log=log, start_epoch=start_epoch,
-                     save_best=save_best, save_state=save_state)
+        status = fit(
+            loop,
+            config.epochs,
+            cbs,
+            progress,
+            patience=config.patience,
+            log=log,
+            start_epoch=start_epoch,
+            save_best=save_best,
+            save_state=save_state,
+        )
     result = _result(status, progress, loop, info, clock, start_epoch, auto)
     emit(cbs, "on_run_end", result)
     return result

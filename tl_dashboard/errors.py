@@ -13,6 +13,7 @@ Example:
     ...     print(exc)
     batch size 0 is not allowed: use 1 or more
 """
+
 from __future__ import annotations
 
 __all__ = ["UserError"]

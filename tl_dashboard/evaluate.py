@@ -27,6 +27,7 @@ Example:
     >>> export_run(store, run_id, formats=("onnx",))["onnx"]
     PosixPath('runs/.../export/model.onnx')
 """
+
 from __future__ import annotations
 
 from .explain import Prediction, embeddings, grad_cam, overlay_heatmap, predict_each, predict_images

@@ -10,6 +10,7 @@ Every function that takes a run also takes a :class:`~tl_dashboard.inference.Loa
 caller that keeps one loaded model pays for loading it once. Drawn by :mod:`tl_dashboard.charts`
 (``topk_figure``, ``embedding_figure``). This module never imports streamlit.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,8 +46,11 @@ __all__ = ["grad_cam", "overlay_heatmap", "Prediction", "predict_images", "predi
 
 # -- Grad-CAM ---------------------------------------------------------------------------------
 def _is_token_model(model: nn.Module) -> bool:
-    return hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed") and isinstance(
-        getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList))
+    return (
+        hasattr(model, "num_prefix_tokens")
+        and hasattr(model, "patch_embed")
+        and isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList))
+    )
 
 
 def _token_activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +85,8 @@ def _feature_map_activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.T
     if feats.ndim != 4:
         raise ValueError(
             f"Grad-CAM needs a feature map (B, C, H, W) or ViT tokens; {type(model).__name__}.forward_features "
-            f"returned shape {tuple(feats.shape)}.")
+            f"returned shape {tuple(feats.shape)}."
+        )
     with torch.enable_grad():
         act = feats.detach().requires_grad_(True)
         return act, model.forward_head(act)
@@ -89,7 +94,7 @@ def _feature_map_activations(model: nn.Module, x: torch.Tensor) -> tuple[torch.T
 
 def _tokens_to_grid(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """(1, prefix + h*w, D) tokens -> (1, D, h, w) on the patch grid (prefix tokens dropped)."""
-    tokens = t[:, model.num_prefix_tokens:]
+    tokens = t[:, model.num_prefix_tokens :]
     ph, pw = model.patch_embed.patch_size
     gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
     if gh * gw != tokens.shape[1]:
@@ -109,7 +114,7 @@ def _cam_pass(model: nn.Module, x: torch.Tensor, target: int | None) -> tuple[np
     cls = int(logits[0].argmax()) if target is None else int(target)
     if not 0 <= cls < logits.shape[1]:
         raise ValueError(f"target={target} is outside 0..{logits.shape[1] - 1}.")
-    grad, = torch.autograd.grad(logits[0, cls], act)
+    (grad,) = torch.autograd.grad(logits[0, cls], act)
     act, grad = act.detach(), grad.detach()
     if tokens:
         act, grad = _tokens_to_grid(model, x, act), _tokens_to_grid(model, x, grad)
@@ -224,8 +229,9 @@ class Prediction:
     cam: np.ndarray | None = None  # (H, W) in [0, 1] at the image's size, for the top class
 
 
-def predict_images(source: RunSource, images: Sequence[ImageInput], top_k: int = 3, *,
-                   run_id: str | None = None, cam: bool = True) -> list[Prediction]:
+def predict_images(
+    source: RunSource, images: Sequence[ImageInput], top_k: int = 3, *, run_id: str | None = None, cam: bool = True
+) -> list[Prediction]:
     """Top-k classes with probabilities for each image, preprocessed as in training.
 
     Args:
@@ -251,7 +257,7 @@ def predict_images(source: RunSource, images: Sequence[ImageInput], top_k: int =
     if cam:
         rows = []
         for i in range(len(x)):
-            small, logits = _cam_pass(loaded.model, x[i:i + 1], None)
+            small, logits = _cam_pass(loaded.model, x[i : i + 1], None)
             cams[i] = _to_image_frame(small, shown[i].size, loaded.meta)
             rows.append(logits)
         logits = torch.cat(rows)
@@ -261,8 +267,9 @@ def predict_images(source: RunSource, images: Sequence[ImageInput], top_k: int =
     out = []
     for i in range(len(x)):
         order = np.argsort(-probs[i], kind="stable")[:k]
-        out.append(Prediction(names[i], shown[i], [(loaded.classes[j], float(probs[i, j])) for j in order],
-                              probs[i].astype(np.float32), cams[i]))
+        out.append(
+            Prediction(names[i], shown[i], [(loaded.classes[j], float(probs[i, j])) for j in order], probs[i].astype(np.float32), cams[i])
+        )
     return out
 
 
@@ -279,17 +286,24 @@ def _pca2(feats: np.ndarray) -> tuple[np.ndarray, list[float]]:
     pts = u * s
     if pts.shape[1] < 2:
         pts = np.pad(pts, ((0, 0), (0, 2 - pts.shape[1])))
-    total = float((x ** 2).sum())
-    ratio = [float(v ** 2 / total) for v in s] + [0.0] * (2 - len(s))
+    total = float((x**2).sum())
+    ratio = [float(v**2 / total) for v in s] + [0.0] * (2 - len(s))
     return pts.astype(np.float32), ratio
 
 
 @torch.inference_mode()
 def _penultimate(model: nn.Module, x_u8: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
-    return torch.cat([
-        model.forward_head(model.forward_features(model_input(x_u8[i:i + BATCH], meta)), pre_logits=True)
-        for i in range(0, len(x_u8), BATCH)
-    ]).float().flatten(1).numpy()
+    return (
+        torch.cat(
+            [
+                model.forward_head(model.forward_features(model_input(x_u8[i : i + BATCH], meta)), pre_logits=True)
+                for i in range(0, len(x_u8), BATCH)
+            ]
+        )
+        .float()
+        .flatten(1)
+        .numpy()
+    )
 
 
 def embeddings(store: RunSource, run_id: str | None = None, *, max_images: int = 500) -> dict[str, Any]:
@@ -330,23 +344,41 @@ def embeddings(store: RunSource, run_id: str | None = None, *, max_images: int =
     changed = not np.allclose(f_before, f_after, rtol=1e-4, atol=1e-5)
     notes = []
     if info.source != meta.get("weights_source", info.source):
-        notes.append(f"The run started from {meta.get('weights_source')} weights, but here the backbone loads "
-                     f"{info.source} weights ({info.detail}); the 'before' view shows those.")
+        notes.append(
+            f"The run started from {meta.get('weights_source')} weights, but here the backbone loads "
+            f"{info.source} weights ({info.detail}); the 'before' view shows those."
+        )
     if not changed:
-        notes.append("The backbone was frozen (only the classifier head trained), so its features did not change "
-                     "and both views are the same. Train with fewer frozen blocks to see fine-tuning move the clusters.")
-    out: dict[str, Any] = {"classes": list(loaded.classes), "labels": y.tolist(),
-                           "paths": [str(s.path) for s in samples], "features_changed": changed, "notes": notes}
-    titles = {"before": f"Before training<br><sup>the pretrained backbone ({info.source} weights)</sup>",
-              "after": "After training<br><sup>the run's model</sup>"}
+        notes.append(
+            "The backbone was frozen (only the classifier head trained), so its features did not change "
+            "and both views are the same. Train with fewer frozen blocks to see fine-tuning move the clusters."
+        )
+    out: dict[str, Any] = {
+        "classes": list(loaded.classes),
+        "labels": y.tolist(),
+        "paths": [str(s.path) for s in samples],
+        "features_changed": changed,
+        "notes": notes,
+    }
+    titles = {
+        "before": f"Before training<br><sup>the pretrained backbone ({info.source} weights)</sup>",
+        "after": "After training<br><sup>the run's model</sup>",
+    }
     for key, feats in (("before", f_before), ("after", f_after)):
         pts, ratio = _pca2(feats)
         out[key] = {"points": pts, "explained": ratio, "title": titles[key]}
     return out
 
 
-def predict_each(source: RunSource, images: Sequence[ImageInput], names: Sequence[str] | None = None, top_k: int = 3,
-                 *, run_id: str | None = None, cam: bool = True) -> tuple[list[Prediction], list[dict[str, str]]]:
+def predict_each(
+    source: RunSource,
+    images: Sequence[ImageInput],
+    names: Sequence[str] | None = None,
+    top_k: int = 3,
+    *,
+    run_id: str | None = None,
+    cam: bool = True,
+) -> tuple[list[Prediction], list[dict[str, str]]]:
     """:func:`predict_images` that survives bad files: ``(predictions of the readable images, failures)``.
 
     Each failure is ``{"name", "reason"}`` naming the file (an upload's own name, given in ``names``),
@@ -355,8 +387,11 @@ def predict_each(source: RunSource, images: Sequence[ImageInput], names: Sequenc
     """
     from .errors import UserError
 
-    names = list(names) if names is not None else [
-        Path(i).name if isinstance(i, (str, Path)) else getattr(i, "filename", "") or f"image {n + 1}" for n, i in enumerate(images)]
+    names = (
+        list(names)
+        if names is not None
+        else [Path(i).name if isinstance(i, (str, Path)) else getattr(i, "filename", "") or f"image {n + 1}" for n, i in enumerate(images)]
+    )
     loaded = as_loaded(source, run_id)
     load, interp = int(loaded.meta["load_size"]), loaded.meta.get("interpolation", "bicubic")
     good, good_names, failures = [], [], []

@@ -42,6 +42,7 @@ Loading an export on its own (every format takes float32 NCHW input, RGB, prepro
 
 This module never imports streamlit.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,11 +64,7 @@ from .runs import CHECKPOINT, atomic_write_json
 __all__ = ["EXPORT_FORMATS", "ONNX_OPSET", "export_run"]
 
 #: Export formats and the file each one writes (``labels.json`` and ``preprocessing.json`` go beside all).
-EXPORT_FORMATS: dict[str, str] = {
-    "safetensors": CHECKPOINT,
-    "torchscript": "model.torchscript.pt",
-    "onnx": "model.onnx",
-}
+EXPORT_FORMATS: dict[str, str] = {"safetensors": CHECKPOINT, "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 ONNX_OPSET = 18
 
 
@@ -81,8 +78,7 @@ def _parse_formats(formats: str | Iterable[str]) -> list[str]:
     unknown = [f for f in names if f not in EXPORT_FORMATS]
     if unknown or not names:
         what = f"Unknown export format {unknown[0]!r}" if unknown else "No export format given"
-        raise EvaluateError(f"{what}; choose from {', '.join(EXPORT_FORMATS)} (e.g. formats=('onnx',) or "
-                         "--format safetensors,onnx).")
+        raise EvaluateError(f"{what}; choose from {', '.join(EXPORT_FORMATS)} (e.g. formats=('onnx',) or --format safetensors,onnx).")
     return names
 
 
@@ -95,8 +91,10 @@ def _tmp_path(final: Path) -> Path:
 def _check_close(name: str, got: np.ndarray, want: np.ndarray) -> None:
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-3, atol=1e-3 * max(1.0, float(np.abs(want).max()))):
         diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("nan")
-        raise RuntimeError(f"The {name} export does not reproduce the model (max |diff| {diff:.3g}, "
-                           f"shapes {got.shape} vs {want.shape}); nothing was written.")
+        raise RuntimeError(
+            f"The {name} export does not reproduce the model (max |diff| {diff:.3g}, "
+            f"shapes {got.shape} vs {want.shape}); nothing was written."
+        )
 
 
 def _write_torchscript(model: nn.Module, example: torch.Tensor, check: torch.Tensor, want: np.ndarray, final: Path) -> None:
@@ -126,14 +124,30 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, wa
             warnings.simplefilter("ignore")
             with contextlib.redirect_stdout(devnull):  # the dynamo exporter prints progress lines
                 try:
-                    torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                                      opset_version=ONNX_OPSET, dynamo=True, external_data=False,
-                                      dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(tmp),
+                        input_names=["input"],
+                        output_names=["logits"],
+                        opset_version=ONNX_OPSET,
+                        dynamo=True,
+                        external_data=False,
+                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                        verbose=False,
+                    )
                 except Exception:  # some models only export with the legacy exporter
                     exporter = "torchscript"
-                    torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["logits"],
-                                      opset_version=17, dynamo=False,
-                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                    torch.onnx.export(
+                        model,
+                        (example,),
+                        str(tmp),
+                        input_names=["input"],
+                        output_names=["logits"],
+                        opset_version=17,
+                        dynamo=False,
+                        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+                    )
         session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
         del session
@@ -146,9 +160,14 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, wa
     return exporter
 
 
-def export_run(store: RunSource, run_id: str | None = None,
-               formats: str | Iterable[str] = tuple(EXPORT_FORMATS), out_dir: str | Path | None = None, *,
-               overwrite: bool = False) -> dict[str, Path]:
+def export_run(
+    store: RunSource,
+    run_id: str | None = None,
+    formats: str | Iterable[str] = tuple(EXPORT_FORMATS),
+    out_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Path]:
     """Export a run's model; each file is checked against the model before it is moved into place.
 
     Every format takes float32 input ``(batch, 3, S, S)`` preprocessed as ``preprocessing.json``
@@ -199,8 +218,9 @@ def _targets(loaded: LoadedRun, names: list[str], out_dir: str | Path | None, ov
     if user_dir and not overwrite:
         taken = [p.name for p in targets.values() if p.exists()]
         if taken:
-            raise ExportExists(f"{dest} already holds {', '.join(taken)}. Pick an empty folder, or pass "
-                                  "overwrite=True (CLI: --overwrite) to replace them.")
+            raise ExportExists(
+                f"{dest} already holds {', '.join(taken)}. Pick an empty folder, or pass overwrite=True (CLI: --overwrite) to replace them."
+            )
     dest.mkdir(parents=True, exist_ok=True)
     return targets
 
@@ -235,10 +255,18 @@ def _export_meta(loaded: LoadedRun, info: dict[str, Any]) -> dict[str, Any]:
     import timm
 
     meta, size = loaded.meta, int(loaded.meta["image_size"])
-    return {**meta, "export": {
-        "run_id": loaded.run_id, "input_name": "input", "output_name": "logits",
-        "input": f"float32 (batch, 3, {size}, {size}), RGB, (x / 255 - mean) / std",
-        "resize": f"shorter side to load_size ({meta['load_size']}) with {meta.get('interpolation', 'bicubic')}, "
-                  f"centre crop load_size, then centre crop image_size ({size})",
-        "output": "logits, one per class in labels.json order (softmax for probabilities)",
-        "torch": torch.__version__, "timm": timm.__version__, **info}}
+    return {
+        **meta,
+        "export": {
+            "run_id": loaded.run_id,
+            "input_name": "input",
+            "output_name": "logits",
+            "input": f"float32 (batch, 3, {size}, {size}), RGB, (x / 255 - mean) / std",
+            "resize": f"shorter side to load_size ({meta['load_size']}) with {meta.get('interpolation', 'bicubic')}, "
+            f"centre crop load_size, then centre crop image_size ({size})",
+            "output": "logits, one per class in labels.json order (softmax for probabilities)",
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            **info,
+        },
+    }

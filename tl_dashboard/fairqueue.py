@@ -21,6 +21,7 @@ Example:
     ...             {"id": "b1", "workspace": "B", "created": 3}], {})
     ['a1', 'b1', 'a2']
 """
+
 from __future__ import annotations
 
 import math
@@ -131,14 +132,17 @@ def check_queue_limit(store: RunStore, workspace: str | None, adding: int = 1, *
     if have + adding > limit:
         raise QueueFull(
             f"You already have {have} run(s) waiting and this server allows {limit} per person; "
-            f"{'this adds ' + str(adding) + ', ' if adding > 1 else ''}wait for one to start or cancel one.")
+            f"{'this adds ' + str(adding) + ', ' if adding > 1 else ''}wait for one to start or cancel one."
+        )
 
 
 def typical_run_seconds(store: RunStore, n: int = 20) -> float | None:
     """Median duration of the last ``n`` finished runs (None before any finished)."""
     rows = store._query(
         "SELECT finished - started AS d FROM runs WHERE status='finished' AND started IS NOT NULL "
-        "AND finished IS NOT NULL ORDER BY finished DESC LIMIT ?", (n,))
+        "AND finished IS NOT NULL ORDER BY finished DESC LIMIT ?",
+        (n,),
+    )
     ds = [float(r["d"]) for r in rows if r["d"] is not None and r["d"] >= 0]
     return statistics.median(ds) if ds else None
 
@@ -177,7 +181,7 @@ def queue_view(store: RunStore, workspace: str | None = None, now: float | None 
     owner = {r["id"]: r.get("workspace") for r in queued}
     typical = typical_run_seconds(store)
     slots: list[float | None] = [_remaining(store, r, typical, now) for r in store.list_runs("running")]
-    slots = (slots + [0.0] * max_running())[:max(max_running(), len(slots))]
+    slots = (slots + [0.0] * max_running())[: max(max_running(), len(slots))]
     out = []
     for i, run_id in enumerate(order):  # each run takes the slot that frees first; unknown (None) stays unknown
         k = min(range(len(slots)), key=lambda j: math.inf if slots[j] is None else slots[j])

@@ -12,6 +12,7 @@ so a second run, every run of a sweep at that depth, the linear probe and the le
 all skip the prefix, and a changed image, weight or setting can never meet stale features. Rows are
 in the image entry's order: ``features.read(store.rows(samples, digests))``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,9 @@ class FeatureStore:
         return out
 
 
-def _build(tmp: Path, store: ImageStore, compute: Callable[[torch.Tensor], torch.Tensor], batch: int,
-           progress: Callable[[int, int], None] | None) -> dict[str, Any]:
+def _build(
+    tmp: Path, store: ImageStore, compute: Callable[[torch.Tensor], torch.Tensor], batch: int, progress: Callable[[int, int], None] | None
+) -> dict[str, Any]:
     rows = torch.arange(len(store))
     info: dict[str, Any] = {}
     done = 0
@@ -110,13 +112,28 @@ def prefix_key(prep: Any, depth: int | str, channels_last: bool) -> dict[str, An
     """The key parts of a prepared run's frozen prefix (see :func:`open_features`): ``depth`` is the
     number of frozen blocks, or ``"head"`` for the whole backbone up to the pooled pre-logits."""
     w = prep.weights
-    return {"model": prep.config.model, "weights": weights_digest(prep.model), "depth": depth,
-            "image_size": int(prep.image_size), "load_size": int(prep.load_size), "mean": list(w.mean),
-            "std": list(w.std), "channels_last": bool(channels_last), "bn": "eval", "torch": torch.__version__}
+    return {
+        "model": prep.config.model,
+        "weights": weights_digest(prep.model),
+        "depth": depth,
+        "image_size": int(prep.image_size),
+        "load_size": int(prep.load_size),
+        "mean": list(w.mean),
+        "std": list(w.std),
+        "channels_last": bool(channels_last),
+        "bn": "eval",
+        "torch": torch.__version__,
+    }
 
 
-def open_features(store: ImageStore, key_parts: dict[str, Any], compute: Callable[[torch.Tensor], torch.Tensor],
-                  *, batch: int = 64, progress: Callable[[int, int], None] | None = None) -> FeatureStore:
+def open_features(
+    store: ImageStore,
+    key_parts: dict[str, Any],
+    compute: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> FeatureStore:
     """The prefix's output for every row of ``store``, from the cache or computed now.
 
     Args:
@@ -139,8 +156,11 @@ def open_features(store: ImageStore, key_parts: dict[str, Any], compute: Callabl
         fs.hit = True
         return fs
     t0 = time.perf_counter()
-    meta: dict[str, Any] = {"images": len(store), "images_entry": store.path.name,
-                            **{k: v for k, v in key_parts.items() if isinstance(v, (str, int, float, bool))}}
+    meta: dict[str, Any] = {
+        "images": len(store),
+        "images_entry": store.path.name,
+        **{k: v for k, v in key_parts.items() if isinstance(v, (str, int, float, bool))},
+    }
     with cache.build_entry("features", key, meta=meta) as tmp:
         if tmp is not None:
             with torch.inference_mode():

@@ -11,6 +11,7 @@ Example:
     >>> cache.used, cache.info["frozen_prefix_blocks"]                            # doctest: +SKIP
     (True, 3)
 """
+
 from __future__ import annotations
 
 import time
@@ -45,7 +46,7 @@ class FrozenSplit:
     def suffix(self, h: torch.Tensor) -> torch.Tensor:
         if self.head_only:
             return self.model.get_classifier()(h)
-        for b in self.body[self.k:]:
+        for b in self.body[self.k :]:
             h = b.stage(h)
         return self.model.forward_head(h)
 
@@ -69,8 +70,7 @@ def _estimate_cache_bytes(split: FrozenSplit, sample: torch.Tensor, n_images: in
 def _has_bn(model: nn.Module, blocks: Sequence[Block]) -> bool:
     mods = dict(model.named_modules())
     return any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm)
-        for b in blocks for name in b.modules if name in mods for m in mods[name].modules()
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for b in blocks for name in b.modules if name in mods for m in mods[name].modules()
     )
 
 
@@ -90,20 +90,36 @@ def cache_decision(config: Any, model: nn.Module, plan: FreezePlan, split: Froze
 
 
 @torch.inference_mode()
-def run_prefix(split: FrozenSplit, images: torch.Tensor, norm: Normalizer, size: int, device: torch.device,
-               batch: int = 64, fmt: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> torch.Tensor:
+def run_prefix(
+    split: FrozenSplit,
+    images: torch.Tensor,
+    norm: Normalizer,
+    size: int,
+    device: torch.device,
+    batch: int = 64,
+    fmt: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> torch.Tensor:
     """The frozen prefix's output for uint8 ``images`` (centre-cropped, normalised), in batches."""
     outs = []
     for i in range(0, len(images), batch):
-        x = fmt(norm(center_crop(images[i:i + batch], size).to(device)))
+        x = fmt(norm(center_crop(images[i : i + batch], size).to(device)))
         outs.append(split.prefix(x))
     return fmt(torch.cat(outs))
 
 
-def build_feature_cache(config: Any, model: nn.Module, plan: FreezePlan, split: FrozenSplit,
-                        x_train: torch.Tensor, x_val: torch.Tensor, norm: Normalizer, size: int,
-                        device: torch.device, fmt: Callable[[torch.Tensor], torch.Tensor],
-                        key_parts: dict[str, Any] | None = None) -> FeatureCache:
+def build_feature_cache(
+    config: Any,
+    model: nn.Module,
+    plan: FreezePlan,
+    split: FrozenSplit,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    norm: Normalizer,
+    size: int,
+    device: torch.device,
+    fmt: Callable[[torch.Tensor], torch.Tensor],
+    key_parts: dict[str, Any] | None = None,
+) -> FeatureCache:
     """Phase: decide, estimate the memory, and compute the prefix once for every image if it fits.
 
     When the images come from the on-disk store (``imagestore.RowView``) and ``key_parts`` names
@@ -117,8 +133,9 @@ def build_feature_cache(config: Any, model: nn.Module, plan: FreezePlan, split: 
     n_bytes, shape = _estimate_cache_bytes(split, norm(center_crop(x_train[:1], size).to(device)), len(x_train) + len(x_val))
     info.update(estimated_mb=round(n_bytes / 2**20, 1), feature_shape=list(shape))
     if n_bytes > config.cache_max_mb * 2**20:
-        info["reason"] = (f"the feature cache would need {n_bytes / 2**20:.0f} MB, above the "
-                          f"{config.cache_max_mb} MB bound; training runs the full path")
+        info["reason"] = (
+            f"the feature cache would need {n_bytes / 2**20:.0f} MB, above the {config.cache_max_mb} MB bound; training runs the full path"
+        )
         return FeatureCache(False, info)
     t0 = time.perf_counter()
     store = getattr(x_train, "source", None)

@@ -11,6 +11,7 @@ Example:
     >>> fs.train.shape                                                        # doctest: +SKIP
     torch.Size([144, 1280])
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -40,8 +41,7 @@ class FeatureSet:
 
 
 @torch.inference_mode()
-def head_features(config: TrainConfig, *, batch: int = 64,
-                  progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+def head_features(config: TrainConfig, *, batch: int = 64, progress: Callable[[int, int], None] | None = None) -> FeatureSet:
     """The frozen backbone's pooled features for every image of ``config.data_dir``.
 
     Computed once per image set, model, weights and size, then read from the on-disk cache
@@ -63,8 +63,7 @@ def head_features(config: TrainConfig, *, batch: int = 64,
     model = prep.model.eval()
     nhwc = _place_model(model, torch.device("cpu"))  # as a head-only run computes them: they share the cache entry
     norm = Normalizer(prep.weights.mean, prep.weights.std)
-    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation,
-                                  image_size=prep.image_size)
+    store, digests = open_images(prep.split, prep.load_size, prep.weights.interpolation, image_size=prep.image_size)
 
     def compute(x: torch.Tensor) -> torch.Tensor:
         x = norm(center_crop(x, prep.image_size))
@@ -81,6 +80,13 @@ def head_features(config: TrainConfig, *, batch: int = 64,
         out.append((x, torch.tensor([int(s.label) for s in samples], dtype=torch.int64)))
     store.close()
     (f_train, y_train), (f_val, y_val) = out
-    return FeatureSet(f_train, y_train, f_val, y_val, list(prep.split.classes),
-                      [str(s.path) for s in prep.split.train], [str(s.path) for s in prep.split.val],
-                      prep.weights.source)
+    return FeatureSet(
+        f_train,
+        y_train,
+        f_val,
+        y_val,
+        list(prep.split.classes),
+        [str(s.path) for s in prep.split.train],
+        [str(s.path) for s in prep.split.val],
+        prep.weights.source,
+    )

@@ -8,6 +8,7 @@
 The memo only ever saves work: if the database cannot be opened or written (read-only disk,
 corruption), every lookup misses and the scan simply does the work again.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,16 +72,15 @@ class FileMemo:
         except sqlite3.Error:
             return {}
 
-    def remember(self, stats: dict[str, StatKey], digests: dict[str, str], verdicts: dict[str, str | None],
-                 limit: int) -> None:
+    def remember(self, stats: dict[str, StatKey], digests: dict[str, str], verdicts: dict[str, str | None], limit: int) -> None:
         """Store new ``path -> digest`` rows and ``digest -> verdict`` rows (one transaction)."""
         if self.db is None or not (digests or verdicts):
             return
         try:
             with self.db:
-                self.db.executemany("INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?)",
-                                    [(p, *stats[p], d) for p, d in digests.items()])
-                self.db.executemany("INSERT OR REPLACE INTO verdict VALUES (?, ?, ?)",
-                                    [(d, int(limit), r or "") for d, r in verdicts.items()])
+                self.db.executemany("INSERT OR REPLACE INTO stat VALUES (?, ?, ?, ?, ?)", [(p, *stats[p], d) for p, d in digests.items()])
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO verdict VALUES (?, ?, ?)", [(d, int(limit), r or "") for d, r in verdicts.items()]
+                )
         except sqlite3.Error:
             pass

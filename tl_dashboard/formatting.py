@@ -1,12 +1,21 @@
 """The one home of display formats shared by the core (comparison tables) and the pages."""
+
 from __future__ import annotations
 
 import math
 import time
 from typing import Any, Mapping
 
-__all__ = ["NO_EPOCH", "best_accuracy", "config_view", "format_config_value", "format_params", "format_seconds",
-           "format_time", "no_completed_epoch"]
+__all__ = [
+    "NO_EPOCH",
+    "best_accuracy",
+    "config_view",
+    "format_config_value",
+    "format_params",
+    "format_seconds",
+    "format_time",
+    "no_completed_epoch",
+]
 
 NO_EPOCH = "no completed epoch"
 _AUTO_ZERO = ("lr", "epochs", "image_size")  # 0 means "auto": the engine picks
@@ -73,8 +82,7 @@ def format_config_value(key: str, value: Any, summary: Mapping[str, Any] | None 
     """
     auto = (summary or {}).get("auto") or {}
     if key in _AUTO_ZERO and value in (0, None):
-        used = {"lr": auto.get("lr_used"), "epochs": auto.get("epochs_planned"),
-                "image_size": (summary or {}).get("image_size")}[key]
+        used = {"lr": auto.get("lr_used"), "epochs": auto.get("epochs_planned"), "image_size": (summary or {}).get("image_size")}[key]
         if key == "lr" and auto.get("solver"):
             return "auto (L-BFGS solver)"
         return "auto" if used is None else f"{used:g} (auto)" if key == "lr" else f"{used} (auto)"

@@ -2,6 +2,7 @@
 resize + centre square crop every image goes through. Plain PIL and numpy (torch only where a
 tensor is returned), so decode worker processes stay light.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -52,8 +53,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # 1, L, P, CMYK, YCbCr, ...
 
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
 
 def resized_size(width: int, height: int, load_size: int) -> tuple[int, int]:

@@ -14,6 +14,7 @@ images there are; the operating system's page cache keeps hot rows in RAM it can
 
 :class:`DecodedImageCache` is the older in-memory cache for a few images (evaluation's helpers).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,7 +43,7 @@ class ImageStore:
         self.path, self.load_size = Path(path), int(load_size)
         self.digests = (self.path / _INDEX).read_text().split()
         self.row_of = {d: i for i, d in enumerate(self.digests)}
-        self.item_bytes = 3 * self.load_size ** 2
+        self.item_bytes = 3 * self.load_size**2
         self._fd = os.open(self.path / _FILE, os.O_RDONLY)
         self.hit = False  # True when the entry was on disk before this run asked for it
 
@@ -77,7 +78,7 @@ class ImageStore:
 
     def batches(self, rows: torch.Tensor, batch: int, *, pin: bool = False, prefetch: int = 2) -> Iterator[torch.Tensor]:
         """Yield ``read(rows[i:i + batch])`` in order, reading ahead on a background thread."""
-        spans = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+        spans = [rows[i : i + batch] for i in range(0, len(rows), batch)]
         if len(spans) <= 1:
             yield from (self.read(s, pin=pin) for s in spans)
             return
@@ -199,7 +200,7 @@ def _key(digests: Sequence[str], load_size: int, interpolation: str) -> str:
 def _reuse(fd: int, want: dict[str, int], load_size: int, interpolation: str) -> set[str]:
     """Copy rows that entries already on disk hold (same load size and interpolation). Returns: digests copied."""
     done: set[str] = set()
-    item = 3 * load_size ** 2
+    item = 3 * load_size**2
     for e in cache.list_entries():
         if e["kind"] != "images" or e.get("load_size") != load_size or e.get("interpolation") != interpolation:
             continue
@@ -222,8 +223,7 @@ def _reuse(fd: int, want: dict[str, int], load_size: int, interpolation: str) ->
     return done
 
 
-def _build(tmp: Path, digests: list[str], paths: dict[str, Path], L: int, interpolation: str,
-           progress: Progress | None) -> None:
+def _build(tmp: Path, digests: list[str], paths: dict[str, Path], L: int, interpolation: str, progress: Progress | None) -> None:
     from .parallel import decode_rows
 
     want = {d: i for i, d in enumerate(digests)}
@@ -239,14 +239,16 @@ def _build(tmp: Path, digests: list[str], paths: dict[str, Path], L: int, interp
     failed = decode_rows(jobs, tmp / _FILE, L, interpolation, progress) if jobs else []
     if failed:
         row, reason = failed[0]
-        raise DataError(f"Cannot use image {paths[digests[row]]}: {reason}. Re-scan the data folder or remove "
-                        f"the file ({len(failed)} image(s) failed).")
+        raise DataError(
+            f"Cannot use image {paths[digests[row]]}: {reason}. Re-scan the data folder or remove the file ({len(failed)} image(s) failed)."
+        )
     with open(tmp / _FILE, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
-def open_images(split: DatasetSplit, load_size: int, interpolation: str = "bicubic", *,
-                progress: Progress | None = None, image_size: int | None = None) -> tuple[ImageStore, dict[Path, str]]:
+def open_images(
+    split: DatasetSplit, load_size: int, interpolation: str = "bicubic", *, progress: Progress | None = None, image_size: int | None = None
+) -> tuple[ImageStore, dict[Path, str]]:
     """The decoded images of every train and val sample, from the cache or decoded now on every core.
 
     Args:
@@ -271,15 +273,22 @@ def open_images(split: DatasetSplit, load_size: int, interpolation: str = "bicub
     key = _key(digests, L, interpolation)
     hit = cache.open_entry("images", key)
     if hit is None:
-        meta = {"load_size": L, "interpolation": interpolation, "images": len(digests), "root": str(split.root),
-                **({"image_size": int(image_size)} if image_size else {})}
+        meta = {
+            "load_size": L,
+            "interpolation": interpolation,
+            "images": len(digests),
+            "root": str(split.root),
+            **({"image_size": int(image_size)} if image_size else {}),
+        }
         with cache.build_entry("images", key, meta=meta, need_bytes=len(digests) * 3 * L * L) as tmp:
             if tmp is not None:
                 _build(tmp, digests, paths, L, interpolation, progress)
         path = cache.open_entry("images", key)
         if path is None:  # evicted at once: the bound is smaller than this one entry
-            raise cache.CacheError(f"The decoded images need {cache.human_bytes(len(digests) * 3 * L * L)}, more "
-                                   f"than the cache bound (TL_CACHE_MAX_GB); raise it or lower the image size.")
+            raise cache.CacheError(
+                f"The decoded images need {cache.human_bytes(len(digests) * 3 * L * L)}, more "
+                f"than the cache bound (TL_CACHE_MAX_GB); raise it or lower the image size."
+            )
     store = ImageStore(hit or path, L)
     store.hit = hit is not None
     return store, by_path
@@ -331,12 +340,12 @@ class DecodedImageCache:
             L = self.load_size
             raise DataError(
                 f"{n_images} images at {L}x{L} need {need / 2**30:.2f} GiB, above the in-memory cache limit of "
-                f"{self.max_bytes / 2**30:.2f} GiB. Lower the image size or use fewer images (TL_MAX_CACHE_GB).")
+                f"{self.max_bytes / 2**30:.2f} GiB. Lower the image size or use fewer images (TL_MAX_CACHE_GB)."
+            )
 
     def _decode(self, path: Path) -> torch.Tensor:
         # through the module, so a test (or a caller) can wrap data.load_rgb
-        return data.resize_center_square(data.load_rgb(path, draft_size=self.load_size), self.load_size,
-                                         self.interpolation)
+        return data.resize_center_square(data.load_rgb(path, draft_size=self.load_size), self.load_size, self.interpolation)
 
     def get(self, path: Path) -> torch.Tensor:
         """Return the cached tensor for ``path``, decoding it on first use.

@@ -14,6 +14,7 @@ Example:
     >>> report = import_zip("pets.zip")                      # doctest: +SKIP
     >>> split = scan_images(report.root)                     # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,19 @@ from .errors import UserError
 from .limits import check_upload
 
 __all__ = [
-    "ArchiveError", "PathNotAllowed", "ImportReport", "DEFAULT_MAX_TOTAL_BYTES", "DEFAULT_MAX_FILES",
-    "datasets_dir", "new_upload_dir", "safe_name", "sort_folder_upload", "import_zip", "save_images", "safe_member_path", "resolve_allowed_path",
+    "ArchiveError",
+    "PathNotAllowed",
+    "ImportReport",
+    "DEFAULT_MAX_TOTAL_BYTES",
+    "DEFAULT_MAX_FILES",
+    "datasets_dir",
+    "new_upload_dir",
+    "safe_name",
+    "sort_folder_upload",
+    "import_zip",
+    "save_images",
+    "safe_member_path",
+    "resolve_allowed_path",
 ]
 
 DEFAULT_MAX_TOTAL_BYTES = 2 * 2**30  # uncompressed bytes an import may write; env TL_MAX_UPLOAD_GB overrides
@@ -64,6 +76,7 @@ class PathNotAllowed(UserError, PermissionError):
 @dataclass
 class ImportReport:
     """What an import wrote and what it left out."""
+
     root: Path  # the data folder the images landed in: pass it to scan_images
     written: list[Path] = field(default_factory=list)  # every image kept, absolute paths
     skipped: list[Skipped] = field(default_factory=list)  # not kept, with a one-line reason (archive names)
@@ -184,7 +197,8 @@ def resolve_allowed_path(path: str | Path, roots: Sequence[Path] | None = None) 
         return resolved
     raise PathNotAllowed(
         f"Path {str(path)!r} resolves to {resolved}, outside the allowed folders "
-        f"({', '.join(map(str, allowed))}); pick a path under one of them or add it to TL_ALLOWED_ROOTS.")
+        f"({', '.join(map(str, allowed))}); pick a path under one of them or add it to TL_ALLOWED_ROOTS."
+    )
 
 
 def _limits(max_total_bytes: int | None, max_files: int | None) -> tuple[int, int]:
@@ -231,9 +245,11 @@ def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> li
     infos = zf.infolist()
     refuse = f"Refused zip {label!r}:"
     if len(infos) > max_files:
-        raise ArchiveError(f"{refuse} it holds {len(infos)} members, above the limit of {max_files} (first one "
-                           f"over: {_member_name(infos[max_files])!r}); split it into smaller zips or raise "
-                           "TL_MAX_UPLOAD_FILES.")
+        raise ArchiveError(
+            f"{refuse} it holds {len(infos)} members, above the limit of {max_files} (first one "
+            f"over: {_member_name(infos[max_files])!r}); split it into smaller zips or raise "
+            "TL_MAX_UPLOAD_FILES."
+        )
     plan, total, packed = [], 0, 0
     for info in infos:
         name = _member_name(info)
@@ -243,8 +259,10 @@ def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> li
             raise ArchiveError(f"{refuse} {exc}") from None
         kind = stat.S_IFMT(info.external_attr >> 16)
         if kind == stat.S_IFLNK:
-            raise ArchiveError(f"{refuse} member {name!r} is a symbolic link; links are never extracted. "
-                               "Zip the real files instead (zip without --symlinks).")
+            raise ArchiveError(
+                f"{refuse} member {name!r} is a symbolic link; links are never extracted. "
+                "Zip the real files instead (zip without --symlinks)."
+            )
         if info.is_dir() or kind == stat.S_IFDIR:
             plan.append((info, name, parts, "dir"))
             continue
@@ -257,25 +275,35 @@ def _plan(zf: zipfile.ZipFile, label: str, max_total: int, max_files: int) -> li
         if reason:
             continue
         if info.flag_bits & 0x1:
-            raise ArchiveError(f"{refuse} member {name!r} is encrypted; password-protected zips are not supported. "
-                               "Zip the images again without a password.")
+            raise ArchiveError(
+                f"{refuse} member {name!r} is encrypted; password-protected zips are not supported. "
+                "Zip the images again without a password."
+            )
         if info.compress_type not in _METHODS:
-            raise ArchiveError(f"{refuse} member {name!r} uses compression method {info.compress_type}, which is not "
-                               "supported; zip it again with standard Deflate.")
+            raise ArchiveError(
+                f"{refuse} member {name!r} uses compression method {info.compress_type}, which is not "
+                "supported; zip it again with standard Deflate."
+            )
         size = _declared_size(info)
         if size >= _RATIO_FLOOR and size > _MAX_RATIO * max(info.compress_size, 1):
-            raise ArchiveError(f"{refuse} member {name!r} expands {info.compress_size} bytes to "
-                               f"{size / 2**20:.0f} MiB (over {_MAX_RATIO}:1), which looks like a zip bomb; if it "
-                               "is a real image, save it as PNG or JPEG and zip again.")
+            raise ArchiveError(
+                f"{refuse} member {name!r} expands {info.compress_size} bytes to "
+                f"{size / 2**20:.0f} MiB (over {_MAX_RATIO}:1), which looks like a zip bomb; if it "
+                "is a real image, save it as PNG or JPEG and zip again."
+            )
         total, packed = total + size, packed + info.compress_size
         if total > max_total:
-            raise ArchiveError(f"{refuse} its images add up to over {max_total / 2**30:.2f} GiB uncompressed at "
-                               f"member {name!r}; split it into smaller zips or raise TL_MAX_UPLOAD_GB.")
+            raise ArchiveError(
+                f"{refuse} its images add up to over {max_total / 2**30:.2f} GiB uncompressed at "
+                f"member {name!r}; split it into smaller zips or raise TL_MAX_UPLOAD_GB."
+            )
     if total >= _RATIO_FLOOR and total > _MAX_RATIO * max(packed, 1):
         worst = max((p for p in plan if p[3] is None), key=lambda p: _declared_size(p[0]))
-        raise ArchiveError(f"{refuse} {packed} compressed bytes expand to {total / 2**20:.0f} MiB (over "
-                           f"{_MAX_RATIO}:1, largest member {worst[1]!r}), which looks like a zip bomb; zip the "
-                           "original images again.")
+        raise ArchiveError(
+            f"{refuse} {packed} compressed bytes expand to {total / 2**20:.0f} MiB (over "
+            f"{_MAX_RATIO}:1, largest member {worst[1]!r}), which looks like a zip bomb; zip the "
+            "original images again."
+        )
     return plan
 
 
@@ -324,8 +352,9 @@ def _data_root(dest: Path) -> Path:
         root = Path(entries[0].path)
 
 
-def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, *,
-               max_total_bytes: int | None = None, max_files: int | None = None) -> ImportReport:
+def import_zip(
+    source: str | Path | bytes | BinaryIO, into: Path | None = None, *, max_total_bytes: int | None = None, max_files: int | None = None
+) -> ImportReport:
     """Safely extract the images of a zip archive into a new data folder.
 
     Every member is checked from the central directory before anything is written; one unsafe
@@ -358,8 +387,12 @@ def import_zip(source: str | Path | bytes | BinaryIO, into: Path | None = None, 
     dest = _check_dest(into, label)
     with _open_zip(source, label) as zf:
         plan = _plan(zf, label, max_total, max_n)
-        check_upload(_size_of(zf.fp), sum(info.file_size for info, _n, _p, why in plan if not why),  # before a byte
-                     dest or datasets_dir(), f"the zip {label!r}")
+        check_upload(
+            _size_of(zf.fp),
+            sum(info.file_size for info, _n, _p, why in plan if not why),  # before a byte
+            dest or datasets_dir(),
+            f"the zip {label!r}",
+        )
         dest, made = _make_dest(dest)  # made: dest and missing parents, created here; removed again on failure
         report = ImportReport(root=dest)
         created: list[Path] = []  # folders created inside dest, parents first
@@ -388,11 +421,15 @@ def _check_dest(into: Path | None, label: str) -> Path | None:
     dest = None if into is None else Path(into).expanduser().absolute()
     if dest is not None and (dest.is_symlink() or dest.exists()):
         if not dest.is_dir():
-            raise ArchiveError(f"Refused to extract {label!r} into {dest}: it is not a folder; pick a new or empty "
-                               "folder, or leave `into` unset for a fresh one.")
+            raise ArchiveError(
+                f"Refused to extract {label!r} into {dest}: it is not a folder; pick a new or empty "
+                "folder, or leave `into` unset for a fresh one."
+            )
         if any(dest.iterdir()):
-            raise ArchiveError(f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
-                               "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one.")
+            raise ArchiveError(
+                f"Refused to extract {label!r} into {dest}: the folder is not empty and nothing in it "
+                "is overwritten; pick a new or empty folder, or leave `into` unset for a fresh one."
+            )
     return dest
 
 
@@ -403,8 +440,10 @@ def _open_zip(source: str | Path | bytes | BinaryIO, label: str) -> zipfile.ZipF
     try:
         return zipfile.ZipFile(fp)
     except (zipfile.BadZipFile, EOFError, ValueError) as exc:
-        raise ArchiveError(f"{label!r} is not a zip archive ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
-                           "upload a .zip of a folder with one sub-folder per class.") from None
+        raise ArchiveError(
+            f"{label!r} is not a zip archive ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+            "upload a .zip of a folder with one sub-folder per class."
+        ) from None
 
 
 def _make_dest(dest: Path | None) -> tuple[Path, list[Path]]:
@@ -418,8 +457,16 @@ def _make_dest(dest: Path | None) -> tuple[Path, list[Path]]:
     return dest, made
 
 
-def _extract(zf: zipfile.ZipFile, plan: list[tuple], dest: Path, report: ImportReport, created: list[Path],
-             files: list[tuple[Path, str]], max_total: int, label: str) -> None:
+def _extract(
+    zf: zipfile.ZipFile,
+    plan: list[tuple],
+    dest: Path,
+    report: ImportReport,
+    created: list[Path],
+    files: list[tuple[Path, str]],
+    max_total: int,
+    label: str,
+) -> None:
     """Write the planned members under ``dest`` within a running byte budget; each written file joins
     ``files`` as soon as it exists (so a failure can remove it), each left-out member ``report.skipped``."""
     budget, name = max_total, ""
@@ -444,13 +491,17 @@ def _extract(zf: zipfile.ZipFile, plan: list[tuple], dest: Path, report: ImportR
                 while chunk := src.read(_CHUNK):
                     budget -= len(chunk)
                     if budget < 0:
-                        raise ArchiveError(f"Refused zip {label!r}: member {name!r} pushes the import past "
-                                           f"{max_total / 2**30:.2f} GiB although the archive declared less; it "
-                                           "lies about its sizes. Zip the images again.")
+                        raise ArchiveError(
+                            f"Refused zip {label!r}: member {name!r} pushes the import past "
+                            f"{max_total / 2**30:.2f} GiB although the archive declared less; it "
+                            "lies about its sizes. Zip the images again."
+                        )
                     out.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise ArchiveError(f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
-                           "corrupt or lies about its sizes. Zip the images again.") from None
+        raise ArchiveError(
+            f"Refused zip {label!r}: member {name!r} cannot be read ({exc}); the archive is "
+            "corrupt or lies about its sizes. Zip the images again."
+        ) from None
 
 
 def _safe_basename(name: str) -> str:

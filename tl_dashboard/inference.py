@@ -10,6 +10,7 @@ Nothing here caches a model: every :func:`load_run` reads the checkpoint. A call
 same model often (the Evaluate page) keeps the :class:`LoadedRun` itself (``st.cache_resource``)
 and passes it to every function that takes a run. This module never imports streamlit.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,18 @@ from .formatting import no_completed_epoch
 from .runs import CHECKPOINT, RunStore
 
 __all__ = [
-    "EvaluateError", "LoadedRun", "ImageInput", "RunSource", "load_run", "as_loaded", "list_evaluable_runs",
-    "decoded_cache", "model_input", "load_inputs", "batched_logits", "val_split",
+    "EvaluateError",
+    "LoadedRun",
+    "ImageInput",
+    "RunSource",
+    "load_run",
+    "as_loaded",
+    "list_evaluable_runs",
+    "decoded_cache",
+    "model_input",
+    "load_inputs",
+    "batched_logits",
+    "val_split",
 ]
 
 BATCH = 64
@@ -74,7 +85,8 @@ def _run_dir(source: RunStore | str | Path, run_id: str | None) -> Path:
     if not has_model:
         raise EvaluateError(
             f"Run folder {run_dir} has no {CHECKPOINT}: the run has not finished an epoch yet "
-            "(or failed before one). Pick a finished or stopped run.")
+            "(or failed before one). Pick a finished or stopped run."
+        )
     return run_dir
 
 
@@ -104,8 +116,7 @@ def load_run(source: RunStore | str | Path, run_id: str | None = None) -> Loaded
     run = source.get_run(run_id) if isinstance(source, RunStore) and run_id else None
     model, classes, meta = load_checkpoint(run_dir)
     model.requires_grad_(False)
-    return LoadedRun(run_dir, model, classes, meta, _read_config(run_dir, run), run_id or run_dir.name,
-                     (run or {}).get("summary"))
+    return LoadedRun(run_dir, model, classes, meta, _read_config(run_dir, run), run_id or run_dir.name, (run or {}).get("summary"))
 
 
 def as_loaded(source: RunSource, run_id: str | None = None) -> LoadedRun:
@@ -117,8 +128,7 @@ def list_evaluable_runs(store: RunStore) -> list[dict[str, Any]]:
     """Finished and stopped runs that have a checkpoint of a completed epoch, newest first (rows of
     ``store.list_runs``). A run stopped before its first epoch is left out (older stores kept its
     mid-epoch weights as a checkpoint)."""
-    return [r for r in store.list_runs(_EVALUABLE_STATUSES)
-            if store.has_checkpoint(r["id"]) and not no_completed_epoch(r.get("summary"))]
+    return [r for r in store.list_runs(_EVALUABLE_STATUSES) if store.has_checkpoint(r["id"]) and not no_completed_epoch(r.get("summary"))]
 
 
 # -- preprocessing: exactly as in training (data + engine own it) ------------------------------
@@ -135,12 +145,14 @@ def model_input(x_u8: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
 def _square(item: ImageInput, i: int, load: int, interpolation: str) -> tuple[torch.Tensor, Image.Image, str]:
     if isinstance(item, Image.Image):
         img = to_rgb(item)
-        return (resize_center_square(img, load, interpolation), img,
-                Path(getattr(item, "filename", "") or f"image {i + 1}").name)
+        return (resize_center_square(img, load, interpolation), img, Path(getattr(item, "filename", "") or f"image {i + 1}").name)
     if isinstance(item, (bytes, bytearray, str, Path)):
         source = bytes(item) if isinstance(item, (bytes, bytearray)) else Path(item)
-        return (resize_center_square(load_rgb(source, draft_size=load), load, interpolation), load_rgb(source),
-                source.name if isinstance(source, Path) else f"image {i + 1}")
+        return (
+            resize_center_square(load_rgb(source, draft_size=load), load, interpolation),
+            load_rgb(source),
+            source.name if isinstance(source, Path) else f"image {i + 1}",
+        )
     raise TypeError(f"images[{i}] is a {type(item).__name__}; give a PIL image, a file path or bytes.")
 
 
@@ -164,7 +176,7 @@ def load_inputs(images: Sequence[ImageInput], meta: dict[str, Any]) -> tuple[tor
 @torch.inference_mode()
 def batched_logits(model: nn.Module, x: torch.Tensor, batch: int = BATCH) -> torch.Tensor:
     """float32 logits of ``x`` in batches of ``batch`` (no gradients)."""
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)]).float()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float()
 
 
 def val_split(loaded: LoadedRun) -> DatasetSplit:
@@ -179,5 +191,6 @@ def val_split(loaded: LoadedRun) -> DatasetSplit:
     if list(split.classes) != list(loaded.classes):
         raise EvaluateError(
             f"The data folder {cfg.data_dir} now has classes {split.classes}, but run {loaded.run_dir.name} was "
-            f"trained on {list(loaded.classes)}. Restore the folder, or evaluate a run trained on the folder as it is now.")
+            f"trained on {list(loaded.classes)}. Restore the folder, or evaluate a run trained on the folder as it is now."
+        )
     return split

@@ -13,6 +13,7 @@ Example:
     >>> rep = find_label_issues(TrainConfig("sample_data/emoji3", image_size=96))  # doctest: +SKIP
     >>> rep.suspects[0]["path"], rep.suspects[0]["given"], rep.suspects[0]["predicted"]  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import time
@@ -55,10 +56,18 @@ class LabelReport:
     def to_dict(self, top: int | None = None) -> dict[str, Any]:
         """JSON-ready: the suspects (or the ``top`` ranked images when given) and the run's facts."""
         rows = self.ranked[:top] if top else self.suspects
-        return {"data_dir": self.data_dir, "classes": self.classes, "images": len(self.ranked),
-                "flagged": len(self.suspects), "folds": self.folds, "oos_accuracy": round(self.oos_accuracy, 4),
-                "model": self.model, "weights": self.weights,
-                "seconds": {k: round(v, 2) for k, v in self.seconds.items()}, "suspects": rows}
+        return {
+            "data_dir": self.data_dir,
+            "classes": self.classes,
+            "images": len(self.ranked),
+            "flagged": len(self.suspects),
+            "folds": self.folds,
+            "oos_accuracy": round(self.oos_accuracy, 4),
+            "model": self.model,
+            "weights": self.weights,
+            "seconds": {k: round(v, 2) for k, v in self.seconds.items()},
+            "suspects": rows,
+        }
 
 
 def _logreg():
@@ -69,8 +78,7 @@ def _logreg():
     return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
 
 
-def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = 5,
-                        seed: int = 0) -> tuple[np.ndarray, int]:
+def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int = 5, seed: int = 0) -> tuple[np.ndarray, int]:
     """Class probabilities for every row from a logistic regression fitted without that row's fold.
 
     Args:
@@ -100,8 +108,7 @@ def out_of_sample_probs(features: np.ndarray, labels: np.ndarray, n_classes: int
     return probs.astype(np.float64), k
 
 
-def find_label_issues(config: TrainConfig, *, folds: int = 5,
-                      progress: Callable[[int, int], None] | None = None) -> LabelReport:
+def find_label_issues(config: TrainConfig, *, folds: int = 5, progress: Callable[[int, int], None] | None = None) -> LabelReport:
     """Rank every image of ``config.data_dir`` by how likely its label is wrong.
 
     Args:
@@ -134,8 +141,26 @@ def find_label_issues(config: TrainConfig, *, folds: int = 5,
         flagged = cl_find(y, probs, filter_by="prune_by_noise_rate", n_jobs=1)  # no worker processes in a server
     pred = probs.argmax(1)
     order = np.lexsort((np.arange(len(y)), scores))  # lowest score first, ties by position
-    ranked = [{"path": paths[i], "split": splits[i], "given": fs.classes[y[i]], "predicted": fs.classes[pred[i]],
-               "confidence": round(float(probs[i, pred[i]]), 4), "given_prob": round(float(probs[i, y[i]]), 4),
-               "score": round(float(scores[i]), 4), "flagged": bool(flagged[i])} for i in order]
-    return LabelReport(str(Path(config.data_dir)), list(fs.classes), ranked, k, float((pred == y).mean()),
-                       {"features": t1 - t0, "ranking": time.perf_counter() - t1}, config.model, fs.weights_source)
+    ranked = [
+        {
+            "path": paths[i],
+            "split": splits[i],
+            "given": fs.classes[y[i]],
+            "predicted": fs.classes[pred[i]],
+            "confidence": round(float(probs[i, pred[i]]), 4),
+            "given_prob": round(float(probs[i, y[i]]), 4),
+            "score": round(float(scores[i]), 4),
+            "flagged": bool(flagged[i]),
+        }
+        for i in order
+    ]
+    return LabelReport(
+        str(Path(config.data_dir)),
+        list(fs.classes),
+        ranked,
+        k,
+        float((pred == y).mean()),
+        {"features": t1 - t0, "ranking": time.perf_counter() - t1},
+        config.model,
+        fs.weights_source,
+    )

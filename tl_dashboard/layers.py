@@ -16,6 +16,7 @@ Example:
     >>> [b.name for b in list_blocks(m)]
     ['stem', 'layer1', 'layer2', 'layer3', 'layer4', 'head']
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -74,9 +75,7 @@ def _owner(param_name: str, modules: Sequence[str]) -> bool:
 
 def count_params(model: nn.Module, trainable: bool | None = None) -> int:
     """Number of parameters (all, only trainable, or only frozen)."""
-    return sum(
-        p.numel() for p in model.parameters() if trainable is None or p.requires_grad == trainable
-    )
+    return sum(p.numel() for p in model.parameters() if trainable is None or p.requires_grad == trainable)
 
 
 def _has(model: nn.Module, *names: str) -> bool:
@@ -101,6 +100,7 @@ def _family_blocks(model: nn.Module) -> list[Block] | None:
         elif _has(model, "conv_head"):  # MobileNetV3: conv_head runs after pooling, in forward_head
             add("neck", "neck", ["conv_head", "norm_head"], lambda x: x)
     elif _has(model, "conv1", "bn1", "layer1", "layer4", "fc"):
+
         def stem(x: torch.Tensor) -> torch.Tensor:
             return model.maxpool(model.act1(model.bn1(model.conv1(x))))
 
@@ -108,6 +108,7 @@ def _family_blocks(model: nn.Module) -> list[Block] | None:
         for i in range(1, 5):
             add(f"layer{i}", "body", [f"layer{i}"], getattr(model, f"layer{i}"))
     elif _has(model, "patch_embed", "_pos_embed", "blocks", "norm") and isinstance(model.blocks, nn.Sequential):
+
         def vit_stem(x: torch.Tensor) -> torch.Tensor:
             return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
 
@@ -197,9 +198,11 @@ def _measure_shapes(model: nn.Module, blocks: list[Block], image_size: int) -> N
             for b in blocks:
                 for m in b.modules:
                     if m in mods:
-                        handles.append(mods[m].register_forward_hook(
-                            lambda _m, _i, o, i=b.index: outs.__setitem__(i, tuple(o.shape[1:])) if torch.is_tensor(o) else None
-                        ))
+                        handles.append(
+                            mods[m].register_forward_hook(
+                                lambda _m, _i, o, i=b.index: outs.__setitem__(i, tuple(o.shape[1:])) if torch.is_tensor(o) else None
+                            )
+                        )
             try:
                 model(x)
             finally:
@@ -215,12 +218,7 @@ def _measure_shapes(model: nn.Module, blocks: list[Block], image_size: int) -> N
 
 # -- freeze specs: the words a user types ("head", "none", "3", "stem,blocks.0") -----------------
 # Presets of the Model page, keyed by what preset_of() returns.
-FREEZE_PRESETS = {
-    "head": "Linear probe (head only)",
-    "first": "Freeze first N",
-    "none": "Full fine-tune",
-    "custom": "Custom",
-}
+FREEZE_PRESETS = {"head": "Linear probe (head only)", "first": "Freeze first N", "none": "Full fine-tune", "custom": "Custom"}
 _HEAD_WORDS = ("head", "all", "linear")
 _NONE_WORDS = ("none", "0", "")
 
@@ -338,9 +336,7 @@ def parse_freeze(spec: str | int, blocks: Sequence[Block], bn_mode: str = "froze
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in body]
     if unknown:
-        raise LayersError(
-            f"Unknown block {unknown[0]!r} in --freeze. Blocks of this model: {', '.join(body)} (the head always trains)."
-        )
+        raise LayersError(f"Unknown block {unknown[0]!r} in --freeze. Blocks of this model: {', '.join(body)} (the head always trains).")
     ordered = [n for n in body if n in names]
     return FreezePlan(ordered, ",".join(ordered), bn_mode)
 

@@ -13,6 +13,7 @@ Example:
     >>> run_bytes_needed(total_params=3_400_000, trainable_params=2_600, epochs=3, steps_per_epoch=10)
     ... # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,16 @@ from typing import Any
 from .errors import UserError
 from .storage import check_free_space, dir_size, human_bytes
 
-__all__ = ["UploadTooLarge", "run_bytes_needed", "check_run_space", "check_run_start", "max_upload_bytes",
-           "max_datasets_bytes", "check_upload", "CHECKPOINT_FILES"]
+__all__ = [
+    "UploadTooLarge",
+    "run_bytes_needed",
+    "check_run_space",
+    "check_run_start",
+    "max_upload_bytes",
+    "max_datasets_bytes",
+    "check_upload",
+    "CHECKPOINT_FILES",
+]
 
 # Model-sized files a run keeps in its folder (model.safetensors, and resume.pt with the optimizer
 # state besides); one more temporary copy of resume.pt exists while it is replaced.
@@ -36,8 +45,7 @@ class UploadTooLarge(UserError, ValueError):
     """An upload over the host's per-upload or total data limit; names the sizes, the limit and its variable."""
 
 
-def run_bytes_needed(total_params: int, trainable_params: int = 0, epochs: int = 1, steps_per_epoch: int = 0,
-                     dtype_bytes: int = 4) -> int:
+def run_bytes_needed(total_params: int, trainable_params: int = 0, epochs: int = 1, steps_per_epoch: int = 0, dtype_bytes: int = 4) -> int:
     """Bytes a run writes under the runs folder at its peak: checkpoints (+ one being replaced) and metrics.
 
     Args:
@@ -66,8 +74,12 @@ def check_run_space(runs_folder: str | Path, need: int, epochs: int) -> int:
 
 def check_run_start(run_dir: str | Path, info: dict[str, Any]) -> int:
     """:func:`check_run_space` for the engine's ``on_run_start`` info (params, epochs, steps per epoch)."""
-    need = run_bytes_needed(int(info["trainable_params"]) + int(info["frozen_params"]),
-                            int(info["trainable_params"]), int(info["epochs"]), int(info["steps_per_epoch"]))
+    need = run_bytes_needed(
+        int(info["trainable_params"]) + int(info["frozen_params"]),
+        int(info["trainable_params"]),
+        int(info["epochs"]),
+        int(info["steps_per_epoch"]),
+    )
     return check_run_space(run_dir, need, int(info["epochs"]))
 
 
@@ -108,16 +120,19 @@ def check_upload(upload_bytes: int, write_bytes: int, dest: str | Path, what: st
 
     limit = max_upload_bytes()
     if limit and upload_bytes > limit:
-        raise UploadTooLarge(f"{what} is {human_bytes(upload_bytes)}, over this server's limit of "
-                             f"{human_bytes(limit)} per upload (TL_MAX_UPLOAD_MB); upload fewer or smaller images, "
-                             "or ask the host to raise the limit.")
+        raise UploadTooLarge(
+            f"{what} is {human_bytes(upload_bytes)}, over this server's limit of "
+            f"{human_bytes(limit)} per upload (TL_MAX_UPLOAD_MB); upload fewer or smaller images, "
+            "or ask the host to raise the limit."
+        )
     total = max_datasets_bytes()
     if total:
         root = datasets_dir()
         used = dir_size(root)
         if used + write_bytes > total:
-            raise UploadTooLarge(f"{what} needs {human_bytes(write_bytes)}, but the uploaded data sets in {root} "
-                                 f"already take {human_bytes(used)} of this server's {human_bytes(total)} "
-                                 "(TL_MAX_DATASETS_GB); delete data sets you no longer need, or ask the host to raise it.")
-    check_free_space(dest, write_bytes, what,
-                     fix="free space there (delete data sets or old runs) or set TL_DATASETS_DIR to a larger disk")
+            raise UploadTooLarge(
+                f"{what} needs {human_bytes(write_bytes)}, but the uploaded data sets in {root} "
+                f"already take {human_bytes(used)} of this server's {human_bytes(total)} "
+                "(TL_MAX_DATASETS_GB); delete data sets you no longer need, or ask the host to raise it."
+            )
+    check_free_space(dest, write_bytes, what, fix="free space there (delete data sets or old runs) or set TL_DATASETS_DIR to a larger disk")

@@ -9,6 +9,7 @@ schedule's group) with a per-step cosine decay to 1% of the learning rate; call 
 Example:
     >>> optimizer, scheduler = make_optimizer(model, schedule, lr=1e-3, weight_decay=0.01, total_steps=100)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -125,8 +126,9 @@ class Step(nn.Module):
         return self.model(x)
 
 
-def make_optimizer(model: nn.Module, schedule: UnfreezeSchedule, *, lr: float, weight_decay: float,
-                   total_steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(
+    model: nn.Module, schedule: UnfreezeSchedule, *, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Phase: AdamW on the trainable parameters (+ the blocks the schedule unfreezes later, at
     ``lr x lr_scale``) and a per-step cosine decay from ``lr`` to 1% of it over ``total_steps``."""
     groups: list[dict[str, Any]] = [{"params": trainable_parameters(model), "lr": lr}]
@@ -223,12 +225,12 @@ def run_epoch(loop: Loop, epoch: int, callbacks: Sequence[Any]) -> dict[str, Any
     order = shard_indices(len(loop.x_train), epoch, loop.seed, loop.dist.rank, loop.dist.world)
     if not loop.cache.used and hasattr(loop.x_train, "plan"):  # images from disk: read the epoch's batches ahead
         b = loop.per_rank_batch
-        loop.x_train.plan([order[i * b:(i + 1) * b] for i in range(loop.steps_per_epoch)])
+        loop.x_train.plan([order[i * b : (i + 1) * b] for i in range(loop.steps_per_epoch)])
     loss_sum, correct, seen = 0.0, 0, 0
     for bi in range(loop.steps_per_epoch):
         if loop.dist.any(any(cb.should_stop() for cb in callbacks)):
             raise TrainingStopped()
-        idx = order[bi * loop.per_rank_batch:(bi + 1) * loop.per_rank_batch]
+        idx = order[bi * loop.per_rank_batch : (bi + 1) * loop.per_rank_batch]
         yb = loop.y_train[idx.to(loop.device)]
         with loop.autocast():
             logits = loop.step_module(loop.inputs(idx))
@@ -236,14 +238,21 @@ def run_epoch(loop: Loop, epoch: int, callbacks: Sequence[Any]) -> dict[str, Any
         _optimizer_step(loop, loss)
         b_loss, b_correct, b_n = loop.dist.sum(loss.item() * len(idx), (logits.argmax(1) == yb).sum().item(), len(idx))
         loss_sum, correct, seen = loss_sum + b_loss, correct + b_correct, seen + b_n
-        emit(callbacks, "on_step_end", {
-            "step": loop.step, "epoch": epoch - 1 + (bi + 1) / loop.steps_per_epoch, "loss": b_loss / max(1, b_n),
-            "lr": loop.optimizer.param_groups[0]["lr"], "images": seen, "total_steps": loop.total_steps,
-            "elapsed": time.perf_counter() - loop.t_start,
-        })
+        emit(
+            callbacks,
+            "on_step_end",
+            {
+                "step": loop.step,
+                "epoch": epoch - 1 + (bi + 1) / loop.steps_per_epoch,
+                "loss": b_loss / max(1, b_n),
+                "lr": loop.optimizer.param_groups[0]["lr"],
+                "images": seen,
+                "total_steps": loop.total_steps,
+                "elapsed": time.perf_counter() - loop.t_start,
+            },
+        )
     t_train = time.perf_counter() - t_epoch
-    return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-            "images_per_sec": seen / max(t_train, 1e-9)}
+    return {"train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen), "images_per_sec": seen / max(t_train, 1e-9)}
 
 
 @torch.inference_mode()
@@ -253,7 +262,7 @@ def evaluate(loop: Loop) -> tuple[float, float]:
     val_idx = torch.arange(loop.dist.rank, len(loop.x_val), loop.dist.world)
     loss_sum, correct = 0.0, 0
     for i in range(0, len(val_idx), 64):
-        idx = val_idx[i:i + 64]
+        idx = val_idx[i : i + 64]
         with loop.autocast():
             logits = loop.val_logits(idx)
         yb = loop.y_val[idx.to(loop.device)]

@@ -22,6 +22,7 @@ Example:
     >>> 1e-7 <= r.suggested_lr <= 10                                   # doctest: +SKIP
     True
 """
+
 from __future__ import annotations
 
 import math
@@ -97,12 +98,13 @@ def suggest(lrs: Sequence[float], losses: Sequence[float]) -> dict[str, float]:
     # The flat start is not a valley: begin where the loss has fallen by 2% of its total fall.
     drop = losses[0] - losses[i_min]
     first = next((i for i in range(n) if losses[i] < losses[0] - 0.02 * drop), 0) if drop > 0 else 0
-    valley = first + _valley(losses[first:i_min + 1]) if i_min > first else i_min
+    valley = first + _valley(losses[first : i_min + 1]) if i_min > first else i_min
     return {"valley_lr": float(lrs[valley]), "steep_lr": float(steep), "min_lr": float(lrs[i_min]) / 10}
 
 
-def _trainable_step(config: TrainConfig, prep: Any, device: torch.device,
-                    progress: Callable[[str], None] | None) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor]:
+def _trainable_step(
+    config: TrainConfig, prep: Any, device: torch.device, progress: Callable[[str], None] | None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor, torch.Tensor]:
     """What one step trains: ``(forward(indices) -> logits, labels, training-set indices)``."""
     model = prep.model.to(device)
     norm = Normalizer(prep.weights.mean, prep.weights.std, device)
@@ -116,7 +118,7 @@ def _trainable_step(config: TrainConfig, prep: Any, device: torch.device,
         feats = []
         with torch.inference_mode():
             for i in range(0, len(x), 64):
-                xb = norm(center_crop(x[i:i + 64], prep.image_size).to(device))
+                xb = norm(center_crop(x[i : i + 64], prep.image_size).to(device))
                 feats.append(model.forward_head(model.forward_features(xb), pre_logits=True).float())
         f = torch.cat(feats).clone()
         head = model.get_classifier()
@@ -133,13 +135,22 @@ def _trainable_step(config: TrainConfig, prep: Any, device: torch.device,
         else:
             xb = center_crop(xb, prep.image_size)
         return model(norm(xb.to(device)))
+
     return forward, y.to(device), torch.arange(len(x))
 
 
-def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
-            beta: float = 0.98, diverge: float = 4.0, progress: Callable[[str], None] | None = None,
-            should_stop: Callable[[], bool] | None = None,
-            on_step: Callable[[int, int], None] | None = None) -> LRFindResult:
+def lr_find(
+    config: TrainConfig,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    beta: float = 0.98,
+    diverge: float = 4.0,
+    progress: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> LRFindResult:
     """Run the range test; see the module docstring.
 
     ``progress`` gets a line every 10 steps (the CLI prints it); ``on_step(k, num_iter)`` is called
@@ -168,12 +179,12 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     for i in range(num_iter):
         if should_stop is not None and should_stop():
             break
-        lr = start_lr * ratio ** i
+        lr = start_lr * ratio**i
         for group in opt.param_groups:
             group["lr"] = lr
         if pos + bs > len(order):
             order, pos = pool[torch.randperm(len(pool), generator=g)], 0
-        idx = order[pos:pos + bs]
+        idx = order[pos : pos + bs]
         pos += bs
         loss = F.cross_entropy(forward(idx).float(), y[idx.to(y.device)])
         opt.zero_grad(set_to_none=True)
@@ -194,12 +205,20 @@ def lr_find(config: TrainConfig, *, start_lr: float = 1e-7, end_lr: float = 10.0
     keep = [i for i, v in enumerate(sm_all) if math.isfinite(v)]
     lrs_k, sm_k = [lrs[i] for i in keep], [sm_all[i] for i in keep]
     s = suggest(lrs_k, sm_k)
+
     def clamp(v: float) -> float:
         return float(min(max(v, start_lr), end_lr)) if math.isfinite(v) else start_lr
 
     return LRFindResult(
-        suggested_lr=clamp(s["valley_lr"]), valley_lr=clamp(s["valley_lr"]), steep_lr=clamp(s["steep_lr"]),
-        min_lr=clamp(s["min_lr"]), start_lr=start_lr, end_lr=end_lr, iterations=len(raw), stopped_early=stopped,
-        seconds=round(time.perf_counter() - t0, 3), freeze_label=prep.plan.label,
+        suggested_lr=clamp(s["valley_lr"]),
+        valley_lr=clamp(s["valley_lr"]),
+        steep_lr=clamp(s["steep_lr"]),
+        min_lr=clamp(s["min_lr"]),
+        start_lr=start_lr,
+        end_lr=end_lr,
+        iterations=len(raw),
+        stopped_early=stopped,
+        seconds=round(time.perf_counter() - t0, 3),
+        freeze_label=prep.plan.label,
         curve=[{"lr": lrs[i], "loss": sm_all[i], "raw_loss": raw[i]} for i in keep],
     )

@@ -5,6 +5,7 @@ predicts the run's validation split (rebuilt as in training, :mod:`~tl_dashboard
 scores it. Drawn by :mod:`tl_dashboard.charts` (``confusion_figure``, ``per_class_figure``).
 This module never imports streamlit.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,8 +54,9 @@ def confusion_matrix(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] |
     return cm
 
 
-def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int,
-                          class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def classification_report(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, n_classes: int, class_names: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Per-class precision, recall, F1 and support; a zero denominator gives 0 (never NaN).
 
     Args:
@@ -81,8 +83,10 @@ def classification_report(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[i
     precision, recall = ratio(tp, predicted), ratio(tp, support)
     f1 = ratio(2 * precision * recall, precision + recall)
     names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
-    return [{"class": names[i], "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "support": int(support[i])} for i in range(n_classes)]
+    return [
+        {"class": names[i], "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+        for i in range(n_classes)
+    ]
 
 
 @dataclass
@@ -108,15 +112,25 @@ class Evaluation:
         return float(np.mean([r["f1"] for r in self.report])) if self.report else 0.0
 
 
-def _mistakes(paths: list[str], classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray,
-              losses: np.ndarray) -> list[dict[str, Any]]:
+def _mistakes(
+    paths: list[str], classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, losses: np.ndarray
+) -> list[dict[str, Any]]:
     """The misclassified images, highest loss first."""
     wrong = np.flatnonzero(y_true != y_pred)
     wrong = wrong[np.argsort(-losses[wrong], kind="stable")]
-    return [{"path": paths[i], "true": int(y_true[i]), "pred": int(y_pred[i]),
-             "true_name": classes[y_true[i]], "pred_name": classes[y_pred[i]],
-             "confidence": float(probs[i, y_pred[i]]), "true_prob": float(probs[i, y_true[i]]),
-             "loss": float(losses[i])} for i in wrong]
+    return [
+        {
+            "path": paths[i],
+            "true": int(y_true[i]),
+            "pred": int(y_pred[i]),
+            "true_name": classes[y_true[i]],
+            "pred_name": classes[y_pred[i]],
+            "confidence": float(probs[i, y_pred[i]]),
+            "true_prob": float(probs[i, y_true[i]]),
+            "loss": float(losses[i]),
+        }
+        for i in wrong
+    ]
 
 
 def evaluate_run(store: RunSource, run_id: str | None = None, *, batch_size: int = BATCH) -> Evaluation:
@@ -142,8 +156,7 @@ def evaluate_run(store: RunSource, run_id: str | None = None, *, batch_size: int
     meta, classes = loaded.meta, list(loaded.classes)
     x_u8, y = decoded_cache(meta).stack(split.val)
     with torch.inference_mode():
-        logits = torch.cat([loaded.model(model_input(x_u8[i:i + batch_size], meta))
-                            for i in range(0, len(x_u8), batch_size)]).float()
+        logits = torch.cat([loaded.model(model_input(x_u8[i : i + batch_size], meta)) for i in range(0, len(x_u8), batch_size)]).float()
         losses = F.cross_entropy(logits, y, reduction="none").numpy().astype(np.float32)
         probs = logits.softmax(1).numpy().astype(np.float32)
     y_true, y_pred = y.numpy(), logits.argmax(1).numpy()
@@ -151,15 +164,24 @@ def evaluate_run(store: RunSource, run_id: str | None = None, *, batch_size: int
     notes = []
     trained_with = (loaded.summary or {}).get("val_images")
     if trained_with is not None and trained_with != len(paths):
-        notes.append(f"The validation split now has {len(paths)} images; the run was trained with {trained_with}. "
-                     "The data folder changed since training.")
+        notes.append(
+            f"The validation split now has {len(paths)} images; the run was trained with {trained_with}. "
+            "The data folder changed since training."
+        )
     return Evaluation(
-        run_id=loaded.run_id, classes=classes, paths=paths, y_true=y_true, y_pred=y_pred, probs=probs, losses=losses,
+        run_id=loaded.run_id,
+        classes=classes,
+        paths=paths,
+        y_true=y_true,
+        y_pred=y_pred,
+        probs=probs,
+        losses=losses,
         accuracy=float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         mean_loss=float(losses.mean()) if len(losses) else 0.0,
         report=classification_report(y_true, y_pred, len(classes), classes),
         confusion=confusion_matrix(y_true, y_pred, len(classes)),
-        misclassified=_mistakes(paths, classes, y_true, y_pred, probs, losses), notes=notes,
+        misclassified=_mistakes(paths, classes, y_true, y_pred, probs, losses),
+        notes=notes,
     )
 
 
@@ -176,6 +198,14 @@ def cell_images(result: Evaluation, true: int, pred: int) -> list[dict[str, Any]
         lowest ``confidence`` first.
     """
     idx = np.flatnonzero((result.y_true == true) & (result.y_pred == pred))
-    rows = [{"path": result.paths[i], "true_name": result.classes[true], "pred_name": result.classes[pred],
-             "confidence": float(result.probs[i, pred]), "true_prob": float(result.probs[i, true])} for i in idx]
+    rows = [
+        {
+            "path": result.paths[i],
+            "true_name": result.classes[true],
+            "pred_name": result.classes[pred],
+            "confidence": float(result.probs[i, pred]),
+            "true_prob": float(result.probs[i, true]),
+        }
+        for i in idx
+    ]
     return sorted(rows, key=lambda r: r["confidence"])

@@ -10,6 +10,7 @@ two threads in this process instead: starting workers would cost more than it sa
 Each worker reads a file's bytes once, hashes them (the content digest the caches are keyed by) and
 decodes those same bytes, so a cached row always matches its digest.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -77,7 +78,7 @@ def _verify_chunk(paths: Sequence[str], limit: int) -> list[tuple[str, str | Non
 
 
 def _chunks(items: Sequence, size: int = _CHUNK) -> list[Sequence]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _run(fn: Callable, chunks: list[Sequence], args: tuple, total: int, progress: Progress | None) -> list:
@@ -102,8 +103,7 @@ def verify_files(paths: Sequence[str], limit: int, progress: Progress | None = N
     return _run(_verify_chunk, _chunks(list(paths)), (int(limit),), len(paths), progress)
 
 
-def _decode_chunk(jobs: Sequence[tuple[int, str, str]], out_file: str, load_size: int,
-                  interpolation: str) -> list[tuple[int, str | None]]:
+def _decode_chunk(jobs: Sequence[tuple[int, str, str]], out_file: str, load_size: int, interpolation: str) -> list[tuple[int, str | None]]:
     """Decode ``(row, path, digest)`` jobs into rows of the raw ``out_file``; returns failures only."""
     from .data import _decode, _Rejected, _resolve_max_pixels
     from .imageops import square_array
@@ -132,8 +132,9 @@ def _decode_chunk(jobs: Sequence[tuple[int, str, str]], out_file: str, load_size
     return failed
 
 
-def decode_rows(jobs: Sequence[tuple[int, str, str]], out_file: str | Path, load_size: int, interpolation: str,
-                progress: Progress | None = None) -> list[tuple[int, str]]:
+def decode_rows(
+    jobs: Sequence[tuple[int, str, str]], out_file: str | Path, load_size: int, interpolation: str, progress: Progress | None = None
+) -> list[tuple[int, str]]:
     """Decode images into a raw uint8 file of ``(N, 3, L, L)`` rows, on every core.
 
     Args:
@@ -145,5 +146,4 @@ def decode_rows(jobs: Sequence[tuple[int, str, str]], out_file: str | Path, load
     Returns:
         ``(row, reason)`` for each image that could not be decoded (its row stays zero).
     """
-    return _run(_decode_chunk, _chunks(list(jobs)), (str(out_file), int(load_size), str(interpolation)),
-                len(jobs), progress)
+    return _run(_decode_chunk, _chunks(list(jobs)), (str(out_file), int(load_size), str(interpolation)), len(jobs), progress)

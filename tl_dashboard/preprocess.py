@@ -4,6 +4,7 @@ Example:
     >>> center_crop(torch.zeros(1, 3, 6, 6, dtype=torch.uint8), 4).shape
     torch.Size([1, 3, 4, 4])
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,18 +18,16 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """The centre ``size x size`` of image tensors (``(..., H, W)``): a view, no copy."""
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def augment(x: torch.Tensor, size: int) -> torch.Tensor:
     """Random resized crop + horizontal flip + colour jitter on a uint8 batch (global RNG)."""
     from torchvision.transforms import v2
 
-    tf = v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(0.3, 0.3, 0.3),
-    ])
+    tf = v2.Compose(
+        [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)]
+    )
     return torch.stack([tf(img) for img in x])
 
 

@@ -20,6 +20,7 @@ Example:
     >>> repair_store(store, "on request").message  # doctest: +SKIP
     'Rebuilt the run database from 3 run folders ...'
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,21 +35,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .storage import (
-    MARGIN_BYTES,
-    DiskFull,
-    atomic_write_json,
-    disk_full_from,
-    free_bytes,
-    is_disk_full,
-    remove_temp_files,
-)
+from .storage import MARGIN_BYTES, DiskFull, atomic_write_json, disk_full_from, free_bytes, is_disk_full, remove_temp_files
 
 if TYPE_CHECKING:
     from .runs import RunStore
 
-__all__ = ["RECORD_FILE", "MAX_STEPS_KEPT", "RepairReport", "write_record", "read_record", "run_folders",
-           "check_database", "open_store", "repair_store", "record_failure", "record_end", "release_reserve"]
+__all__ = [
+    "RECORD_FILE",
+    "MAX_STEPS_KEPT",
+    "RepairReport",
+    "write_record",
+    "read_record",
+    "run_folders",
+    "check_database",
+    "open_store",
+    "repair_store",
+    "record_failure",
+    "record_end",
+    "release_reserve",
+]
 
 log = logging.getLogger("tl_dashboard.records")
 
@@ -73,8 +78,10 @@ class RepairReport:
     def message(self) -> str:
         kept = f" The old file is kept as {self.moved_to[0].name}." if self.moved_to else ""
         salv = f" Read back from it: {', '.join(self.salvaged)}." if self.salvaged else ""
-        return (f"The run database was {self.reason}: rebuilt it from {self.runs} run folder(s).{kept}{salv}"
-                f"{' ' + self.lost if self.lost else ''}")
+        return (
+            f"The run database was {self.reason}: rebuilt it from {self.runs} run folder(s).{kept}{salv}"
+            f"{' ' + self.lost if self.lost else ''}"
+        )
 
 
 # -- the record in each run folder ---------------------------------------------------------------
@@ -83,8 +90,10 @@ def _thinned_steps(con: sqlite3.Connection, run_id: str) -> list[dict[str, Any]]
     if not n:
         return []
     every = -(-n // MAX_STEPS_KEPT)
-    rows = con.execute("SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND "
-                       "(step % ? = 0 OR step = ?) ORDER BY step", (run_id, every, last)).fetchall()
+    rows = con.execute(
+        "SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND (step % ? = 0 OR step = ?) ORDER BY step",
+        (run_id, every, last),
+    ).fetchall()
     return [dict(r) for r in rows]
 
 
@@ -101,8 +110,7 @@ def run_record(store: RunStore, run_id: str) -> dict[str, Any] | None:
                 with contextlib.suppress(ValueError):
                     run[k] = json.loads(v)
         epochs = [dict(r) for r in con.execute("SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (run_id,))]
-        return {"format": 1, "run": run, "epochs": epochs, "steps": _thinned_steps(con, run_id),
-                "steps_thinned_to": MAX_STEPS_KEPT}
+        return {"format": 1, "run": run, "epochs": epochs, "steps": _thinned_steps(con, run_id), "steps_thinned_to": MAX_STEPS_KEPT}
     finally:
         con.close()
 
@@ -124,6 +132,7 @@ def write_record(store: RunStore, run_id: str) -> bool:
 
 def read_record(folder: Path) -> dict[str, Any] | None:
     """A run folder's record: ``run.json``, else one pieced together from config/summary.json; None if none."""
+
     def load(name: str) -> Any:
         try:
             return json.loads((folder / name).read_text())
@@ -139,8 +148,15 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     summary = load("summary.json") or {}
     status = summary.pop("status", None) or ("stopped" if (folder / "model.safetensors").exists() else "interrupted")
     created = _created_from_id(folder.name) or folder.stat().st_mtime
-    run = {"id": folder.name, "label": "", "status": status, "created": created, "config": config,
-           "summary": summary, "error": summary.pop("error", None)}
+    run = {
+        "id": folder.name,
+        "label": "",
+        "status": status,
+        "created": created,
+        "config": config,
+        "summary": summary,
+        "error": summary.pop("error", None),
+    }
     return {"format": 1, "run": run, "epochs": [], "steps": []}
 
 
@@ -173,8 +189,8 @@ def check_database(db_path: Path, full: bool = True) -> str | None:
         return "not an SQLite database"
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
-        page_size, = con.execute("PRAGMA page_size").fetchone()
-        pages, = con.execute("PRAGMA page_count").fetchone()
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+        (pages,) = con.execute("PRAGMA page_count").fetchone()
         wal = db_path.with_name(db_path.name + "-wal")
         if os.path.getsize(db_path) < page_size * pages and not (wal.exists() and wal.stat().st_size):
             return f"truncated ({os.path.getsize(db_path)} of {page_size * pages} bytes)"
@@ -185,8 +201,7 @@ def check_database(db_path: Path, full: bool = True) -> str | None:
     except sqlite3.DatabaseError as exc:
         if is_disk_full(exc):
             return None  # cannot check it now (no room for SQLite's -shm file); checked at the next open
-        if isinstance(exc, sqlite3.OperationalError) and not any(
-                w in str(exc).lower() for w in ("malformed", "not a database", "corrupt")):
+        if isinstance(exc, sqlite3.OperationalError) and not any(w in str(exc).lower() for w in ("malformed", "not a database", "corrupt")):
             raise  # locked, busy, no permission...: not damage, never a reason to move the file aside
         return f"unreadable ({exc})"
     finally:
@@ -206,8 +221,7 @@ def read_only_connection(db_path: Path, exc: sqlite3.OperationalError) -> sqlite
     wal = db_path.with_name(db_path.name + "-wal")
     if db_path.exists() and not (wal.exists() and wal.stat().st_size):
         log.info("disk full under %s: reading the run database read-only", db_path.parent)
-        return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True, isolation_level=None,
-                               factory=_ReadOnlyOnFullDisk)
+        return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True, isolation_level=None, factory=_ReadOnlyOnFullDisk)
     raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
 
 
@@ -219,8 +233,7 @@ class _ReadOnlyOnFullDisk(sqlite3.Connection):
             return getattr(super(), method)(*args)
         except sqlite3.OperationalError as exc:
             if "readonly" in str(exc):
-                raise sqlite3.OperationalError("database or disk is full (the run database is read-only "
-                                               "until space is freed)") from None
+                raise sqlite3.OperationalError("database or disk is full (the run database is read-only until space is freed)") from None
             raise
 
     def execute(self, *args: Any) -> sqlite3.Cursor:  # type: ignore[override]
@@ -323,9 +336,11 @@ def repair_store(store: RunStore, reason: str | None = None) -> RepairReport:
             rec = read_record(folder)
             if rec and _restore_run(con, rec, folder.name):
                 report.runs += 1
-    lost = [what for table, what in (("run_log", "the run log"),
-                                     ("step_metrics", f"per-step curves beyond {MAX_STEPS_KEPT} points per run"))
-            if table not in report.salvaged]
+    lost = [
+        what
+        for table, what in (("run_log", "the run log"), ("step_metrics", f"per-step curves beyond {MAX_STEPS_KEPT} points per run"))
+        if table not in report.salvaged
+    ]
     if lost:
         report.lost = f"Not recoverable from run folders, where the damaged file no longer reads: {' and '.join(lost)}."
     store._notify(report.message)
@@ -424,9 +439,15 @@ def _restore_run(con: sqlite3.Connection, rec: dict[str, Any], run_id: str) -> b
         run.setdefault("created", time.time())
         run.setdefault("config", {})
         _insert(con, "runs", run, {r[1] for r in con.execute("PRAGMA table_info(runs)")})
-        con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)",
-                    (run_id, time.time(), "warning",
-                     "Listed again from its folder after the run database was rebuilt; the log before this line is lost."))
+        con.execute(
+            "INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)",
+            (
+                run_id,
+                time.time(),
+                "warning",
+                "Listed again from its folder after the run database was rebuilt; the log before this line is lost.",
+            ),
+        )
     for table, key in (("epoch_metrics", "epochs"), ("step_metrics", "steps")):
         have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
         for row in rec.get(key) or []:  # fills what the damaged file lost; rows read back from it stay
@@ -444,8 +465,10 @@ def _settle_unrecorded_ends(store: RunStore) -> None:
         run = (rec or {}).get("run") or {}
         if run.get("status") in FINAL_STATUSES:
             with store._tx() as con:
-                con.execute("UPDATE runs SET status=?, finished=?, error=? WHERE id=? AND status IN ('queued','running')",
-                            (run["status"], run.get("finished") or time.time(), run.get("error"), row["id"]))
+                con.execute(
+                    "UPDATE runs SET status=?, finished=?, error=? WHERE id=? AND status IN ('queued','running')",
+                    (run["status"], run.get("finished") or time.time(), run.get("error"), row["id"]),
+                )
 
 
 # -- a failure record that survives a full disk ----------------------------------------------------
@@ -482,8 +505,15 @@ def record_failure(store: RunStore, run_id: str, message: str, details: str | No
     record_end(store, run_id, "failed", error=message, details=details)
 
 
-def record_end(store: RunStore, run_id: str, status: str, *, error: str | None = None,
-               summary: dict[str, Any] | None = None, details: str | None = None) -> None:
+def record_end(
+    store: RunStore,
+    run_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    summary: dict[str, Any] | None = None,
+    details: str | None = None,
+) -> None:
     """:meth:`RunStore.finish_run` that survives a full disk (see :func:`record_failure`); never raises."""
     for attempt in range(2):
         try:

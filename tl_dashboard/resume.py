@@ -11,6 +11,7 @@ Example:
     >>> resume_run(store, run_id)   # doctest: +SKIP
     'queued'
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,16 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["why_not_resumable", "RESUME_FILE", "RunProgress", "ResumeError", "save_resume_state", "load_resume_state", "resume_run",
-           "can_resume"]
+__all__ = [
+    "why_not_resumable",
+    "RESUME_FILE",
+    "RunProgress",
+    "ResumeError",
+    "save_resume_state",
+    "load_resume_state",
+    "resume_run",
+    "can_resume",
+]
 
 RESUME_FILE = "resume.pt"
 RESUMABLE = ("interrupted", "stopped", "failed")
@@ -71,8 +80,11 @@ class RunProgress:
 
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -87,16 +99,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_resume_state(out_dir: str | Path, epoch: int, step: int, model: torch.nn.Module, optimizer: Any,
-                      scheduler: Any, progress: RunProgress) -> Path:
+def save_resume_state(
+    out_dir: str | Path, epoch: int, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any, progress: RunProgress
+) -> Path:
     """Write ``resume.pt`` atomically: everything needed to continue after ``epoch``."""
     from .storage import atomic_write_bytes
 
     state = {
-        "version": 1, "epoch": epoch, "step": step,
+        "version": 1,
+        "epoch": epoch,
+        "step": step,
         "model": {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "progress": asdict(progress), "rng": _rng_state(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "progress": asdict(progress),
+        "rng": _rng_state(),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -136,8 +153,10 @@ def why_not_resumable(store: Any, run_id: str) -> str | None:
         return None
     if int(run["config"].get("nproc") or 1) > 1:
         return "Cannot resume: it trained with several processes; resuming is for one process only."
-    return ("Cannot resume: no epoch completed, so there is no resume point and no model. "
-            "Start it again from the Train page (same settings: epoch 1 from scratch).")
+    return (
+        "Cannot resume: no epoch completed, so there is no resume point and no model. "
+        "Start it again from the Train page (same settings: epoch 1 from scratch)."
+    )
 
 
 def resume_run(store: Any, run_id: str, *, start: bool = True) -> str:
@@ -158,8 +177,9 @@ def resume_run(store: Any, run_id: str, *, start: bool = True) -> str:
         raise ResumeError(f"Run {run_id} trained with {run['config']['nproc']} processes; resuming is for one process only.")
     state = load_resume_state(store.run_dir(run_id))
     if state is None:
-        raise ResumeError(f"Run {run_id} cannot resume: no epoch completed, so it has no resume point; "
-                          "start it again instead (epoch 1, from scratch).")
+        raise ResumeError(
+            f"Run {run_id} cannot resume: no epoch completed, so it has no resume point; start it again instead (epoch 1, from scratch)."
+        )
     store.requeue_from(run_id, state["epoch"], state["step"])
     store.log(run_id, "info", f"Resuming from the end of epoch {state['epoch']} (step {state['step']}).")
     if start:

@@ -14,6 +14,7 @@ Example:
     >>> store.get_run(run_id)["status"]
     'queued'
 """
+
 from __future__ import annotations
 
 import json
@@ -95,7 +96,7 @@ _ADDED_COLUMNS: dict[str, dict[str, str]] = {
     "runs": {
         "workspace": "TEXT",  # owner (tl_dashboard.workspaces); NULL: made before workspaces, or by the CLI
         "dataset": "TEXT NOT NULL DEFAULT '{}'",  # JSON: name, path, images, classes, fingerprint
-    },
+    }
 }
 
 
@@ -214,9 +215,16 @@ class RunStore:
         return (self.run_dir(run_id) / CHECKPOINT).is_file()
 
     # -- runs -------------------------------------------------------------------------------
-    def create_run(self, config: dict[str, Any], *, label: str = "", group_id: str | None = None,
-                   status: str = "queued", workspace: str | None = None,
-                   dataset: dict[str, Any] | None = None) -> str:
+    def create_run(
+        self,
+        config: dict[str, Any],
+        *,
+        label: str = "",
+        group_id: str | None = None,
+        status: str = "queued",
+        workspace: str | None = None,
+        dataset: dict[str, Any] | None = None,
+    ) -> str:
         """Add a run (queued by default) and its folder with ``config.json``; return its id.
 
         ``workspace`` owns the run (None: nobody, e.g. the CLI); ``dataset`` describes its data.
@@ -228,10 +236,8 @@ class RunStore:
         atomic_write_json(self.run_dir(run_id) / "config.json", config)
         with self._tx() as con:
             con.execute(
-                "INSERT INTO runs (id, label, status, created, config, group_id, workspace, dataset) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (run_id, label, status, time.time(), json.dumps(config), group_id, workspace,
-                 json.dumps(dataset or {})),
+                "INSERT INTO runs (id, label, status, created, config, group_id, workspace, dataset) VALUES (?,?,?,?,?,?,?,?)",
+                (run_id, label, status, time.time(), json.dumps(config), group_id, workspace, json.dumps(dataset or {})),
             )
         self._record(run_id)
         return run_id
@@ -292,11 +298,13 @@ class RunStore:
         own = con is None
         con = con or self._connect()
         try:
-            queued = [dict(r) for r in con.execute(
-                "SELECT id, workspace, created FROM runs WHERE status='queued' ORDER BY created, rowid")]
-            last = {r[0]: r[1] for r in con.execute(
-                "SELECT COALESCE(workspace, ''), MAX(started) FROM runs WHERE started IS NOT NULL "
-                "GROUP BY COALESCE(workspace, '')")}
+            queued = [dict(r) for r in con.execute("SELECT id, workspace, created FROM runs WHERE status='queued' ORDER BY created, rowid")]
+            last = {
+                r[0]: r[1]
+                for r in con.execute(
+                    "SELECT COALESCE(workspace, ''), MAX(started) FROM runs WHERE started IS NOT NULL GROUP BY COALESCE(workspace, '')"
+                )
+            }
         finally:
             if own:
                 con.close()
@@ -316,11 +324,9 @@ class RunStore:
             if progress is None:
                 con.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), run_id))
             else:
-                con.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?",
-                            (time.time(), json.dumps(progress), run_id))
+                con.execute("UPDATE runs SET heartbeat=?, progress=? WHERE id=?", (time.time(), json.dumps(progress), run_id))
 
-    def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None,
-                   error: str | None = None) -> None:
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None, error: str | None = None) -> None:
         """Record a final status; ``summary`` is merged into the stored one and saved as JSON too."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"Unknown final status {status!r}; use one of {FINAL_STATUSES}.")
@@ -332,15 +338,16 @@ class RunStore:
                 (status, time.time(), json.dumps(merged, default=str), error, run_id),
             )
         if self.run_dir(run_id).exists():
-            atomic_write_json(self.run_dir(run_id) / "summary.json",
-                              {"status": status, "error": error, **merged})
+            atomic_write_json(self.run_dir(run_id) / "summary.json", {"status": status, "error": error, **merged})
         self._record(run_id)
 
     def requeue_from(self, run_id: str, epoch: int, step: int) -> None:
         """Queue a ended run again to resume after ``epoch``: its metrics after that point are dropped."""
         with self._tx(immediate=True) as con:
-            con.execute("UPDATE runs SET status='queued', finished=NULL, error=NULL, pid=NULL, heartbeat=NULL, "
-                        "stop_requested=0 WHERE id=?", (run_id,))
+            con.execute(
+                "UPDATE runs SET status='queued', finished=NULL, error=NULL, pid=NULL, heartbeat=NULL, stop_requested=0 WHERE id=?",
+                (run_id,),
+            )
             con.execute("DELETE FROM epoch_metrics WHERE run_id=? AND epoch>?", (run_id, epoch))
             con.execute("DELETE FROM step_metrics WHERE run_id=? AND step>?", (run_id, step))
         self._record(run_id)
@@ -422,14 +429,12 @@ class RunStore:
         for run_id, reason in dead:
             with self._tx(immediate=True) as con:
                 con.execute(
-                    "UPDATE runs SET status='interrupted', finished=?, error=? WHERE id=? AND status='running'",
-                    (now, reason, run_id),
+                    "UPDATE runs SET status='interrupted', finished=?, error=? WHERE id=? AND status='running'", (now, reason, run_id)
                 )
             self.log(run_id, "error", f"Run interrupted: {reason}. The last checkpoint (if any) is kept.")
             run = self.get_run(run_id)
             if run and self.run_dir(run_id).exists():
-                atomic_write_json(self.run_dir(run_id) / "summary.json",
-                                  {"status": "interrupted", "error": reason, **run["summary"]})
+                atomic_write_json(self.run_dir(run_id) / "summary.json", {"status": "interrupted", "error": reason, **run["summary"]})
             self._record(run_id)
         return [r for r, _ in dead]
 
@@ -453,21 +458,22 @@ class RunStore:
         self._record(run_id, every=1.0)  # the run's end always rewrites it
 
     def steps(self, run_id: str, after: int = -1) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query(
-            "SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND step>? ORDER BY step", (run_id, after))]
+        return [
+            dict(r)
+            for r in self._query(
+                "SELECT step, epoch, loss, lr, time FROM step_metrics WHERE run_id=? AND step>? ORDER BY step", (run_id, after)
+            )
+        ]
 
     def epochs(self, run_id: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query(
-            "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (run_id,))]
+        return [dict(r) for r in self._query("SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (run_id,))]
 
     def log(self, run_id: str, level: str, message: str) -> None:
         with self._tx() as con:
-            con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)",
-                        (run_id, time.time(), level, message))
+            con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)", (run_id, time.time(), level, message))
 
     def logs(self, run_id: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self._query(
-            "SELECT time, level, message FROM run_log WHERE run_id=? ORDER BY rowid", (run_id,))]
+        return [dict(r) for r in self._query("SELECT time, level, message FROM run_log WHERE run_id=? ORDER BY rowid", (run_id,))]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ Example:
     >>> accuracy_text(0.9, 10)
     '90.0% (60-98%, n=10)'
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,38 @@ __all__ = [
 Z95 = 1.959963984540054
 
 # two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def wilson_interval(k: float, n: int, z: float = Z95) -> tuple[float, float]:
@@ -115,8 +145,7 @@ def overlap_note(names: Sequence[str], intervals: Sequence[tuple[float, float] |
     if not pairs:
         return None
     shown = "; ".join(pairs[:6]) + (f" and {len(pairs) - 6} more pairs" if len(pairs) > 6 else "")
-    return (f"95% intervals overlap: {shown}. On this many validation images their difference could be chance; "
-            "do not rank them on it.")
+    return f"95% intervals overlap: {shown}. On this many validation images their difference could be chance; do not rank them on it."
 
 
 def group_repeats(points: Sequence[Mapping[str, Any]], key: str = "best_val_accuracy") -> list[dict[str, Any]]:
@@ -144,11 +173,20 @@ def group_repeats(points: Sequence[Mapping[str, Any]], key: str = "best_val_accu
             lo, hi = accuracy_interval(mean, int(runs[0].get("val_images") or 0)) if runs[0].get("val_images") else (mean, mean)
         ms = sum(secs) / len(secs) if secs else None
         sd = math.sqrt(sum((s - ms) ** 2 for s in secs) / (len(secs) - 1)) if len(secs) >= 2 and ms is not None else 0.0
-        out.append({**runs[0], key: mean, "acc_low": max(0.0, lo), "acc_high": min(1.0, hi), "repeats": len(runs),
-                    "train_seconds": ms, "seconds_sd": sd,
-                    "gflops_per_epoch": next((r["gflops_per_epoch"] for r in runs if r.get("gflops_per_epoch")), None),
-                    "shared_machine": any(bool(r.get("shared_machine")) for r in runs),
-                    "run_ids": [r.get("run_id") for r in runs]})
+        out.append(
+            {
+                **runs[0],
+                key: mean,
+                "acc_low": max(0.0, lo),
+                "acc_high": min(1.0, hi),
+                "repeats": len(runs),
+                "train_seconds": ms,
+                "seconds_sd": sd,
+                "gflops_per_epoch": next((r["gflops_per_epoch"] for r in runs if r.get("gflops_per_epoch")), None),
+                "shared_machine": any(bool(r.get("shared_machine")) for r in runs),
+                "run_ids": [r.get("run_id") for r in runs],
+            }
+        )
     return out
 
 

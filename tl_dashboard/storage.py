@@ -16,6 +16,7 @@ Example:
     >>> check_free_space("/tmp/tl-demo", 1024, "a tiny file")  # plenty of room: returns the free bytes
     ... # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import errno
@@ -29,9 +30,20 @@ from typing import IO, Any, Iterator
 
 from .errors import UserError
 
-__all__ = ["DiskFull", "free_bytes", "check_free_space", "is_disk_full", "disk_full_from",
-           "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_open",
-           "remove_temp_files", "human_bytes", "TEMP_SUFFIX"]
+__all__ = [
+    "DiskFull",
+    "free_bytes",
+    "check_free_space",
+    "is_disk_full",
+    "disk_full_from",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_open",
+    "remove_temp_files",
+    "human_bytes",
+    "TEMP_SUFFIX",
+]
 
 TEMP_SUFFIX = ".tmp"
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
@@ -51,13 +63,13 @@ class DiskFull(UserError, OSError):
         free: bytes free there when it failed.
     """
 
-    def __init__(self, folder: str | Path, need: int | None, free: int | None, what: str = "this write",
-                 fix: str | None = None) -> None:
+    def __init__(self, folder: str | Path, need: int | None, free: int | None, what: str = "this write", fix: str | None = None) -> None:
         self.folder, self.need, self.free, self.what = Path(folder), need, free, what
         needed = f"needs {human_bytes(need)}" if need else "needs more space"
         free_s = f", {human_bytes(free)} free" if free is not None else ""
-        fix = fix or ("free space there (delete old runs or data sets) or point TL_RUNS_DIR / "
-                      "TL_DATASETS_DIR at a larger disk, then try again")
+        fix = fix or (
+            "free space there (delete old runs or data sets) or point TL_RUNS_DIR / TL_DATASETS_DIR at a larger disk, then try again"
+        )
         super().__init__(f"Disk full: {what} in {self.folder} {needed}{free_s}. Fix: {fix}.")
         self.errno = errno.ENOSPC
 
@@ -87,8 +99,7 @@ def free_bytes(path: str | Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def check_free_space(path: str | Path, need_bytes: int, what: str, fix: str | None = None,
-                     margin: int = MARGIN_BYTES) -> int:
+def check_free_space(path: str | Path, need_bytes: int, what: str, fix: str | None = None, margin: int = MARGIN_BYTES) -> int:
     """Raise :class:`DiskFull` unless ``need_bytes`` (+ a small margin) fit under ``path``.
 
     Args:
@@ -120,8 +131,7 @@ def is_disk_full(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_disk_full(cause)
 
 
-def disk_full_from(exc: BaseException, path: str | Path, need: int | None = None,
-                   what: str = "this write") -> DiskFull:
+def disk_full_from(exc: BaseException, path: str | Path, need: int | None = None, what: str = "this write") -> DiskFull:
     """A :class:`DiskFull` for ``exc`` raised while writing under ``path``."""
     folder = Path(path)
     if folder.suffix or not folder.is_dir():
@@ -138,8 +148,9 @@ def _temp_name(path: Path) -> Path:
 
 
 @contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", need: int | None = None,
-                what: str | None = None, size: int | None = None) -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | Path, mode: str = "wb", need: int | None = None, what: str | None = None, size: int | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success fsync and rename it into place.
 
     On any failure the temporary file is removed; a full disk raises :class:`DiskFull`.
@@ -204,7 +215,7 @@ def remove_temp_files(folder: str | Path, recursive: bool = False) -> list[Path]
         return []
     removed = []
     pattern = f".*{TEMP_SUFFIX}"
-    for f in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+    for f in folder.rglob(pattern) if recursive else folder.glob(pattern):
         pid = f.name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
             continue

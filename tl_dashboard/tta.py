@@ -10,6 +10,7 @@ Example:
     >>> res["accuracy"], res["accuracy_tta"]                # doctest: +SKIP
     (0.944, 0.972)
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -23,8 +24,18 @@ from .inference import ImageInput, RunSource, as_loaded, decoded_cache, val_spli
 
 __all__ = ["TTA_VIEWS", "tta_views", "tta_probs", "evaluate_tta", "predict_tta"]
 
-TTA_VIEWS = ("centre", "top-left", "top-right", "bottom-left", "bottom-right",
-             "centre flipped", "top-left flipped", "top-right flipped", "bottom-left flipped", "bottom-right flipped")
+TTA_VIEWS = (
+    "centre",
+    "top-left",
+    "top-right",
+    "bottom-left",
+    "bottom-right",
+    "centre flipped",
+    "top-left flipped",
+    "top-right flipped",
+    "bottom-left flipped",
+    "bottom-right flipped",
+)
 
 
 def tta_views(x_u8: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -36,8 +47,13 @@ def tta_views(x_u8: torch.Tensor, size: int) -> list[torch.Tensor]:
     h, w = x_u8.shape[-2:]
     if size > min(h, w):
         raise ValueError(f"Crop size {size} is larger than the image ({h}x{w}).")
-    crops = [center_crop(x_u8, size), x_u8[..., :size, :size], x_u8[..., :size, w - size:],
-             x_u8[..., h - size:, :size], x_u8[..., h - size:, w - size:]]
+    crops = [
+        center_crop(x_u8, size),
+        x_u8[..., :size, :size],
+        x_u8[..., :size, w - size :],
+        x_u8[..., h - size :, :size],
+        x_u8[..., h - size :, w - size :],
+    ]
     return crops + [c.flip(-1) for c in crops]
 
 
@@ -47,7 +63,7 @@ def tta_probs(model: torch.nn.Module, x_u8: torch.Tensor, meta: dict[str, Any], 
     norm, size = Normalizer(meta["mean"], meta["std"]), int(meta["image_size"])
     out = []
     for view in tta_views(x_u8, size):
-        logits = [model(norm(view[i:i + batch])) for i in range(0, len(view), batch)]
+        logits = [model(norm(view[i : i + batch])) for i in range(0, len(view), batch)]
         out.append(torch.cat(logits).float().softmax(1).numpy())
     return np.stack(out).astype(np.float32)
 
@@ -70,14 +86,27 @@ def evaluate_tta(source: RunSource, run_id: str | None = None) -> dict[str, Any]
     plain, tta = views[0], views.mean(0)
     y_np, p_plain, p_tta = y.numpy(), plain.argmax(1), tta.argmax(1)
     cls = loaded.classes
-    changed = [{"path": str(split.val[i].path), "true": cls[y_np[i]], "plain": cls[p_plain[i]], "tta": cls[p_tta[i]],
-                "plain_prob": float(plain[i, p_plain[i]]), "tta_prob": float(tta[i, p_tta[i]])}
-               for i in np.flatnonzero(p_plain != p_tta)]
+    changed = [
+        {
+            "path": str(split.val[i].path),
+            "true": cls[y_np[i]],
+            "plain": cls[p_plain[i]],
+            "tta": cls[p_tta[i]],
+            "plain_prob": float(plain[i, p_plain[i]]),
+            "tta_prob": float(tta[i, p_tta[i]]),
+        }
+        for i in np.flatnonzero(p_plain != p_tta)
+    ]
     n = max(len(y_np), 1)
-    return {"accuracy": float((p_plain == y_np).sum() / n), "accuracy_tta": float((p_tta == y_np).sum() / n),
-            "views": len(TTA_VIEWS), "images": len(y_np),
-            "fixed": int(((p_tta == y_np) & (p_plain != y_np)).sum()),
-            "broken": int(((p_tta != y_np) & (p_plain == y_np)).sum()), "changed": changed}
+    return {
+        "accuracy": float((p_plain == y_np).sum() / n),
+        "accuracy_tta": float((p_tta == y_np).sum() / n),
+        "views": len(TTA_VIEWS),
+        "images": len(y_np),
+        "fixed": int(((p_tta == y_np) & (p_plain != y_np)).sum()),
+        "broken": int(((p_tta != y_np) & (p_plain == y_np)).sum()),
+        "changed": changed,
+    }
 
 
 def _square(item: ImageInput, load_size: int, interpolation: str) -> torch.Tensor:
@@ -90,8 +119,7 @@ def _square(item: ImageInput, load_size: int, interpolation: str) -> torch.Tenso
     return resize_center_square(load_rgb(item, draft_size=load_size), load_size, interpolation)
 
 
-def predict_tta(source: RunSource, images: Sequence[ImageInput], top_k: int = 3, *,
-                run_id: str | None = None) -> list[dict[str, Any]]:
+def predict_tta(source: RunSource, images: Sequence[ImageInput], top_k: int = 3, *, run_id: str | None = None) -> list[dict[str, Any]]:
     """Top-k classes per image without and with TTA.
 
     Returns:
@@ -114,5 +142,7 @@ def predict_tta(source: RunSource, images: Sequence[ImageInput], top_k: int = 3,
     def top(p: np.ndarray) -> list[tuple[str, float]]:
         return [(loaded.classes[j], float(p[j])) for j in np.argsort(-p, kind="stable")[:k]]
 
-    return [{"top_k": top(views[:, i].mean(0)), "top_k_plain": top(views[0, i]),
-             "probs": views[:, i].mean(0), "probs_plain": views[0, i]} for i in range(len(x))]
+    return [
+        {"top_k": top(views[:, i].mean(0)), "top_k_plain": top(views[0, i]), "probs": views[:, i].mean(0), "probs_plain": views[0, i]}
+        for i in range(len(x))
+    ]

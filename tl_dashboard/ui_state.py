@@ -14,6 +14,7 @@ without Streamlit and never imports it. It is the UI layer's module: the core ne
 Freeze-spec words live in :mod:`tl_dashboard.layers`, folder probes in :mod:`tl_dashboard.data`,
 run presentation in ``views/present.py`` next to the pages.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,19 +23,22 @@ from typing import Any, Callable, Mapping, MutableMapping
 from .engine import TrainConfig
 
 __all__ = [
-    "DEFAULTS", "WIDGET_PREFIX", "SOURCES", "sample_data_dir", "init_state", "require_router", "use_sample",
-    "bind", "commit", "config_from_state",
+    "DEFAULTS",
+    "WIDGET_PREFIX",
+    "SOURCES",
+    "sample_data_dir",
+    "init_state",
+    "require_router",
+    "use_sample",
+    "bind",
+    "commit",
+    "config_from_state",
 ]
 
 WIDGET_PREFIX = "w_"
 
 # Where the data comes from on the Data page.
-SOURCES = {
-    "sample": "Sample set",
-    "folder": "Folder on this server",
-    "upload": "Upload",
-    "build": "Build your own",
-}
+SOURCES = {"sample": "Sample set", "folder": "Folder on this server", "upload": "Upload", "build": "Build your own"}
 
 
 def sample_data_dir() -> Path:
@@ -91,8 +95,7 @@ def commit(state: MutableMapping[str, Any], name: str) -> None:
     state[name] = state[WIDGET_PREFIX + name]
 
 
-def bind(state: MutableMapping[str, Any], name: str,
-         after: Callable[[], None] | None = None) -> dict[str, Any]:
+def bind(state: MutableMapping[str, Any], name: str, after: Callable[[], None] | None = None) -> dict[str, Any]:
     """Widget kwargs for canonical key ``name``: ``key``, ``on_change`` and ``args``.
 
     The widget key is set from the canonical value first, so the widget shows the current

@@ -12,6 +12,7 @@ Example:
     >>> sched.blocks, sched.epoch                                       # doctest: +SKIP
     (['blocks.6', 'neck'], 2)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -48,7 +49,7 @@ class UnfreezeSchedule:
         if config.unfreeze_at == 1:
             raise UnfreezeError("--unfreeze-at 1 would unfreeze before any training; use 2 or later, or freeze less.")
         frozen_body = [b.name for b in blocks if b.name in plan.frozen]
-        late = frozen_body[-config.unfreeze_blocks:]
+        late = frozen_body[-config.unfreeze_blocks :]
         return cls(plan, list(blocks), late, config.unfreeze_at, config.backbone_lr_scale)
 
     @property

@@ -14,6 +14,7 @@ Example:
     >>> run_id = submit_run(store, TrainConfig(data_dir="sample_data/emoji3"))
     >>> request_stop(store, run_id)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,14 +59,42 @@ class StoreCallback(Callback):
         self._start = time.time()
 
     def on_run_start(self, info: dict[str, Any]) -> None:
-        self._progress = {"epoch": 0, "epochs": info["epochs"], "step": 0,
-                          "total_steps": info["steps_per_epoch"] * info["epochs"], "images_per_sec": None}
-        self.store.update_summary(self.run_id, {k: info[k] for k in (
-            "classes", "train_images", "val_images", "trainable_params", "frozen_params", "weights",
-            "feature_cache", "device", "freeze_label", "image_size", "skipped_files", "blocks", "unfreeze")})
-        self.store.update_dataset(self.run_id, {  # what it really trained on (the folder may change later)
-            "images": info["train_images"] + info["val_images"], "classes": len(info["classes"]),
-            **({"fingerprint": info["data_fingerprint"]} if info.get("data_fingerprint") else {})})
+        self._progress = {
+            "epoch": 0,
+            "epochs": info["epochs"],
+            "step": 0,
+            "total_steps": info["steps_per_epoch"] * info["epochs"],
+            "images_per_sec": None,
+        }
+        self.store.update_summary(
+            self.run_id,
+            {
+                k: info[k]
+                for k in (
+                    "classes",
+                    "train_images",
+                    "val_images",
+                    "trainable_params",
+                    "frozen_params",
+                    "weights",
+                    "feature_cache",
+                    "device",
+                    "freeze_label",
+                    "image_size",
+                    "skipped_files",
+                    "blocks",
+                    "unfreeze",
+                )
+            },
+        )
+        self.store.update_dataset(
+            self.run_id,
+            {  # what it really trained on (the folder may change later)
+                "images": info["train_images"] + info["val_images"],
+                "classes": len(info["classes"]),
+                **({"fingerprint": info["data_fingerprint"]} if info.get("data_fingerprint") else {}),
+            },
+        )
         self.store.heartbeat(self.run_id, self._progress)
 
     def on_log(self, level: str, message: str) -> None:
@@ -105,8 +134,7 @@ class SpaceCheck(Callback):
         check_run_start(self.run_dir, info)
 
 
-def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None,
-                 split: Any = None) -> TrainResult | None:
+def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] | None = None, split: Any = None) -> TrainResult | None:
     """Train the run ``run_id`` (already marked running) in this process and record the outcome.
 
     ``split``: the data already scanned (the CLI scans once). Expected errors
@@ -122,8 +150,11 @@ def run_training(store: RunStore, run_id: str, extra_callbacks: list[Callback] |
         config.device = f"cuda:{gpu}"
     if config.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return _run_distributed(store, run_id, config.nproc)
-    callbacks: list[Callback] = [SpaceCheck(store.run_dir(run_id)), StoreCallback(store, run_id),
-                                 StopCheck(lambda: store.stop_requested(run_id))]
+    callbacks: list[Callback] = [
+        SpaceCheck(store.run_dir(run_id)),
+        StoreCallback(store, run_id),
+        StopCheck(lambda: store.stop_requested(run_id)),
+    ]
     callbacks += extra_callbacks or []
     beating = threading.Event()
 
@@ -158,15 +189,17 @@ def _disk_full(store: RunStore, run_id: str, config: TrainConfig) -> DiskFull:
     s = (store.get_run(run_id) or {}).get("summary") or {}
     params = int(s.get("trainable_params") or 0) + int(s.get("frozen_params") or 0)
     need = run_bytes_needed(params, epochs=config.epochs) if params else None
-    return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)), run_files_what(config.epochs),
-                    RUN_FIX)
+    return DiskFull(store.run_dir(run_id), need, free_bytes(store.run_dir(run_id)), run_files_what(config.epochs), RUN_FIX)
 
 
 def _concurrent_runs(store: RunStore, run_id: str, since: float) -> int:
     """How many other runs of the store trained while this one did (they shared the machine's cores)."""
     now = time.time()
-    return sum(1 for r in store.list_runs() if r["id"] != run_id and r.get("started") and r["started"] < now
-               and (r["status"] == "running" or (r.get("finished") or 0) > since))
+    return sum(
+        1
+        for r in store.list_runs()
+        if r["id"] != run_id and r.get("started") and r["started"] < now and (r["status"] == "running" or (r.get("finished") or 0) > since)
+    )
 
 
 def _failure_message(store: RunStore, run_id: str, config: TrainConfig, exc: BaseException) -> tuple[str, str | None]:
@@ -178,15 +211,28 @@ def _failure_message(store: RunStore, run_id: str, config: TrainConfig, exc: Bas
         return msg, None
     details = "".join(traceback.format_exception(exc))
     if isinstance(exc, MemoryError) or "out of memory" in msg.lower():
-        return (f"Out of memory while training (batch size {config.batch_size}, image size "
-                f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again."), details
+        return (
+            f"Out of memory while training (batch size {config.batch_size}, image size "
+            f"{config.image_size or 'the model default'}). Lower the batch size or the image size and start again."
+        ), details
     return f"{type(exc).__name__}: {msg}", details
 
 
 def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
     """Train ``run_id`` with torchrun over ``nproc`` processes; rank 0 writes the store."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "tl_dashboard.worker", "--attach", run_id, "--runs-dir", str(store.root.resolve())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "tl_dashboard.worker",
+        "--attach",
+        run_id,
+        "--runs-dir",
+        str(store.root.resolve()),
+    ]
     store.log(run_id, "info", f"Launching {nproc} processes with torchrun (DistributedDataParallel).")
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     run = store.get_run(run_id)
@@ -197,13 +243,15 @@ def _run_distributed(store: RunStore, run_id: str, nproc: int) -> None:
     return None
 
 
-def submit_run(store: RunStore, config: TrainConfig, *, label: str = "", group_id: str | None = None,
-               start: bool = True, workspace: str | None = None) -> str:
+def submit_run(
+    store: RunStore, config: TrainConfig, *, label: str = "", group_id: str | None = None, start: bool = True, workspace: str | None = None
+) -> str:
     """Queue a run (owned by ``workspace``, its data set recorded) and make sure a worker will pick it up."""
     from .datasets import dataset_record
 
-    run_id = store.create_run(config.to_dict(), label=label, group_id=group_id, workspace=workspace,
-                              dataset=dataset_record(store, config.data_dir))
+    run_id = store.create_run(
+        config.to_dict(), label=label, group_id=group_id, workspace=workspace, dataset=dataset_record(store, config.data_dir)
+    )
     if start:
         start_worker(store)
     return run_id
@@ -264,8 +312,12 @@ def start_worker(store: RunStore) -> subprocess.Popen | None:
     with open(store.root / "worker.log", "ab") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "tl_dashboard.worker", "--runs-dir", str(store.root.resolve())],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env=env, cwd=os.getcwd(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            cwd=os.getcwd(),
         )
     (_workers_dir(store) / str(proc.pid)).write_text("" if gpu is None else str(gpu))
     threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it exits: no zombies

@@ -22,6 +22,7 @@ Example:
     >>> stop_run(store, run_id, "someone-else")              # doctest: +SKIP
     NotYourRun: Run ... belongs to another workspace; ...
 """
+
 from __future__ import annotations
 
 import hmac
@@ -104,8 +105,9 @@ def create_workspace(store: RunStore, name: str = "") -> str:
     ws_id = new_workspace_id()
     now = time.time()
     with store._tx() as con:
-        con.execute("INSERT INTO workspaces (id, name, created, updated, state) VALUES (?,?,?,?,?)",
-                    (ws_id, _clean_name(name), now, now, "{}"))
+        con.execute(
+            "INSERT INTO workspaces (id, name, created, updated, state) VALUES (?,?,?,?,?)", (ws_id, _clean_name(name), now, now, "{}")
+        )
     return ws_id
 
 
@@ -140,8 +142,7 @@ def open_workspace(store: RunStore, ws_id: str | None) -> tuple[str, bool]:
 def rename_workspace(store: RunStore, ws_id: str, name: str) -> None:
     """Set the display name (blank clears it)."""
     with store._tx() as con:
-        n = con.execute("UPDATE workspaces SET name=?, updated=? WHERE id=?",
-                        (_clean_name(name), time.time(), ws_id)).rowcount
+        n = con.execute("UPDATE workspaces SET name=?, updated=? WHERE id=?", (_clean_name(name), time.time(), ws_id)).rowcount
     if not n:
         raise UnknownWorkspace(f"No workspace {ws_id!r} in this store; open the dashboard without ?ws= for a new one.")
 
@@ -173,8 +174,7 @@ def save_state(store: RunStore, ws_id: str, changes: Mapping[str, Any]) -> None:
         con.execute("UPDATE workspaces SET state=?, updated=? WHERE id=?", (json.dumps(state), time.time(), ws_id))
 
 
-def sync_state(store: RunStore, ws_id: str, state: MutableMapping[str, Any], keys: Iterable[str],
-               *, phase: str) -> list[str]:
+def sync_state(store: RunStore, ws_id: str, state: MutableMapping[str, Any], keys: Iterable[str], *, phase: str) -> list[str]:
     """Keep a session's choices (``state``, e.g. ``st.session_state``) and the store in step.
 
     Call with ``phase="in"`` at the start of a script run: choices another tab (or an earlier
@@ -234,8 +234,9 @@ def _checked(store: RunStore, run_id: str, ws_id: str | None, admin_password: st
         raise UnknownRun(f"No run {run_id!r} in {store.root}: it was deleted meanwhile, or the id is wrong.")
     if not can_manage(run, ws_id, admin_password):
         whose = "another workspace" if run.get("workspace") else "nobody (it was made before workspaces or by the CLI)"
-        raise NotYourRun(f"Run {run.get('label') or run_id} belongs to {whose}; only its owner or the teacher "
-                         f"(admin password) can {verb} it.")
+        raise NotYourRun(
+            f"Run {run.get('label') or run_id} belongs to {whose}; only its owner or the teacher (admin password) can {verb} it."
+        )
     return run
 
 
@@ -264,8 +265,9 @@ def list_runs(store: RunStore, ws_id: str | None = None, *, mine: bool = False, 
 
 
 # -- queueing -----------------------------------------------------------------------------------
-def submit(store: RunStore, config: TrainConfig, ws_id: str | None, *, label: str = "",
-           admin_password: str | None = None, start: bool = True) -> str:
+def submit(
+    store: RunStore, config: TrainConfig, ws_id: str | None, *, label: str = "", admin_password: str | None = None, start: bool = True
+) -> str:
     """Queue a run owned by ``ws_id`` (with its data set recorded) and make sure a worker takes it.
 
     Raises:
@@ -277,8 +279,9 @@ def submit(store: RunStore, config: TrainConfig, ws_id: str | None, *, label: st
     return worker.submit_run(store, config, label=label, start=start, workspace=ws_id)
 
 
-def submit_sweep(store: RunStore, base: TrainConfig, depths: list[str], ws_id: str | None, *,
-                 admin_password: str | None = None, **kwargs: Any) -> tuple[str, list[str]]:
+def submit_sweep(
+    store: RunStore, base: TrainConfig, depths: list[str], ws_id: str | None, *, admin_password: str | None = None, **kwargs: Any
+) -> tuple[str, list[str]]:
     """:func:`tl_dashboard.compare.queue_sweep` (same keyword arguments) for a workspace, within its queue limit."""
     from . import compare, fairqueue
 

@@ -3,6 +3,7 @@
 Streamlit-free (plain mappings in, strings and dicts out), so it is tested without a browser.
 It belongs to the UI layer: the core (``tl_dashboard``) never imports it.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,8 +13,18 @@ from tl_dashboard.formatting import NO_EPOCH, best_accuracy, format_seconds, for
 from tl_dashboard.layers import freeze_label
 
 __all__ = [
-    "WEIGHT_COLOURS", "ACTIVE", "pick_current_run", "progress_info", "status_message", "feature_cache_note",
-    "run_duration", "run_rows", "owner_text", "log_text", "default_label", "run_title",
+    "WEIGHT_COLOURS",
+    "ACTIVE",
+    "pick_current_run",
+    "progress_info",
+    "status_message",
+    "feature_cache_note",
+    "run_duration",
+    "run_rows",
+    "owner_text",
+    "log_text",
+    "default_label",
+    "run_title",
 ]
 
 # Badge colour per weights source (describe_backbone()["weights_source"]).
@@ -40,15 +51,19 @@ def pick_current_run(runs: Sequence[Mapping[str, Any]], session_run_id: str | No
 def _epoch_seconds(steps: Sequence[Mapping[str, Any]]) -> float | None:
     """Wall seconds per epoch between the last steps of two completed epochs: training and validation
     both, and nothing of the data loading or feature cache that came before epoch 1."""
-    ends = [(float(r["epoch"]), float(r["time"])) for r in steps
-            if r.get("time") is not None and float(r.get("epoch") or 0) > 0 and abs(float(r["epoch"]) - round(float(r["epoch"]))) < 1e-6]
+    ends = [
+        (float(r["epoch"]), float(r["time"]))
+        for r in steps
+        if r.get("time") is not None and float(r.get("epoch") or 0) > 0 and abs(float(r["epoch"]) - round(float(r["epoch"]))) < 1e-6
+    ]
     if len(ends) >= 2 and ends[-1][0] > ends[0][0]:
         return (ends[-1][1] - ends[0][1]) / (ends[-1][0] - ends[0][0])
     return None
 
 
-def _eta(p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, total: int,
-         batch_size: int | None, epochs: int = 0) -> tuple[float | None, float | None]:
+def _eta(
+    p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, total: int, batch_size: int | None, epochs: int = 0
+) -> tuple[float | None, float | None]:
     """(seconds left, images per second) from the logged steps, never from the time since the run started
     (which includes decoding and the feature cache, paid once): per completed epoch when two epoch ends
     are known (validation counted), else per step of the current epoch; None until two steps exist."""
@@ -67,7 +82,9 @@ def _eta(p: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], step: int, to
     return eta, ips
 
 
-def _ended_text(run: Mapping[str, Any], status: str | None, epochs: int, step: int, steps: Sequence[Mapping[str, Any]]) -> tuple[float, str]:
+def _ended_text(
+    run: Mapping[str, Any], status: str | None, epochs: int, step: int, steps: Sequence[Mapping[str, Any]]
+) -> tuple[float, str]:
     """(fraction, text) of a run that ended: the epochs it completed, never the one it had started."""
     s = run.get("summary") or {}
     done = s.get("epochs")
@@ -82,8 +99,9 @@ def _ended_text(run: Mapping[str, Any], status: str | None, epochs: int, step: i
     return min(1.0, done / planned), f"{status} after {done} of {planned} epochs"
 
 
-def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
-                  batch_size: int | None = None, *, running_now: int = 0) -> dict[str, Any]:
+def progress_info(
+    run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]], batch_size: int | None = None, *, running_now: int = 0
+) -> dict[str, Any]:
     """Progress of a run for the progress bar (``running_now``: runs training at the moment, so a
     queued run waits for them rather than for the training process to start).
 
@@ -111,8 +129,7 @@ def progress_info(run: Mapping[str, Any], steps: Sequence[Mapping[str, Any]],
     if status in ACTIVE and eta is not None:
         parts.append(f"about {format_seconds(eta)} left")
     if status == "queued":
-        text = ("Queued: waiting for the run ahead to finish" if running_now else
-                "Queued: waiting for the training process to start")
+        text = "Queued: waiting for the run ahead to finish" if running_now else "Queued: waiting for the training process to start"
     elif status == "running" and not step:
         text = "Preparing: scanning the data, loading the weights, building the feature cache"
     else:
@@ -141,12 +158,19 @@ def status_message(run: Mapping[str, Any]) -> tuple[str, str]:
     n = s.get("epochs")
     messages = {
         "queued": ("info", f"Run {name} is queued; it starts as soon as the training process is up."),
-        "running": ("info", f"Run {name} is training in a background process. You can leave this page; "
-                            "it keeps going."),
+        "running": ("info", f"Run {name} is training in a background process. You can leave this page; it keeps going."),
         "finished": ("success", f"Run {name} finished: {_finished_text(s)}."),
-        "stopped": ("warning", f"Run {name} was stopped on request"
-                               + (" before its first epoch completed, so no model was kept; start it again."
-                                  if n == 0 else f" after {n} epoch(s)." if n is not None else ".")),
+        "stopped": (
+            "warning",
+            f"Run {name} was stopped on request"
+            + (
+                " before its first epoch completed, so no model was kept; start it again."
+                if n == 0
+                else f" after {n} epoch(s)."
+                if n is not None
+                else "."
+            ),
+        ),
         "failed": ("error", f"Run {name} failed: {err or 'no error message was recorded'}"),
         "interrupted": ("warning", f"Run {name} was interrupted: {err or 'its training process died'}."),
         "cancelled": ("info", f"Run {name} was cancelled before it started."),
@@ -161,11 +185,15 @@ def feature_cache_note(summary: Mapping[str, Any]) -> str | None:
         return None
     if fc.get("used"):
         k = fc.get("frozen_prefix_blocks")
-        bits = [f"{fc['estimated_mb']} MB" if fc.get("estimated_mb") is not None else "",
-                f"built in {float(fc['build_seconds']):.1f} s" if fc.get("build_seconds") is not None else ""]
+        bits = [
+            f"{fc['estimated_mb']} MB" if fc.get("estimated_mb") is not None else "",
+            f"built in {float(fc['build_seconds']):.1f} s" if fc.get("build_seconds") is not None else "",
+        ]
         extra = ", ".join(b for b in bits if b)
-        return (f"Feature cache on: the {k} frozen block(s) ran once per image"
-                f"{f' ({extra})' if extra else ''}; each epoch only trains the rest, so epochs are fast.")
+        return (
+            f"Feature cache on: the {k} frozen block(s) ran once per image"
+            f"{f' ({extra})' if extra else ''}; each epoch only trains the rest, so epochs are fast."
+        )
     reason = fc.get("reason") or "not possible for this plan"
     return f"Feature cache off: {reason}. Every epoch runs the whole network."
 
@@ -194,8 +222,9 @@ def owner_text(run: Mapping[str, Any], me: str | None, names: Mapping[str, str] 
     return (names or {}).get(ws) or "someone"
 
 
-def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me: str | None = None,
-             names: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def run_rows(
+    runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me: str | None = None, names: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
     """One display row per run for the Runs table (``me``: this visitor's workspace id)."""
     from tl_dashboard.datasets import dataset_label
 
@@ -204,20 +233,22 @@ def run_rows(runs: Sequence[Mapping[str, Any]], now: float | None = None, *, me:
         c, s = r.get("config") or {}, r.get("summary") or {}
         best = best_accuracy(s)
         dur = run_duration(r, now)
-        rows.append({
-            "status": r.get("status"),
-            "label": r.get("label") or "",
-            "owner": owner_text(r, me, names),
-            "data set": dataset_label(r),
-            "model": c.get("model", ""),
-            "freeze plan": _plan_label(r),
-            "trainable params": s.get("trainable_params"),
-            "best val acc": None if best is None else round(100 * float(best), 1),
-            "95% interval": NO_EPOCH if no_completed_epoch(s) else _interval_text(best, s.get("val_images")),
-            "duration": format_seconds(dur) if dur is not None else "",
-            "created": format_time(r.get("created"), short=True),
-            "id": r.get("id"),
-        })
+        rows.append(
+            {
+                "status": r.get("status"),
+                "label": r.get("label") or "",
+                "owner": owner_text(r, me, names),
+                "data set": dataset_label(r),
+                "model": c.get("model", ""),
+                "freeze plan": _plan_label(r),
+                "trainable params": s.get("trainable_params"),
+                "best val acc": None if best is None else round(100 * float(best), 1),
+                "95% interval": NO_EPOCH if no_completed_epoch(s) else _interval_text(best, s.get("val_images")),
+                "duration": format_seconds(dur) if dur is not None else "",
+                "created": format_time(r.get("created"), short=True),
+                "id": r.get("id"),
+            }
+        )
     return rows
 
 

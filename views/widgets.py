@@ -4,6 +4,7 @@ Pages stay thin: widgets in, one core call, figures out. What more than one page
 once (the flash message, the fragment that polls the store while runs are live, the loss and
 accuracy charts side by side, and how an error reaches the user).
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,18 @@ from tl_dashboard import charts
 from tl_dashboard.data import IMAGE_EXTENSIONS
 from tl_dashboard.errors import UserError
 
-__all__ = ["IMAGE_TYPES", "PLOTLY_CONFIG", "flash", "show_flash", "live_fragment", "plot", "curves", "unexpected", "reported",
-           "auto_number"]
+__all__ = [
+    "IMAGE_TYPES",
+    "PLOTLY_CONFIG",
+    "flash",
+    "show_flash",
+    "live_fragment",
+    "plot",
+    "curves",
+    "unexpected",
+    "reported",
+    "auto_number",
+]
 
 # What the upload widgets accept: exactly the images the scanner reads.
 IMAGE_TYPES = [e.lstrip(".") for e in IMAGE_EXTENSIONS]
@@ -55,6 +66,7 @@ def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., b
             ...
             return any(r["status"] in ACTIVE_STATUSES for r in runs)
     """
+
     def wrap(body: Callable[..., bool]) -> Callable[..., None]:
         @st.fragment(run_every=every if active else None)
         @functools.wraps(body)  # the fragment's id comes from the body's name, one per view
@@ -76,8 +88,9 @@ def plot(fig: Any, key: str, where: Any = st, **options: Any) -> Any:
     return where.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, **options)
 
 
-def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], run: Mapping[str, Any],
-           key: str, live: bool = False) -> None:
+def curves(
+    steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], run: Mapping[str, Any], key: str, live: bool = False
+) -> None:
     """The loss and accuracy charts of one run, side by side.
 
     Args:
@@ -88,8 +101,10 @@ def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any
     """
     if not epochs:  # queued, or still in epoch 1: empty axes say nothing, a sentence does
         last = next((s for s in reversed(steps) if s.get("loss") is not None), None)
-        st.caption("No completed epoch yet: the loss and accuracy curves appear after the first epoch."
-                   + (f" Training loss after {len(steps)} step(s): {float(last['loss']):.3f}." if last else ""))
+        st.caption(
+            "No completed epoch yet: the loss and accuracy curves appear after the first epoch."
+            + (f" Training loss after {len(steps)} step(s): {float(last['loss']):.3f}." if last else "")
+        )
         return
     n_epochs = (run.get("config") or {}).get("epochs") if live else None
     unfreeze = (run.get("summary") or {}).get("unfreeze")
@@ -98,8 +113,9 @@ def curves(steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any
     plot(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_accuracy", right)
 
 
-def auto_number(where: Any, label: str, name: str, lo: int, hi: int, *, step: int = 1, placeholder: str = "auto",
-                help: str | None = None) -> None:
+def auto_number(
+    where: Any, label: str, name: str, lo: int, hi: int, *, step: int = 1, placeholder: str = "auto", help: str | None = None
+) -> None:
     """A number input for a setting whose 0 means "auto": empty (showing ``placeholder``) while auto.
 
     The canonical key ``name`` keeps 0 for auto (``TrainConfig``'s meaning); the widget (key
@@ -112,14 +128,15 @@ def auto_number(where: Any, label: str, name: str, lo: int, hi: int, *, step: in
     def _changed() -> None:
         state[name] = int(state[wkey] or 0)
 
-    where.number_input(label, lo, hi, step=step, value=None, placeholder=placeholder, key=wkey, on_change=_changed,
-                       help=help)
+    where.number_input(label, lo, hi, step=step, value=None, placeholder=placeholder, key=wkey, on_change=_changed, help=help)
 
 
 def unexpected(exc: BaseException, what: str) -> None:
     """Show an error that is not the user's doing: one line, and the traceback one click away."""
-    st.error(f"{what}: an unexpected error ({type(exc).__name__}: {exc}). This is not something you did; "
-             "the details below help whoever runs this server.")
+    st.error(
+        f"{what}: an unexpected error ({type(exc).__name__}: {exc}). This is not something you did; "
+        "the details below help whoever runs this server."
+    )
     with st.expander("Details (traceback)"):
         st.exception(exc)
 

@@ -5,6 +5,7 @@ Streamlit-free glue between ``st.session_state`` / ``st.query_params`` and
 :func:`tl_dashboard.workspaces.sync_state` around every page run, so the pages keep reading and
 writing their usual session keys while the store keeps them per workspace.
 """
+
 from __future__ import annotations
 
 from collections.abc import MutableMapping
@@ -37,8 +38,10 @@ def attach(store: RunStore, state: MutableMapping[str, Any], query_ws: str | Non
     else:
         ws, _ = workspaces.open_workspace(store, None)
         if query_ws:
-            note = ("That workspace link is not known on this server (mistyped, or its store was reset): "
-                    "this is a new workspace. Bookmark this address to come back to it.")
+            note = (
+                "That workspace link is not known on this server (mistyped, or its store was reset): "
+                "this is a new workspace. Bookmark this address to come back to it."
+            )
     state[WS_KEY] = ws
     return ws, note
 
