@@ -27,6 +27,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 from PIL import Image, ImageFile, ImageOps
 
 from .curation import filter_excluded
+from .dataprobe import _SPLIT_DIRS, _is_plain_dir, class_folder_count, data_warnings, folder_signature  # probes re-exported
 from .errors import UserError
 from .imageops import _RESAMPLE, resize_center_square, resized_size, to_rgb  # noqa: F401  (re-exported)
 
@@ -55,8 +56,6 @@ MIN_IMAGE_SIDE = 16
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 _DEFAULT_CACHE_GB = 4.0
 _VALIDATE_DRAFT = 256
-_SPLIT_DIRS = ("train", "val")
-_HIDDEN_DIRS = ("__MACOSX",)  # macOS zip debris; treated like a dot-folder
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
@@ -335,10 +334,6 @@ def _entries(folder: Path, skipped: list[Skipped]) -> list[os.DirEntry]:
         return []
 
 
-def _is_plain_dir(e: os.DirEntry) -> bool:
-    return e.is_dir(follow_symlinks=False) and not (e.name.startswith(".") or e.name in _HIDDEN_DIRS)
-
-
 def _walk(folder: Path, root_real: str, files: list[Path], skipped: list[Skipped]) -> None:
     """Append every file under ``folder`` to ``files``; hidden/symlinked folders go to ``skipped`` whole."""
     for e in _entries(folder, skipped):
@@ -428,6 +423,50 @@ def _validate(
     return reasons, used
 
 
+def _top_folders(root: Path) -> list[os.DirEntry]:
+    """The plain sub-folders of ``root``; raises DataError when ``root`` is missing, a file or unreadable."""
+    if not root.exists():
+        raise DataError(f"Data folder not found: {root}. Pick an existing folder with one sub-folder per class.")
+    if not root.is_dir():
+        raise DataError(f"Data folder {root} is a file, not a folder. Pick the folder that holds one sub-folder per class.")
+    try:
+        with os.scandir(root) as it:
+            return [e for e in it if _is_plain_dir(e)]
+    except OSError as exc:
+        raise DataError(f"Cannot read data folder {root}: {_short(exc, root)}. Check its permissions.") from None
+
+
+def _usable(
+    root: Path,
+    files: list[Path],
+    presplit: bool,
+    skipped: list[Skipped],
+    root_real: str,
+    limit: int,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[dict[tuple[str, str], list[Path]], dict[Path, str]]:
+    """Place each file in its (split, class) and validate it; the rest go to ``skipped`` with a reason.
+
+    Returns:
+        The usable files per ``(split, class)`` (split ``"all"`` when not pre-split), and their digests.
+    """
+    jobs: list[tuple[str, str, Path]] = []
+    for f in files:
+        where = _place(f.relative_to(root).parts, presplit)
+        if isinstance(where, str):
+            skipped.append(Skipped(f, where))
+        else:
+            jobs.append((*where, f))
+    usable: dict[tuple[str, str], list[Path]] = collections.defaultdict(list)
+    reasons, digests = _validate([j[2] for j in jobs], root_real, limit, progress)
+    for (split, c, f), reason in zip(jobs, reasons):
+        if reason is None:
+            usable[split, c].append(f)
+        else:
+            skipped.append(Skipped(f, reason))
+    return usable, digests
+
+
 def scan_images(
     root: str | Path,
     *,
@@ -465,15 +504,7 @@ def scan_images(
         raise DataError(f"val_fraction={val_fraction!r} is out of range; pick a value in (0, 0.9], e.g. 0.2.")
     limit = _resolve_max_pixels(max_pixels)
     root = Path(root).expanduser().absolute()
-    if not root.exists():
-        raise DataError(f"Data folder not found: {root}. Pick an existing folder with one sub-folder per class.")
-    if not root.is_dir():
-        raise DataError(f"Data folder {root} is a file, not a folder. Pick the folder that holds one sub-folder per class.")
-    try:
-        with os.scandir(root) as it:
-            top = [e for e in it if _is_plain_dir(e)]
-    except OSError as exc:
-        raise DataError(f"Cannot read data folder {root}: {_short(exc, root)}. Check its permissions.") from None
+    top = _top_folders(root)
     root_real = os.path.realpath(root)
     skipped: list[Skipped] = []
     presplit = set(_SPLIT_DIRS) <= {e.name for e in top}
@@ -489,20 +520,7 @@ def scan_images(
     _walk(root, root_real, files, skipped)
     files, excluded = filter_excluded(root, files)  # label review: .tl-exclude.json in the data folder
     skipped.extend(Skipped(f, "excluded in label review (.tl-exclude.json)") for f in excluded)
-    jobs: list[tuple[str, str, Path]] = []
-    for f in files:
-        where = _place(f.relative_to(root).parts, presplit)
-        if isinstance(where, str):
-            skipped.append(Skipped(f, where))
-        else:
-            jobs.append((*where, f))
-    usable: dict[tuple[str, str], list[Path]] = collections.defaultdict(list)
-    reasons, digests = _validate([j[2] for j in jobs], root_real, limit, progress)
-    for (split, c, f), reason in zip(jobs, reasons):
-        if reason is None:
-            usable[split, c].append(f)
-        else:
-            skipped.append(Skipped(f, reason))
+    usable, digests = _usable(root, files, presplit, skipped, root_real, limit, progress)
     skipped.sort(key=lambda s: s.path.as_posix())
     train, val = _assign(root, classes, usable, skipped, presplit, float(val_fraction), seed)
     key = lambda s: (s.label, s.path.as_posix())  # noqa: E731
@@ -558,67 +576,6 @@ def _assign(
         train.extend(Sample(f, label) for f in tr)
         val.extend(Sample(f, label) for f in va)
     return train, val
-
-
-# -- cheap folder probes (no image checks): for pages that must answer on every rerun ------------
-def _class_dirs(folder: Path) -> set[str]:
-    return {e.name for e in _entries(folder, []) if _is_plain_dir(e)}
-
-
-def class_folder_count(data_dir: str | Path) -> int:
-    """Number of class sub-folders (cheap, no image checks); pre-split folders count train/'s and val/'s."""
-    root = Path(data_dir)
-    top = _class_dirs(root)
-    if set(_SPLIT_DIRS) <= top:
-        return len(_class_dirs(root / "train") | _class_dirs(root / "val"))
-    return len(top)
-
-
-def folder_signature(data_dir: str | Path) -> tuple[int, int, int]:
-    """(files, total bytes, newest mtime_ns) under a folder: changes when images are added or edited.
-
-    A cache key, so a scan is redone after an upload but not on every rerun.
-    """
-    n = size = newest = 0
-    for dirpath, dirnames, filenames in os.walk(data_dir):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        with contextlib.suppress(OSError):
-            newest = max(newest, os.stat(dirpath).st_mtime_ns)
-        for f in filenames:
-            try:
-                st = os.stat(os.path.join(dirpath, f))
-            except OSError:
-                continue
-            n, size, newest = n + 1, size + st.st_size, max(newest, st.st_mtime_ns)
-    return n, size, newest
-
-
-def data_warnings(counts: dict[str, dict[str, int]], *, imbalance: float = 3.0, min_images: int = 5) -> list[str]:
-    """Plain-language warnings about class imbalance and classes too small to validate.
-
-    Args:
-        counts: ``{class: {"train": n, "val": n}}`` as :meth:`DatasetSplit.counts` returns it.
-        imbalance: warn when the largest class has more than this many times the smallest.
-        min_images: warn about classes with fewer images in total.
-    """
-    totals = {c: int(v.get("train", 0)) + int(v.get("val", 0)) for c, v in counts.items()}
-    out: list[str] = []
-    if len(totals) >= 2:
-        big, small = max(totals, key=totals.get), min(totals, key=totals.get)
-        if totals[small] > 0 and totals[big] / totals[small] > imbalance:
-            out.append(
-                f"Class imbalance: '{big}' has {totals[big]} images but '{small}' only {totals[small]} "
-                f"({totals[big] / totals[small]:.1f}x). The model may learn to favour '{big}'; "
-                f"add images to '{small}' or remove some from '{big}'."
-            )
-    tiny = [c for c, n in totals.items() if n < min_images]
-    if tiny:
-        names = ", ".join(f"'{c}' ({totals[c]})" for c in tiny)
-        out.append(
-            f"Too few images to validate: {names}. With fewer than {min_images} images a class gets "
-            "1 validation image, so its accuracy is all-or-nothing; add more images."
-        )
-    return out
 
 
 def __getattr__(name: str) -> Any:

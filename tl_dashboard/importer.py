@@ -5,8 +5,8 @@ absolute paths, symlinks, encrypted members, too many members, too many bytes an
 refuse the whole archive (a zip bomb: >= 64 MiB expanding over 100:1, per member or in all).
 It then extracts with a running byte budget into a fresh folder, validates every image with
 :func:`tl_dashboard.data.check_image` (the check ``scan_images`` runs) and removes the bad ones.
-:func:`save_images` does the same for single uploads. :func:`resolve_allowed_path` is the
-shared-server guard for folders typed into the UI.
+:func:`save_images` does the same for single uploads. :func:`resolve_allowed_path` (the
+shared-server guard for folders typed into the UI) lives in :mod:`.pathguard` and is re-exported here.
 
 This module never imports streamlit.
 
@@ -35,6 +35,7 @@ from PIL import Image
 from .data import IMAGE_EXTENSIONS, Skipped, check_image, env_number
 from .errors import UserError
 from .limits import check_upload
+from .pathguard import PathNotAllowed, resolve_allowed_path  # re-exported: pages and tests use importer's names
 
 __all__ = [
     "ArchiveError",
@@ -67,10 +68,6 @@ _MEMBER_FIX = "re-create the zip from inside the data folder so every member has
 
 class ArchiveError(UserError, ValueError):
     """An archive refused for safety or format; str() is one line naming the archive, the member and the fix."""
-
-
-class PathNotAllowed(UserError, PermissionError):
-    """A path outside every allowed root (env ``TL_ALLOWED_ROOTS``); str() names the path and the roots."""
 
 
 @dataclass
@@ -173,32 +170,6 @@ def safe_member_path(name: str, dest: Path) -> Path:
     if os.path.commonpath([base, out]) != base:  # unreachable after the checks above; kept as a last guard
         raise ArchiveError(f"Refused archive member {name!r}: it leaves {base}; {_MEMBER_FIX}.")
     return Path(out)
-
-
-def resolve_allowed_path(path: str | Path, roots: Sequence[Path] | None = None) -> Path:
-    """Resolve ``path`` (``~``, symlinks, ``..``) and check it lies under an allowed root.
-
-    Args:
-        path: A folder or file a user typed or picked.
-        roots: Allowed folders. ``None``: env ``TL_ALLOWED_ROOTS`` (``os.pathsep``-separated).
-            No roots at all means every path is allowed (single-user laptop).
-
-    Returns:
-        The resolved absolute path.
-
-    Raises:
-        PathNotAllowed: The resolved path is outside every root.
-    """
-    resolved = Path(path).expanduser().resolve(strict=False)
-    if roots is None:
-        roots = [Path(r) for r in os.environ.get("TL_ALLOWED_ROOTS", "").split(os.pathsep) if r.strip()]
-    allowed = [Path(r).expanduser().resolve(strict=False) for r in roots]
-    if not allowed or any(resolved == r or resolved.is_relative_to(r) for r in allowed):
-        return resolved
-    raise PathNotAllowed(
-        f"Path {str(path)!r} resolves to {resolved}, outside the allowed folders "
-        f"({', '.join(map(str, allowed))}); pick a path under one of them or add it to TL_ALLOWED_ROOTS."
-    )
 
 
 def _limits(max_total_bytes: int | None, max_files: int | None) -> tuple[int, int]:
