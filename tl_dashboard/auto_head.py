@@ -213,18 +213,7 @@ def fit_head(
     mean, std = _centre(x_raw)
     basis = _row_space(x_raw - mean)  # (r, D): the solution lies in the span of the training features
     x = (x_raw - mean) @ basis.T
-    counts = torch.bincount(y, minlength=n_classes)
-    k = int(min(folds, counts[counts > 0].min().item() if len(y) else 0))
-    lams = lam_grid(len(y))
-    scores: list[tuple[float, float]] = []
-    if weight_decay is not None:
-        lam, how = float(weight_decay), "pinned"
-    elif k >= 2:
-        scores = _cv_scores(x, y, n_classes, lams, k, seed)
-        best = max(range(len(lams)), key=lambda j: (round(scores[j][0], 9), -scores[j][1]))
-        lam, how = lams[best], f"{k}-fold cross-validation on the training split"
-    else:
-        lam, how = 1.0 / len(y) if len(y) else 1e-3, "default (too few images per class to cross-validate)"
+    lam, how, k, lams, scores = _choose_lam(x, y, n_classes, weight_decay, folds, seed)
     t_cv = time.perf_counter() - t0
     xv = ((f_val.detach().float().cpu() - mean) @ basis.T) if f_val is not None and len(f_val) else None
     yv = y_val.detach().long().cpu().clone() if y_val is not None else None
@@ -255,19 +244,42 @@ def fit_head(
         stopped, iters, w, b = True, len(history), state["w"], state["b"]
     weight = w @ basis
     bias = b - weight @ mean
+    n = max(1, len(y))
     chosen = {
         "solver": "lbfgs",
         "weight_decay": lam,
-        "C": 1.0 / (lam * max(1, len(y))),
+        "C": 1.0 / (lam * n),
         "selected_by": how,
         "folds": k if weight_decay is None else 0,
         "iterations": iters,
         "cv_seconds": round(t_cv, 3),
         "seconds": round(time.perf_counter() - t0, 3),
         "stopped": stopped,
-        "cv": [{"weight_decay": lv, "C": 1.0 / (lv * max(1, len(y))), "accuracy": a, "log_loss": nl} for lv, (a, nl) in zip(lams, scores)],
+        "cv": [{"weight_decay": lv, "C": 1.0 / (lv * n), "accuracy": a, "log_loss": nl} for lv, (a, nl) in zip(lams, scores)],
     }
     return HeadFit(weight, bias, chosen, history)
+
+
+def _choose_lam(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, weight_decay: float | None, folds: int, seed: int
+) -> tuple[float, str, int, list[float], list[tuple[float, float]]]:
+    """The ridge strength ``lam`` and how it was chosen: pinned, k-fold cross-validated, or a default.
+
+    Returns ``(lam, how, k, lams, scores)``: k is the number of folds the rarest class allows,
+    ``scores`` the (accuracy, log loss) of each of ``lams`` (empty when not cross-validated)."""
+    counts = torch.bincount(y, minlength=n_classes)
+    k = int(min(folds, counts[counts > 0].min().item() if len(y) else 0))
+    lams = lam_grid(len(y))
+    scores: list[tuple[float, float]] = []
+    if weight_decay is not None:
+        lam, how = float(weight_decay), "pinned"
+    elif k >= 2:
+        scores = _cv_scores(x, y, n_classes, lams, k, seed)
+        best = max(range(len(lams)), key=lambda j: (round(scores[j][0], 9), -scores[j][1]))
+        lam, how = lams[best], f"{k}-fold cross-validation on the training split"
+    else:
+        lam, how = 1.0 / len(y) if len(y) else 1e-3, "default (too few images per class to cross-validate)"
+    return lam, how, k, lams, scores
 
 
 class _Stop(Exception):

@@ -24,7 +24,7 @@ import math
 import secrets
 import time
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from . import worker
 from .engine import TrainConfig
@@ -33,6 +33,9 @@ from .formatting import NO_EPOCH, best_accuracy, format_config_value, format_sec
 from .layers import Block, freeze_label, frozen_from_spec, normalize_freeze
 from .runs import ACTIVE_STATUSES, RunStore
 from .stats import accuracy_text, overlap_note, run_interval
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "COMPARE_FIELDS",
@@ -314,11 +317,17 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
             f"Run {run_id} started from '{recorded}' weights, but here they would come from "
             f"'{weights.source}', so its start cannot be rebuilt on this machine."
         )
+    return _drift_rows(blocks, initial, trained, plan.frozen, config.bn_mode == "train")
+
+
+def _drift_rows(
+    blocks: Sequence[Block], initial: nn.Module, trained: nn.Module, frozen: Collection[str], bn_train: bool
+) -> list[dict[str, Any]]:
+    """``weight_drift``'s rows: each block's change from ``initial`` to ``trained`` (see there)."""
     before_p = dict(initial.named_parameters())
     after_p = dict(trained.named_parameters())
     before_b = dict(initial.named_buffers())
     after_b = dict(trained.named_buffers())
-    bn_train = config.bn_mode == "train"
 
     rows = []
     for blk in blocks:
@@ -337,7 +346,7 @@ def weight_drift(store: RunStore, run_id: str) -> list[dict[str, Any]]:
             {
                 "block": blk.name,
                 "kind": blk.kind,
-                "frozen": blk.name in plan.frozen,
+                "frozen": blk.name in frozen,
                 "params": int(sum(before_p[n].numel() for n in names)),
                 "drift": change if absolute else change / start,
                 "measure": "absolute" if absolute else "relative",

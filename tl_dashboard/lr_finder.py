@@ -201,6 +201,13 @@ def lr_find(
         if not math.isfinite(sm) or sm > diverge * best:
             stopped = True
             break
+    return _result(lrs, raw, beta, start_lr, end_lr, stopped, t0, prep.plan.label)
+
+
+def _result(
+    lrs: list[float], raw: list[float], beta: float, start_lr: float, end_lr: float, stopped: bool, t0: float, freeze_label: str
+) -> LRFindResult:
+    """The sweep's smoothed curve (finite points only) and its suggestions, clamped to the swept range."""
     sm_all = smooth(raw, beta)
     keep = [i for i, v in enumerate(sm_all) if math.isfinite(v)]
     lrs_k, sm_k = [lrs[i] for i in keep], [sm_all[i] for i in keep]
@@ -219,6 +226,6 @@ def lr_find(
         iterations=len(raw),
         stopped_early=stopped,
         seconds=round(time.perf_counter() - t0, 3),
-        freeze_label=prep.plan.label,
+        freeze_label=freeze_label,
         curve=[{"lr": lrs[i], "loss": sm_all[i], "raw_loss": raw[i]} for i in keep],
     )
