@@ -191,7 +191,7 @@ def lr_find(
         loss.backward()
         opt.step()
         lrs.append(lr)
-        raw.append(float(loss))
+        raw.append(float(loss.detach()))
         sm = smooth(raw, beta)[-1]
         best = min(best, sm)
         if on_step is not None:
