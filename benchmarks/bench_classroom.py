@@ -30,23 +30,17 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from serve import start_app  # benchmarks/serve.py (scripts run from this folder)
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -257,42 +251,8 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
 
 
 def _server(tmp: Path) -> tuple[subprocess.Popen, str]:
-    port = _port()
-    env = {
-        **os.environ,
-        "TL_RUNS_DIR": str(tmp / "runs"),
-        "TL_DATASETS_DIR": str(tmp / "datasets"),
-        "TL_OFFLINE": "1",
-        "TL_MAX_RUNNING": "1",
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            return server, url
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit("the server did not start")
+    env = {"TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"), "TL_OFFLINE": "1", "TL_MAX_RUNNING": "1"}
+    return start_app(env, wait_s=120)
 
 
 def main() -> None:
