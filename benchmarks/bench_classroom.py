@@ -96,7 +96,9 @@ async def _ws_session(url: str, query: str, stats: dict, stop) -> None:
     from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
     from websockets.asyncio.client import connect
 
-    conn = await connect(url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None)
+    conn = await connect(
+        url.replace("http", "ws", 1) + "/_stcore/stream", subprotocols=["streamlit"], max_size=None, open_timeout=300, ping_timeout=None
+    )
     page_hash = ""
 
     async def send(fragment_id: str = "") -> None:
@@ -137,6 +139,8 @@ async def _ws_session(url: str, query: str, stats: dict, stop) -> None:
             for t in timers.values():
                 t.cancel()
             timers.clear()
+        elif kind == "new_session" and not fwd.metadata.run.fragment_ids:
+            stats["full"] += 1  # a whole-page run (not one of the fragments)
         elif kind == "script_finished":
             stats["finished"] += 1
             if timers:  # on the Train page, polling the run
@@ -151,14 +155,19 @@ def ws_clients(n: int, url: str, query: str) -> None:
     import asyncio
     import threading
 
-    stats = {"sent": 0, "finished": 0, "bytes": 0, "ready": set()}
+    stats = {"sent": 0, "finished": 0, "full": 0, "bytes": 0, "ready": set()}
 
     async def main() -> None:
         stop = asyncio.Event()
         tasks = [asyncio.create_task(_ws_session(url, query, stats, stop)) for _ in range(n)]
-        while len(stats["ready"]) < n:
+        deadline = time.monotonic() + 600
+        while len(stats["ready"]) < n:  # a session that failed (or never got there) ends the benchmark, never hangs it
+            failed = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+            if failed or time.monotonic() > deadline:
+                print(f"FAILED: {len(stats['ready'])} of {n} sessions ready; {failed[:1]!r}", flush=True)
+                os._exit(1)
             await asyncio.sleep(0.5)
-        base = dict(sent=stats["sent"], finished=stats["finished"], bytes=stats["bytes"])
+        base = dict(sent=stats["sent"], finished=stats["finished"], full=stats["full"], bytes=stats["bytes"])
         t0 = time.time()
         print("READY", flush=True)
         line = threading.Event()
@@ -172,6 +181,7 @@ def ws_clients(n: int, url: str, query: str) -> None:
                     "frames_sent": stats["sent"] - base["sent"],
                     "seconds": dt,
                     "reruns": stats["finished"] - base["finished"],
+                    "full_runs": stats["full"] - base["full"],
                     "bytes": stats["bytes"] - base["bytes"],
                 }
             ),
@@ -247,12 +257,30 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
         "server_rss_mb": max(rss),
         "frames_per_s": frames and frames["frames_sent"] / frames["seconds"],
         "reruns_per_s": frames and frames.get("reruns", 0) / frames["seconds"],
+        "full_runs": frames and frames.get("full_runs", 0),
     }
 
 
 def _server(tmp: Path) -> tuple[subprocess.Popen, str]:
     env = {"TL_RUNS_DIR": str(tmp / "runs"), "TL_DATASETS_DIR": str(tmp / "datasets"), "TL_OFFLINE": "1", "TL_MAX_RUNNING": "1"}
     return start_app(env, wait_s=120)
+
+
+def _cleanup(store, server: subprocess.Popen) -> None:
+    """Stop every run, end the training process (it outlives the server on purpose) and the server."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not leave a run training
+    for run in store.list_runs(("queued", "running")):
+        store.request_stop(run["id"])
+    deadline = time.monotonic() + 60
+    while store.list_runs("running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for run in store.list_runs("running"):  # it did not stop in time: end its process
+        if run.get("pid"):
+            try:
+                os.kill(run["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    os.killpg(server.pid, signal.SIGTERM)
 
 
 def main() -> None:
@@ -298,13 +326,11 @@ def main() -> None:
                 f"{watched['images_per_sec']:.1f} img/s ({watched['steps']} steps), ratio "
                 f"{watched['images_per_sec'] / solo['images_per_sec']:.2f}; server CPU {solo['server_cpu']:.1%} -> "
                 f"{watched['server_cpu']:.1%} of a core, RSS {watched['server_rss_mb']:.0f} MB, "
-                f"{watched['frames_per_s']:.1f} frames/s from the sessions; load {os.getloadavg()[0]:.1f}",
+                f"{watched['frames_per_s']:.1f} frames/s from the sessions, {watched['full_runs']} whole-page runs; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     finally:
-        for run in store.list_runs(("queued", "running")):
-            store.request_stop(run["id"])
-        os.killpg(server.pid, 15)
+        _cleanup(store, server)
     print(
         "\n| sessions | run alone (img/s) | run watched (img/s) | kept | server CPU (1 core = 100%) | server RSS | frames/s from sessions |"
     )

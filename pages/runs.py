@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from tl_dashboard import liveview, workspaces
 from tl_dashboard import ui_state as ui
-from tl_dashboard import workspaces
 from tl_dashboard.formatting import config_view
 from tl_dashboard.resume import can_resume, resume_run, why_not_resumable
 from tl_dashboard.runs import ACTIVE_STATUSES, RunStore
@@ -86,10 +86,14 @@ def runs_view() -> bool:
     run = by_id[run_id]
     kind, text = present.status_message(run)
     getattr(st, kind)(text)
-    steps, epochs = store.steps(run_id), store.epochs(run_id)
+    view = liveview.run_view(store, run_id, max_age=widgets.view_age())  # shared by everyone watching it
+    if view is None:
+        st.info("This run was deleted.")
+        return True
+    steps, epochs = view.steps, view.epochs
     live = run["status"] in ACTIVE_STATUSES
     if steps or epochs or live:
-        widgets.curves(steps, epochs, run, key="runs", live=live)
+        widgets.curves(steps, epochs, view.run, key="runs", live=live, memo=view.memo)
     else:
         st.caption("This run recorded no training steps, so there are no curves to show.")
     note = present.feature_cache_note(run["summary"])
@@ -98,7 +102,7 @@ def runs_view() -> bool:
     t1, t2, t3 = st.tabs(["Config", "Summary", "Log"])
     t1.json(config_view(run["config"], run["summary"]))  # 0 sentinels read "auto" / "off"
     t2.json({k: v for k, v in run["summary"].items() if k not in ("blocks", "skipped_files")}, expanded=False)
-    t3.code(present.log_text(store.logs(run_id)), language=None)
+    t3.code(present.log_text(view.logs), language=None)
 
     st.markdown("**Manage**")
     if not workspaces.can_manage(run, ws_id, admin_pw):

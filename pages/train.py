@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from tl_dashboard import auto_head, compare, data, fairqueue, layers, stats, workspaces
+from tl_dashboard import auto_head, compare, data, fairqueue, layers, liveview, stats, workspaces
 from tl_dashboard import formatting as fmt
 from tl_dashboard import ui_state as ui
 from tl_dashboard.backbones import describe_backbone
@@ -286,12 +286,12 @@ with settings:
 @widgets.live_fragment(active)
 def show_status(run_id: str) -> bool | None:
     if active:
-        reap(store)
-    run = store.get_run(run_id)
-    if run is None:
+        reap(store, at_most_every=5.0)  # one check for dead workers per server every 5 s, not one per tab
+    view = liveview.run_view(store, run_id, max_age=widgets.view_age())  # shared by everyone watching
+    if view is None:
         st.info("This run was deleted.")
         return None
-    steps, epochs = store.steps(run_id), store.epochs(run_id)
+    run, steps, epochs = view.run, view.steps, view.epochs
     kind, text = present.status_message(run)
     getattr(st, kind)(text)
     prog = present.progress_info(
@@ -331,11 +331,11 @@ def show_status(run_id: str) -> bool | None:
 
 @widgets.live_fragment(active, every=4.0)
 def show_curves(run_id: str) -> None:
-    run = store.get_run(run_id)
-    if run is None:
+    view = liveview.run_view(store, run_id, max_age=widgets.view_age())
+    if view is None:
         return
-    steps, epochs = store.steps(run_id), store.epochs(run_id)
-    widgets.curves(steps, epochs, run, key="live", live=run["status"] in ACTIVE_STATUSES)
+    run = view.run
+    widgets.curves(view.steps, view.epochs, run, key="live", live=run["status"] in ACTIVE_STATUSES, memo=view.memo)
     summary = run["summary"]
     note = present.feature_cache_note(summary)
     if note:
@@ -348,7 +348,7 @@ def show_curves(run_id: str) -> None:
             f"parameters."
         )
     with st.expander("Log"):
-        st.code(present.log_text(store.logs(run_id)[-30:]), language=None)
+        st.code(present.log_text(view.logs[-30:]), language=None)
 
 
 @widgets.live_fragment(any_queued)

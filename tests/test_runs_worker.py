@@ -159,3 +159,43 @@ def test_store_survives_a_kill_in_the_middle_of_writes(tmp_path):
     steps = [s["step"] for s in reopened.steps(run_id)]
     assert len(steps) % 50 == 0 and steps == list(range(len(steps)))  # whole transactions only
     assert reopened.get_run(run_id)["status"] == "queued"
+
+
+def test_live_view_is_shared_read_once_per_age_and_fresh_on_demand(tmp_path):
+    """A class watching one run: one store read per max_age for all, new steps read incrementally,
+    a fresh read whenever asked (a click), figures built once per view, a resumed run read whole."""
+    from tl_dashboard import liveview
+
+    liveview.forget()
+    store = RunStore(tmp_path)
+    a = store.create_run({"epochs": 3})
+    store.claim_next(os.getpid(), socket.gethostname())
+    store.add_steps(a, [{"step": s, "epoch": s / 10, "loss": 1.0 / s, "lr": 0.1} for s in (1, 2)])
+    first = liveview.run_view(store, a, max_age=60)
+    assert [s["step"] for s in first.steps] == [1, 2] and first.run["status"] == "running"
+    store.add_steps(a, [{"step": 3, "epoch": 0.3, "loss": 0.3, "lr": 0.1}])
+    assert liveview.run_view(RunStore(tmp_path), a, max_age=60) is first  # another session, another RunStore: shared
+    built = []
+    assert first.memo("loss", lambda: built.append(1) or "fig") == first.memo("loss", lambda: built.append(1) or "other") == "fig"
+    assert built == [1]
+    fresh = liveview.run_view(store, a, max_age=0)  # a click: read now
+    assert fresh is not first and [s["step"] for s in fresh.steps] == [1, 2, 3]
+    assert liveview.run_view(store, a, max_age=60) is fresh  # and the next poll shares it
+    store.add_epoch(a, {"epoch": 1, "val_acc": 0.5})
+    store.finish_run(a, "stopped", {"epochs": 1})
+    store.requeue_from(a, 0, 1)  # resumed: steps after 1 are dropped
+    again = liveview.run_view(store, a, max_age=0)
+    assert [s["step"] for s in again.steps] == [1] and again.epochs == [] and again.run["status"] == "queued"
+    store.request_stop(a)
+    store.delete_run(a)
+    assert liveview.run_view(store, a, max_age=0) is None
+
+
+def test_reap_at_most_every_skips_repeat_checks(tmp_path):
+    store = RunStore(tmp_path)
+    assert reap(store, at_most_every=60) == []  # checks (nothing dead), and remembers when
+    a = store.create_run({})
+    store.claim_next(2**22 + 12345, socket.gethostname())  # a worker that does not exist
+    assert reap(store, at_most_every=60) == []  # within the minute: skipped
+    assert store.get_run(a)["status"] == "running"
+    assert reap(store) == [a]  # without the bound: always checks

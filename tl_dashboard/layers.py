@@ -19,7 +19,8 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -349,6 +350,13 @@ def describe_blocks(model_name: str, image_size: int | None = None, num_classes:
     Raises:
         LayersError: unknown model name.
     """
+    return [replace(b, modules=list(b.modules)) for b in _described(model_name, image_size, num_classes)]  # callers may edit theirs
+
+
+@functools.lru_cache(maxsize=16)
+def _described(model_name: str, image_size: int | None, num_classes: int) -> tuple[Block, ...]:
+    """Build the model and measure its blocks once per process: it takes a forward pass (about
+    0.2 s for a small CNN on a CPU), and the Train and Model pages ask on every full run."""
     import timm
 
     if not timm.is_model(model_name):
@@ -358,7 +366,7 @@ def describe_blocks(model_name: str, image_size: int | None = None, num_classes:
     blocks = list_blocks(model, size)
     for b in blocks:
         b.stage = None
-    return blocks
+    return tuple(blocks)
 
 
 def _bn_layers(module: nn.Module) -> list[nn.Module]:

@@ -195,7 +195,8 @@ class RunStore:
             yield con
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # not when COMMIT itself was interrupted after it ended the transaction
+                con.execute("ROLLBACK")
             raise
         finally:
             con.close()

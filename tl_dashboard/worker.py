@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import subprocess
@@ -329,8 +330,19 @@ def request_stop(store: RunStore, run_id: str) -> str:
     return store.request_stop(run_id)
 
 
-def reap(store: RunStore) -> list[str]:
-    """Mark runs whose worker died as interrupted, and restart the queue if it stalled."""
+_REAPED: dict[str, float] = {}  # store root -> when this process last reaped it (time.monotonic())
+
+
+def reap(store: RunStore, at_most_every: float = 0.0) -> list[str]:
+    """Mark runs whose worker died as interrupted, and restart the queue if it stalled.
+
+    ``at_most_every``: skip if this process reaped the same store less than that many seconds ago
+    (the live views of a class of thirty poll every 2 s; one check every few seconds serves them all).
+    """
+    key, now = str(store.root), time.monotonic()
+    if at_most_every > 0 and now - _REAPED.get(key, -math.inf) < at_most_every:
+        return []
+    _REAPED[key] = now
     dead = store.mark_dead_runs()
     start_worker(store)  # no-op unless runs are queued and no worker is alive to take them
     return dead

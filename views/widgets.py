@@ -24,6 +24,8 @@ __all__ = [
     "flash",
     "show_flash",
     "live_fragment",
+    "polling",
+    "view_age",
     "plot",
     "curves",
     "unexpected",
@@ -80,6 +82,20 @@ def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., b
     return wrap
 
 
+def polling() -> bool:
+    """Whether this script run is a live fragment's background poll, not a run the user caused."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx(suppress_warning=True)
+    return bool(ctx and ctx.fragment_ids_this_run)
+
+
+def view_age() -> float:
+    """How old a shared :func:`tl_dashboard.liveview.run_view` may be here: 1 s for a background
+    poll (everyone watching a run shares one read), 0 for a click or a reload (always fresh)."""
+    return 1.0 if polling() else 0.0
+
+
 def plot(fig: Any, key: str, where: Any = st, **options: Any) -> Any:
     """``st.plotly_chart`` with the toolbar on hover only (every chart of the app goes through here).
 
@@ -89,7 +105,12 @@ def plot(fig: Any, key: str, where: Any = st, **options: Any) -> Any:
 
 
 def curves(
-    steps: Sequence[Mapping[str, Any]], epochs: Sequence[Mapping[str, Any]], run: Mapping[str, Any], key: str, live: bool = False
+    steps: Sequence[Mapping[str, Any]],
+    epochs: Sequence[Mapping[str, Any]],
+    run: Mapping[str, Any],
+    key: str,
+    live: bool = False,
+    memo: Callable[[Any, Callable[[], Any]], Any] | None = None,
 ) -> None:
     """The loss and accuracy charts of one run, side by side.
 
@@ -98,6 +119,8 @@ def curves(
         run: the run's row (its config gives the planned epochs, its summary the unfreeze marker).
         key: prefix of the two charts' widget keys (``{key}_loss``, ``{key}_accuracy``).
         live: fix the x axis to the planned epochs, so a growing curve does not rescale it.
+        memo: ``RunView.memo`` when the data come from a shared live view: each figure is then built
+            once per view for every session showing it (building them was most of a poll's cost).
     """
     if not epochs:  # queued, or still in epoch 1: empty axes say nothing, a sentence does
         last = next((s for s in reversed(steps) if s.get("loss") is not None), None)
@@ -108,9 +131,13 @@ def curves(
         return
     n_epochs = (run.get("config") or {}).get("epochs") if live else None
     unfreeze = (run.get("summary") or {}).get("unfreeze")
-    left, right = st.columns(2)
-    plot(charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_loss", left)
-    plot(charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=unfreeze), f"{key}_accuracy", right)
+    figures = {
+        "loss": lambda: charts.loss_figure(steps, epochs, n_epochs=n_epochs, unfreeze=unfreeze),
+        "accuracy": lambda: charts.accuracy_figure(epochs, n_epochs=n_epochs, unfreeze=unfreeze),
+    }
+    for (name, build), where in zip(figures.items(), st.columns(2), strict=True):
+        fig = memo((name, n_epochs), build) if memo else build()  # shared read-only: plotly_chart copies it (to_dict)
+        plot(fig, f"{key}_{name}", where)
 
 
 def auto_number(
