@@ -112,6 +112,7 @@ async def _ws_session(url: str, query: str, stats: dict, stop) -> None:
         await conn.send(msg.SerializeToString())
 
     timers: dict[str, asyncio.Task] = {}
+    intervals: dict[str, float] = {}
 
     async def tick(fid: str, every: float) -> None:
         while True:
@@ -133,12 +134,17 @@ async def _ws_session(url: str, query: str, stats: dict, stop) -> None:
                 if pg.page_name == "Train" and page_hash != pg.page_script_hash:
                     page_hash = pg.page_script_hash
                     await send()
-        elif kind == "auto_rerun" and fwd.auto_rerun.fragment_id not in timers:
-            timers[fwd.auto_rerun.fragment_id] = asyncio.create_task(tick(fwd.auto_rerun.fragment_id, fwd.auto_rerun.interval))
+        elif kind == "auto_rerun" and intervals.get(fwd.auto_rerun.fragment_id) != fwd.auto_rerun.interval:
+            fid, every = fwd.auto_rerun.fragment_id, fwd.auto_rerun.interval  # new, or a new pace: restart it, as the frontend does
+            if fid in timers:
+                timers[fid].cancel()
+            timers[fid], intervals[fid] = asyncio.create_task(tick(fid, every)), every
+            stats["paces"][id(conn), fid] = every
         elif kind == "stop_auto_rerun":
-            for t in timers.values():
-                t.cancel()
-            timers.clear()
+            for fid in fwd.stop_auto_rerun.fragment_ids:
+                if fid in timers:
+                    timers.pop(fid).cancel()
+                    intervals.pop(fid, None)
         elif kind == "new_session" and not fwd.metadata.run.fragment_ids:
             stats["full"] += 1  # a whole-page run (not one of the fragments)
         elif kind == "script_finished":
@@ -155,7 +161,7 @@ def ws_clients(n: int, url: str, query: str) -> None:
     import asyncio
     import threading
 
-    stats = {"sent": 0, "finished": 0, "full": 0, "bytes": 0, "ready": set()}
+    stats = {"sent": 0, "finished": 0, "full": 0, "bytes": 0, "ready": set(), "paces": {}}
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -182,6 +188,7 @@ def ws_clients(n: int, url: str, query: str) -> None:
                     "seconds": dt,
                     "reruns": stats["finished"] - base["finished"],
                     "full_runs": stats["full"] - base["full"],
+                    "paces": sorted(set(stats["paces"].values())),  # the polling intervals in force at the end (s)
                     "bytes": stats["bytes"] - base["bytes"],
                 }
             ),
@@ -258,6 +265,7 @@ def phase(store, ws: str, server_pid: int, url: str, n: int, args) -> dict:
         "frames_per_s": frames and frames["frames_sent"] / frames["seconds"],
         "reruns_per_s": frames and frames.get("reruns", 0) / frames["seconds"],
         "full_runs": frames and frames.get("full_runs", 0),
+        "paces": frames and frames.get("paces"),
     }
 
 
@@ -326,7 +334,7 @@ def main() -> None:
                 f"{watched['images_per_sec']:.1f} img/s ({watched['steps']} steps), ratio "
                 f"{watched['images_per_sec'] / solo['images_per_sec']:.2f}; server CPU {solo['server_cpu']:.1%} -> "
                 f"{watched['server_cpu']:.1%} of a core, RSS {watched['server_rss_mb']:.0f} MB, "
-                f"{watched['frames_per_s']:.1f} frames/s from the sessions, {watched['full_runs']} whole-page runs; load {os.getloadavg()[0]:.1f}",
+                f"{watched['frames_per_s']:.1f} frames/s from the sessions, {watched['full_runs']} whole-page runs, live views polled every {watched['paces']} s; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     finally:

@@ -280,7 +280,9 @@ with settings:
 
 
 # -- the current run, live -----------------------------------------------------------------------
-# While a run is live the page polls the store: status and numbers every 2 s, the curves every 4 s.
+# While a run is live the page polls the store: status and numbers every 2 s, the curves every 4 s
+# (longer when more than ten sessions share the server: widgets.pace). Everyone watching a run
+# shares one read of it and one build of its figures (liveview).
 # The browser redrawing two plotly charts is what costs the training process CPU on a small machine
 # (benchmarks/bench_ui.py: dashboard within 10% of the CLI's speed on 2 cores).
 @widgets.live_fragment(active)
@@ -320,6 +322,11 @@ def show_status(run_id: str) -> bool | None:
         else "Training images per second in the last epoch (forward and backward).",
     )
     m[3].metric("Elapsed", clock(present.run_duration(run)))
+    if run["status"] in ACTIVE_STATUSES and widgets.pace(2.0) > 2.0:
+        st.caption(
+            f"Updating every {widgets.pace(2.0):.0f} s (curves every {widgets.pace(4.0):.0f} s): {widgets.sessions_here()} "
+            "sessions share this server, so it polls less often and leaves the CPU to training."
+        )
     n_val = (run["summary"] or {}).get("val_images")
     if best is not None and n_val:
         st.caption(

@@ -367,6 +367,27 @@ def test_a_live_run_survives_a_new_session(env):
     assert store.stop_requested(run_id)
 
 
+def test_a_class_on_one_server_polls_less_often_and_says_so(env, monkeypatch):
+    """Past ten sessions the live views stretch their interval in proportion (the CPU goes to the run),
+    and the Train page says why it updates less often; sessions that left stop counting."""
+    from views import widgets
+
+    monkeypatch.setattr(widgets, "_SEEN", {})
+    assert widgets.pace(2.0) == 2.0 and widgets.sessions_here() == 1
+    now = time.monotonic()
+    widgets._SEEN.update({f"s{i}": now for i in range(29)} | {f"gone{i}": now - 60 for i in range(50)})
+    assert widgets.sessions_here() == 29 and widgets.pace(2.0) == 6.0 and widgets.pace(4.0) == 12.0
+    widgets._SEEN.update({f"s{i}": now for i in range(29)})  # the expired ones were dropped; these stay
+    store = RunStore()
+    ws = workspaces.create_workspace(store)
+    run_id = store.create_run({"model": "efficientnet_lite0", "epochs": 2}, label="watched", status="running", workspace=ws)
+    store.heartbeat(run_id, {"epoch": 1, "epochs": 2, "step": 3, "total_steps": 10})
+    at = open_page("train", ws=ws)
+    assert "Updating every 6 s (curves every 12 s): 30 sessions share this server" in texts(at, "caption")
+    monkeypatch.setattr(widgets, "_SEEN", {})
+    assert "sessions share this server" not in texts(open_page("train", ws=ws), "caption")
+
+
 def test_train_a_real_run_then_find_and_delete_it_on_runs_page(env):
     at = open_page("train")
     at.number_input(key="w_epochs").set_value(1).run()

@@ -8,6 +8,8 @@ accuracy charts side by side, and how an error reaches the user).
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +26,8 @@ __all__ = [
     "flash",
     "show_flash",
     "live_fragment",
+    "pace",
+    "sessions_here",
     "polling",
     "view_age",
     "plot",
@@ -56,8 +60,35 @@ def show_flash(page: str) -> None:
         _show(*st.session_state.pop(f"{page}_flash"))
 
 
+# A class on one server: past this many sessions, live views poll proportionally less often, so
+# the tabs together cost the server about what ten do and the CPU goes to training
+# (benchmarks/bench_classroom.py: 30 sessions at a fixed 2 s pace took 18% of a core from the run).
+SESSIONS_PER_PACE = 10
+_SEEN: dict[str, float] = {}  # session id -> its last script run (time.monotonic()), in this server
+_SEEN_LOCK = threading.Lock()
+
+
+def sessions_here(window: float = 30.0) -> int:
+    """Sessions of this server that ran a page in the last ``window`` seconds (this one included)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx, now = get_script_run_ctx(suppress_warning=True), time.monotonic()
+    with _SEEN_LOCK:
+        if ctx is not None:
+            _SEEN[ctx.session_id] = now
+        for sid in [sid for sid, t in _SEEN.items() if now - t > window]:
+            del _SEEN[sid]
+        return max(1, len(_SEEN))
+
+
+def pace(every: float) -> float:
+    """A live view's polling interval: ``every`` seconds for up to :data:`SESSIONS_PER_PACE`
+    sessions on the server, then stretched in proportion (30 sessions: 3 times longer)."""
+    return every * round(2 * max(1.0, sessions_here() / SESSIONS_PER_PACE)) / 2  # in half steps: 1, 1.5, 2, 2.5, 3...
+
+
 def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., bool]], Callable[..., None]]:
-    """Decorator: a fragment that polls every ``every`` seconds while ``active``.
+    """Decorator: a fragment that polls every ``every`` seconds (see :func:`pace`) while ``active``.
 
     The decorated body returns whether anything is still live (``None``: it does not say); when a
     live view finds that it is not any more, the whole page reruns once (buttons change, polling stops). Decorate inside the
@@ -70,12 +101,16 @@ def live_fragment(active: bool, every: float = 2.0) -> Callable[[Callable[..., b
     """
 
     def wrap(body: Callable[..., bool]) -> Callable[..., None]:
-        @st.fragment(run_every=every if active else None)
+        interval = pace(every) if active else None
+
+        @st.fragment(run_every=interval)
         @functools.wraps(body)  # the fragment's id comes from the body's name, one per view
         def view(*args: Any, **kwargs: Any) -> None:
             still_active = body(*args, **kwargs)
             if active and still_active is False:
                 st.rerun()  # it ended: redraw the whole page once, and stop polling
+            if interval and polling() and not 2 / 3 < pace(every) / interval < 3 / 2:
+                st.rerun()  # the class grew or left since this page ran: poll at the new pace
 
         return view
 
