@@ -553,7 +553,10 @@ def test_loss_and_accuracy_figures():
     assert [t.name for t in loss.data] == ["train loss (per step)", "train loss (epoch)", "val loss"]
     assert len(loss.data[0].x) == 8 and list(loss.data[2].y) == [0.6, 0.3]
     acc = charts.accuracy_figure(epochs)
-    assert [t.name for t in acc.data] == ["train accuracy", "val accuracy"]
+    assert [t.name for t in acc.data] == ["train accuracy", "val accuracy", "kept model (epoch 2)"]  # the checkpoint's epoch
+    tie = [*epochs, {"epoch": 3, "val_acc": 0.8, "val_loss": 0.2}, {"epoch": 4, "val_acc": 0.8, "val_loss": 0.2}]
+    assert charts.accuracy_figure(tie).data[2].name == "kept model (epoch 3)"  # the engine's rule: lower loss, then earlier
+    assert [t.name for t in charts.accuracy_figure(epochs[:1]).data] == ["train accuracy", "val accuracy"]  # one epoch: no star
     assert list(acc.data[1].y) == pytest.approx([60.0, 80.0]) and acc.layout.yaxis.title.text == "accuracy (%)"
     assert charts.loss_figure([], []).data[0].x == ()  # an empty run draws empty axes
     assert list(charts.loss_figure(steps, epochs, n_epochs=5).layout.xaxis.range) == [0, 5.2]  # still axis while live

@@ -28,6 +28,7 @@ import plotly.graph_objects as go
 
 from .charts_compare import data_curve_figure, drift_figure, lr_find_figure, sweep_figure
 from .charts_style import _LEGEND_BELOW, BN_STATS, FROZEN, PALETTE, TRAIN, TRAINABLE, VAL, _layout
+from .stats import best_epoch
 
 if TYPE_CHECKING:  # charts only draw: no torch import at run time
     from .layers import Block
@@ -225,6 +226,16 @@ def accuracy_figure(
             mode="lines+markers",
             name=name,
             line=dict(color=colour, width=2.5),
+        )
+    best = best_epoch(epochs)
+    if best is not None and len(epochs) > 1:  # the checkpoint Evaluate, Predict and Export use
+        fig.add_scatter(
+            x=[best["epoch"]],
+            y=[100 * float(best["val_acc"])],
+            mode="markers",
+            name=f"kept model (epoch {best['epoch']})",
+            marker=dict(symbol="star", size=14, color=VAL, line=dict(color="white", width=1)),
+            hovertemplate="kept model: epoch %{x}, val %{y:.1f} %<extra></extra>",
         )
     fig.update_layout(
         title="Accuracy",

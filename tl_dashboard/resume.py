@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .stats import epoch_rank
 
 __all__ = [
     "why_not_resumable",
@@ -67,7 +68,7 @@ class RunProgress:
     def record(self, row: dict[str, Any], patience: int) -> bool:
         """Add an epoch's row; True when it is the new best (its weights become the checkpoint)."""
         self.history.append(row)
-        better = self.best_epoch == 0 or (row["val_acc"], -row["val_loss"]) > (self.best_acc, -self.best_loss)
+        better = self.best_epoch == 0 or epoch_rank(row) > epoch_rank({"val_acc": self.best_acc, "val_loss": self.best_loss})
         if better:
             self.best_epoch, self.best_acc, self.best_loss = row["epoch"], row["val_acc"], row["val_loss"]
         if row["val_loss"] < self.min_loss:

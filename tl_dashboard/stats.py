@@ -25,6 +25,8 @@ __all__ = [
     "Z95",
     "accuracy_interval",
     "accuracy_text",
+    "best_epoch",
+    "epoch_rank",
     "intervals_overlap",
     "mean_interval",
     "overlap_note",
@@ -33,6 +35,23 @@ __all__ = [
 ]
 
 Z95 = 1.959963984540054
+
+
+def epoch_rank(row: Mapping[str, Any]) -> tuple[float, float]:
+    """How epochs compete for the kept model: higher validation accuracy, then lower validation loss
+    (an exact tie keeps the earlier epoch). The engine (``resume.Progress``) and the charts use this."""
+    loss = row.get("val_loss")
+    return (float(row.get("val_acc") or 0.0), -float(loss) if loss is not None and math.isfinite(loss) else -math.inf)
+
+
+def best_epoch(epochs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The row of the epoch whose weights are kept (see :func:`epoch_rank`), or None without epochs."""
+    best = None
+    for row in epochs:
+        if row.get("val_acc") is not None and (best is None or epoch_rank(row) > epoch_rank(best)):
+            best = row
+    return best
+
 
 # two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
 _T975 = [
