@@ -105,7 +105,7 @@ def run() -> None:
     )
     sidebar(store, ws_id)
     if "_deep_link" in ss:  # a page was opened before the router ran: go back to it
-        st.switch_page(ss.pop("_deep_link"))
+        st.switch_page(ss.pop("_deep_link"), query_params={**st.query_params.to_dict(), "ws": ws_id})  # a switch drops the URL's query
     try:
         page.run()
     finally:  # also when the page calls st.rerun() or st.stop(): what it changed is kept

@@ -13,7 +13,7 @@ from tl_dashboard.worker import reap
 from views import present, widgets
 
 ss = st.session_state
-ui.require_router(ss, "pages/compare.py", st.switch_page)
+ui.require_router(ss, "pages/compare.py", st.switch_page, st.query_params.to_dict())
 store = RunStore()
 reap(store)
 DIFF_STYLE = "background-color: rgba(242, 142, 43, 0.22); font-weight: 600"

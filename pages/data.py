@@ -11,7 +11,7 @@ from tl_dashboard.runs import RunStore
 from views import widgets
 
 ss = st.session_state
-ui.require_router(ss, "pages/data.py", st.switch_page)
+ui.require_router(ss, "pages/data.py", st.switch_page, st.query_params.to_dict())
 ss.setdefault("upload_nonce", 0)
 store = RunStore()
 ws_id = ss.get("ws_id")  # uploads belong to this workspace (views.workspace)

@@ -17,7 +17,7 @@ from tl_dashboard.runs import RunStore
 from views import present, review, widgets
 
 ss = st.session_state
-ui.require_router(ss, "pages/evaluate.py", st.switch_page)
+ui.require_router(ss, "pages/evaluate.py", st.switch_page, st.query_params.to_dict())
 
 MAX_GALLERY = 24
 

@@ -12,7 +12,7 @@ from tl_dashboard.runs import RunStore
 from views import present
 
 ss = st.session_state
-ui.require_router(ss, "pages/home.py", st.switch_page)
+ui.require_router(ss, "pages/home.py", st.switch_page, st.query_params.to_dict())
 
 st.title("TL Dashboard")
 st.markdown(

@@ -19,7 +19,7 @@ from tl_dashboard.label_issues import find_label_issues
 from views import review, widgets
 
 ss = st.session_state
-ui.require_router(ss, "pages/labels.py", st.switch_page)
+ui.require_router(ss, "pages/labels.py", st.switch_page, st.query_params.to_dict())
 
 
 def editable(folder: str) -> str | None:

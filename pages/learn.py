@@ -13,7 +13,7 @@ from tl_dashboard.worker import reap
 from views import present, widgets, workspace
 
 ss = st.session_state
-ui.require_router(ss, "pages/learn.py", st.switch_page)
+ui.require_router(ss, "pages/learn.py", st.switch_page, st.query_params.to_dict())
 store = RunStore()
 ws_id, admin_pw = workspace.me(ss)
 reap(store)

@@ -10,7 +10,7 @@ from tl_dashboard.layers import Block, describe_blocks
 from views import present, widgets
 
 ss = st.session_state
-ui.require_router(ss, "pages/model.py", st.switch_page)
+ui.require_router(ss, "pages/model.py", st.switch_page, st.query_params.to_dict())
 
 
 @st.cache_data(ttl=600, show_spinner=False)

@@ -29,7 +29,7 @@ def cache_line() -> str:
 
 
 ss = st.session_state
-ui.require_router(ss, "pages/train.py", st.switch_page)
+ui.require_router(ss, "pages/train.py", st.switch_page, st.query_params.to_dict())
 store = RunStore()
 ws_id, admin_pw = workspace.me(ss)
 LRS = [0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]  # 0 = auto

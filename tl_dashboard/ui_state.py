@@ -72,16 +72,23 @@ def init_state(state: MutableMapping[str, Any]) -> None:
             state[k] = v
 
 
-def require_router(state: MutableMapping[str, Any], page: str, switch_page: Callable[[str], Any]) -> None:
+def require_router(
+    state: MutableMapping[str, Any], page: str, switch_page: Callable[..., Any], query: Mapping[str, str] | None = None
+) -> None:
     """Send a page opened without the router (``app.py``) through it, then back to ``page``.
 
     Streamlit runs ``pages/x.py`` directly when it is the very first request a fresh server gets
     (its old pages-folder mode, before any ``st.navigation`` call), so ``app.py`` has not set
-    up the state yet. Call at the top of every page with ``st.switch_page``.
+    up the state yet. Call at the top of every page with ``st.switch_page`` and the URL's query
+    (``st.query_params.to_dict()``): a page switch drops it, and ``?ws=`` is the workspace, so a
+    bookmarked ``/train?ws=...`` must reach the router with it.
     """
     if "data_dir" not in state:
         state["_deep_link"] = page
-        switch_page("app.py")
+        if query:
+            switch_page("app.py", query_params=dict(query))
+        else:
+            switch_page("app.py")
 
 
 def use_sample(state: MutableMapping[str, Any]) -> None:
