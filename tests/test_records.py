@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -218,3 +221,74 @@ def test_a_truncated_database_gives_back_the_rows_before_the_cut(tmp_path):
     for run_id in ids:  # at least the thinned curve, spanning the whole run
         steps = rebuilt.steps(run_id)
         assert len(steps) >= 400 and steps[0]["step"] == 0 and steps[-1]["step"] == 1999
+
+
+_WRITER = """
+import sys, time
+from tl_dashboard.runs import RunStore
+store, run_id, until = RunStore(sys.argv[1]), sys.argv[2], time.time() + float(sys.argv[3])
+step = 0
+print("writing", flush=True)
+while time.time() < until:  # what a training worker writes, as fast as it can
+    store.add_steps(run_id, [{"step": step + i, "epoch": 0.0, "loss": 1.0} for i in range(8)])
+    store.heartbeat(run_id, {"step": step})
+    store.log(run_id, "info", f"step {step}")
+    step += 8
+print(step, flush=True)
+"""
+
+
+def test_checking_the_store_keeps_the_locks_of_this_process_connections(tmp_path):
+    """The open check reads runs.db through SQLite only: closing a plain descriptor of the file would drop
+    every lock this process holds on it, and another process would delete the -wal still in use here."""
+    from tl_dashboard import records
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run({"model": "m"})
+    con = store._connect()  # another session's connection, open in the same server process
+    try:
+        con.execute("SELECT COUNT(*) FROM runs").fetchone()
+        records._CHECKED.clear()
+        assert RunStore(tmp_path / "runs").repair_notice is None  # a new session opens (and checks) the store
+        code = "import sys; from tl_dashboard.runs import RunStore; RunStore(sys.argv[1]).log(sys.argv[2], 'info', 'x')"
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs"), run_id], check=True, timeout=60)
+        assert (tmp_path / "runs" / "runs.db-wal").exists()  # it knew a connection was still open here
+    finally:
+        con.close()
+
+
+def test_a_live_store_opened_again_and_again_is_never_repaired(tmp_path):
+    """A worker process writes; this process writes too (a server) and opens the store over and over, checking
+    it each time (as each new process does): never taken for damage, never moved aside, never corrupted."""
+    from tl_dashboard import records
+
+    runs = tmp_path / "runs"
+    store = RunStore(runs)
+    run_id, other = store.create_run({"model": "m"}), store.create_run({"model": "n"})
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(runs), run_id, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert worker.stdout.readline().strip() == "writing"
+    done, notices, opens = threading.Event(), [], 0
+
+    def server_writes():
+        while not done.is_set():
+            store.log(other, "info", "a line from the server")
+
+    thread = threading.Thread(target=server_writes)
+    thread.start()
+    try:
+        while worker.poll() is None:
+            records._CHECKED.clear()
+            notices.append(RunStore(runs).repair_notice)
+            opens += 1
+    finally:
+        done.set()
+        thread.join()
+    out, err = worker.communicate(timeout=60)
+    assert worker.returncode == 0, err[-500:]  # the worker never met a damaged database either
+    assert opens > 5
+    assert notices == [None] * opens and not list(runs.glob("runs.db.*"))
+    with sqlite3.connect(runs / "runs.db") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert [s["step"] for s in store.steps(run_id)] == list(range(int(out)))  # every write of the worker is there

@@ -177,22 +177,23 @@ def run_folders(root: Path) -> list[Path]:
 
 # -- checking and repairing the database ---------------------------------------------------------
 def check_database(db_path: Path, full: bool = True) -> str | None:
-    """Why ``db_path`` cannot serve as the run index ("truncated", "not an SQLite database"...), or None."""
+    """Why ``db_path`` cannot serve as the run index ("truncated", "not an SQLite database"...), or None.
+
+    The file is only ever read through SQLite, never opened with ``open()``: closing any other
+    descriptor of it drops every POSIX lock this process holds on it (SQLite's included), so
+    another process then takes itself for the last connection, checkpoints and deletes the
+    ``-wal``/``-shm`` still in use here, and a live store ends up corrupt.
+    """
     try:
-        with open(db_path, "rb") as fh:
-            head = fh.read(100)
+        if os.path.getsize(db_path) == 0:
+            return None if not full else "empty (0 bytes)"
     except FileNotFoundError:
         return "missing"
-    if len(head) == 0:
-        return None if not full else "empty (0 bytes)"
-    if not head.startswith(b"SQLite format 3\x00"):
-        return "not an SQLite database"
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)
     try:
         (page_size,) = con.execute("PRAGMA page_size").fetchone()
         (pages,) = con.execute("PRAGMA page_count").fetchone()
-        wal = db_path.with_name(db_path.name + "-wal")
-        if os.path.getsize(db_path) < page_size * pages and not (wal.exists() and wal.stat().st_size):
+        if os.path.getsize(db_path) < page_size * pages and not _wal_bytes(db_path):
             return f"truncated ({os.path.getsize(db_path)} of {page_size * pages} bytes)"
         if full:
             res = [r[0] for r in con.execute("PRAGMA quick_check(5)")]
@@ -203,10 +204,18 @@ def check_database(db_path: Path, full: bool = True) -> str | None:
             return None  # cannot check it now (no room for SQLite's -shm file); checked at the next open
         if isinstance(exc, sqlite3.OperationalError) and not any(w in str(exc).lower() for w in ("malformed", "not a database", "corrupt")):
             raise  # locked, busy, no permission...: not damage, never a reason to move the file aside
-        return f"unreadable ({exc})"
+        return "not an SQLite database" if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB" else f"unreadable ({exc})"
     finally:
         con.close()
     return None
+
+
+def _wal_bytes(db_path: Path) -> int:
+    """Size of the database's write-ahead log (``-wal``); 0 when there is none."""
+    try:
+        return os.path.getsize(db_path.with_name(db_path.name + "-wal"))
+    except OSError:
+        return 0
 
 
 def read_only_connection(db_path: Path, exc: sqlite3.OperationalError) -> sqlite3.Connection:
@@ -218,8 +227,7 @@ def read_only_connection(db_path: Path, exc: sqlite3.OperationalError) -> sqlite
     """
     if not is_disk_full(exc):
         raise exc
-    wal = db_path.with_name(db_path.name + "-wal")
-    if db_path.exists() and not (wal.exists() and wal.stat().st_size):
+    if db_path.exists() and not _wal_bytes(db_path):
         log.info("disk full under %s: reading the run database read-only", db_path.parent)
         return sqlite3.connect(f"file:{db_path}?immutable=1", uri=True, isolation_level=None, factory=_ReadOnlyOnFullDisk)
     raise disk_full_from(exc, db_path.parent, None, "opening the run database") from None
