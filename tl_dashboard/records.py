@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +63,7 @@ MAX_STEPS_KEPT = 400
 RESERVE_FILE = ".space-reserve"
 RESERVE_BYTES = 1024 * 1024  # freed to record a failure when the disk is full
 _CHECKED: set[tuple[str, int]] = set()  # databases this process already checked (path, inode)
+_CHECK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -277,12 +279,13 @@ def open_store(store: RunStore) -> str | None:
             reason = "missing"
     else:
         key = (str(db.resolve()), db.stat().st_ino)
-        if key not in _CHECKED:
-            reason = check_database(db)
-            if reason and reason.startswith("empty") and not run_folders(store.root):
-                reason = None  # a store being created right now
-            if reason is None and free_bytes(store.root) > RESERVE_BYTES:  # else it may not have been checked
-                _CHECKED.add(key)
+        with _CHECK_LOCK:  # a class of sessions opening the store at once: one check, not thirty
+            if key not in _CHECKED:
+                reason = check_database(db)
+                if reason and reason.startswith("empty") and not run_folders(store.root):
+                    reason = None  # a store being created right now
+                if reason is None and free_bytes(store.root) > RESERVE_BYTES:  # else it may not have been checked
+                    _CHECKED.add(key)
     notice = None
     if reason:
         with _repair_lock(store.root):
