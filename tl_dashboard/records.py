@@ -390,6 +390,9 @@ def _salvage(store: RunStore, damaged: Path) -> list[str]:
         The tables read in full by name, the others as ``"run_log (1234 rows)"``.
     """
     salvaged = []
+    with contextlib.suppress(OSError):
+        if os.path.samefile(damaged, store.db_path):  # copying a table into itself would never end
+            return []
     con = store._connect()
     try:
         try:
@@ -413,6 +416,10 @@ def _salvage_table(con: sqlite3.Connection, table: str) -> int | None:
 
     Read in chunks of rowids, never in one statement: after a "malformed" error SQLite may refuse
     every later read of the attached file, and the rows before the bad page are worth keeping.
+    Each chunk is written in one transaction (row by row, every row was a commit of its own). A
+    damaged tree can hand rows back out of rowid order, even the same chunk again and again: only
+    rows past the last one copied are taken, so ``last`` rises with every chunk and the loop ends
+    (at most one chunk per row the file holds); a table that did so counts as read in part.
     """
     try:
         cols = [r[1] for r in con.execute(f"PRAGMA main.table_info({table})")]
@@ -424,16 +431,29 @@ def _salvage_table(con: sqlite3.Connection, table: str) -> int | None:
         return None
     select = f"SELECT rowid, {','.join(names)} FROM old.{table} WHERE rowid > ? ORDER BY rowid LIMIT 2000"
     insert = f"INSERT OR IGNORE INTO main.{table} ({','.join(names)}) VALUES ({','.join('?' * len(names))})"
-    last, copied = -(2**63), 0
+    last, copied, in_order = -(2**63), 0, True
     while True:
         try:
             rows = con.execute(select, (last,)).fetchall()
-            if not rows:
-                return -1
-            con.executemany(insert, [tuple(r)[1:] for r in rows])
         except sqlite3.DatabaseError:
             return copied or None
-        last, copied = rows[-1][0], copied + len(rows)
+        fresh = []
+        for row in rows:
+            if row[0] > last:
+                fresh.append(tuple(row)[1:])
+                last = row[0]
+        in_order = in_order and len(fresh) == len(rows)
+        if not fresh:
+            return -1 if in_order else (copied or None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.executemany(insert, fresh)
+            con.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            return copied or None
+        copied += len(fresh)
 
 
 def _insert(con: sqlite3.Connection, table: str, row: dict[str, Any], have: set[str]) -> None:
