@@ -234,7 +234,6 @@ while time.time() < until:  # what a training worker writes, as fast as it can
     store.heartbeat(run_id, {"step": step})
     store.log(run_id, "info", f"step {step}")
     step += 8
-print(step, flush=True)
 """
 
 
@@ -259,39 +258,45 @@ def test_checking_the_store_keeps_the_locks_of_this_process_connections(tmp_path
 
 def test_a_live_store_opened_again_and_again_is_never_repaired(tmp_path):
     """A worker process writes; this process writes too (a server) and opens the store over and over, checking
-    it each time (as each new process does): never taken for damage, never moved aside, never corrupted."""
+    it each time (as each new process does); then the worker is killed mid-write and the store opened again:
+    never taken for damage, never moved aside, never corrupted, every whole transaction of the worker kept."""
     from tl_dashboard import records
 
     runs = tmp_path / "runs"
     store = RunStore(runs)
     run_id, other = store.create_run({"model": "m"}), store.create_run({"model": "n"})
     worker = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(runs), run_id, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _WRITER, str(runs), run_id, "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert worker.stdout.readline().strip() == "writing"
-    done, notices, opens = threading.Event(), [], 0
+    done, notices = threading.Event(), []
 
     def server_writes():
         while not done.is_set():
-            store.log(other, "info", "a line from the server")
+            with store._tx() as con:  # a session's transaction, open a moment
+                con.execute("INSERT INTO run_log (run_id, time, level, message) VALUES (?,?,?,?)", (other, time.time(), "info", "x"))
+                time.sleep(0.002)
 
     thread = threading.Thread(target=server_writes)
     thread.start()
     try:
-        while worker.poll() is None:
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            assert worker.poll() is None, worker.stderr.read()[-500:]  # the worker never met a damaged database
             records._CHECKED.clear()
             notices.append(RunStore(runs).repair_notice)
-            opens += 1
     finally:
+        worker.kill()  # SIGKILL, most likely in the middle of a write
+        worker.communicate()
         done.set()
         thread.join()
-    out, err = worker.communicate(timeout=60)
-    assert worker.returncode == 0, err[-500:]  # the worker never met a damaged database either
-    assert opens > 5
-    assert notices == [None] * opens and not list(runs.glob("runs.db.*"))
+    records._CHECKED.clear()
+    notices.append(RunStore(runs).repair_notice)  # opened after the killed worker
+    assert len(notices) > 5 and notices == [None] * len(notices) and not list(runs.glob("runs.db.*"))
     with sqlite3.connect(runs / "runs.db") as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert [s["step"] for s in store.steps(run_id)] == list(range(int(out)))  # every write of the worker is there
+    steps = [s["step"] for s in store.steps(run_id)]
+    assert steps and len(steps) % 8 == 0 and steps == list(range(len(steps)))
 
 
 def _swap_first_and_last_leaf(db, table):
