@@ -214,14 +214,11 @@ def test_teacher_and_two_students_share_one_server(classroom):
         ctx.close()
 
 
-def test_a_bookmarked_page_is_the_first_request_of_a_fresh_server(tmp_path):
+def test_a_bookmarked_page_is_the_first_request_of_a_fresh_server(classroom, tmp_path):
     """A student bookmarked /train?ws=... and the server restarted: that first request (Streamlit's old
     pages-folder mode, routed through app.py) lands in their workspace, with their run, and makes none."""
-    need_browser()
     import socket
     import subprocess
-
-    from playwright.sync_api import sync_playwright
 
     from tl_dashboard import workspaces
     from tl_dashboard.runs import RunStore
@@ -232,16 +229,16 @@ def test_a_bookmarked_page_is_the_first_request_of_a_fresh_server(tmp_path):
     trainer = subprocess.Popen(["sleep", "600"])  # a live process standing in for the worker (the server's cleanup kills it)
     store.claim_next(trainer.pid, socket.gethostname())
     store.add_epoch(run_id, {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "train_acc": 0.6, "val_acc": 0.7})
-    with streamlit_server(tmp_path) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    with streamlit_server(tmp_path) as url:  # its own, fresh server; the class's browser (one Playwright per process)
+        ctx = classroom["browser"].new_context(viewport={"width": 1400, "height": 1000})
+        page = ctx.new_page()
         page.set_default_timeout(120_000)
         page.goto(f"{url}/train?ws={ws}")  # the very first request this server gets
         page.get_by_text("Your current run").first.wait_for()
         _idle(page)
         assert page.get_by_text("my bookmarked run").count() >= 1
         assert f"ws={ws}" in page.url
-        browser.close()
+        ctx.close()
     assert [r["id"] for r in store._query("SELECT id FROM workspaces")] == [ws]  # no stray workspace was made
     store.request_stop(run_id)
     trainer.kill()
