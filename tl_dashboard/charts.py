@@ -183,20 +183,14 @@ def loss_figure(
         line=dict(color=TRAIN, width=1),
         opacity=0.55,
     )
-    fig.add_scatter(
-        x=[e["epoch"] for e in epochs],
-        y=[e.get("train_loss") for e in epochs],
-        mode="lines+markers",
-        name="train loss (epoch)",
-        line=dict(color=TRAIN, width=2.5),
-    )
-    fig.add_scatter(
-        x=[e["epoch"] for e in epochs],
-        y=[e.get("val_loss") for e in epochs],
-        mode="lines+markers",
-        name="val loss",
-        line=dict(color=VAL, width=2.5),
-    )
+    for key, colour, name in (("train_loss", TRAIN, "train loss (epoch)"), ("val_loss", VAL, "val loss")):
+        fig.add_scatter(
+            x=[e["epoch"] for e in epochs],
+            y=[e.get(key) for e in epochs],
+            mode="lines+markers",
+            name=name,
+            line=dict(color=colour, width=2.5),
+        )
     values = [
         v
         for v in [s["loss"] for s in steps] + [e.get(k) for e in epochs for k in ("train_loss", "val_loss")]

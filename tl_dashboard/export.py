@@ -123,13 +123,13 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, wa
         with warnings.catch_warnings(), open(os.devnull, "w") as devnull:
             warnings.simplefilter("ignore")
             with contextlib.redirect_stdout(devnull):  # the dynamo exporter prints progress lines
+                io = dict(input_names=["input"], output_names=["logits"])
                 try:
                     torch.onnx.export(
                         model,
                         (example,),
                         str(tmp),
-                        input_names=["input"],
-                        output_names=["logits"],
+                        **io,
                         opset_version=ONNX_OPSET,
                         dynamo=True,
                         external_data=False,
@@ -142,8 +142,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, check: torch.Tensor, wa
                         model,
                         (example,),
                         str(tmp),
-                        input_names=["input"],
-                        output_names=["logits"],
+                        **io,
                         opset_version=17,
                         dynamo=False,
                         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
